@@ -1,0 +1,3 @@
+module nvi
+
+go 1.26.8
