@@ -1,0 +1,243 @@
+package directory
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"nvi/ipam"
+)
+
+// Server is one machine running an NVI agent. Its record lives under a lease
+// held by that agent, so a dead server's record disappears on its own.
+type Server struct {
+	Name      string     `json:"name"`
+	DataIP    netip.Addr `json:"dataIP"`    // the server's underlay address
+	DataMAC   string     `json:"dataMAC"`   // MAC of the bridge-local port, "aa:bb:cc:dd:ee:ff"
+	Site      string     `json:"site"`      // default DefaultSite
+	AgentAddr string     `json:"agentAddr"` // "ip:port" of the agent-to-agent API; optional
+	Role      string     `json:"role"`      // RoleServer (default) or RoleGateway
+}
+
+// Server roles and the default site.
+const (
+	RoleServer  = "server"
+	RoleGateway = "gateway"
+	DefaultSite = "default"
+)
+
+// Tenant is an isolated address space: two tenants may use the same CIDRs
+// and addresses.
+type Tenant struct {
+	Name string `json:"name"`
+}
+
+// Network is an IPv4 CIDR inside a tenant.
+type Network struct {
+	Tenant  string       `json:"tenant"`
+	Name    string       `json:"name"`
+	CIDR    netip.Prefix `json:"cidr"`    // stored masked: 10.1.0.0/24
+	Gateway netip.Addr   `json:"gateway"` // default: first host address of CIDR
+}
+
+// Ref returns "tenant/name", the form people type and [ParseNetRef] reads.
+func (n Network) Ref() string { return n.Tenant + "/" + n.Name }
+
+// Endpoint is one workload interface attached to a server's bridge.
+//
+// When MAC is empty the directory derives it with [ipam.MACFor] from the
+// tenant and the address (deterministic, not random): unique within the
+// tenant because the address is, and stable across re-creation. Explicit MACs
+// with ipam.MACPrefix as first octet are refused unless they equal the derived
+// one, so a derived MAC can never collide with an explicit one.
+type Endpoint struct {
+	Tenant  string     `json:"tenant"`
+	Network string     `json:"network"`
+	Name    string     `json:"name"` // unique within the tenant
+	IP      netip.Addr `json:"ip"`
+	MAC     string     `json:"mac"`
+	Server  string     `json:"server"`            // the registered server it lives on
+	Port    uint32     `json:"port"`              // OpenFlow port on that server, 0 until bound
+	IfaceID string     `json:"ifaceID,omitempty"` // external_ids:iface-id of the hypervisor port
+}
+
+// Ref returns "tenant/name".
+func (e Endpoint) Ref() string { return e.Tenant + "/" + e.Name }
+
+// Limits on CIDRs: /8 keeps a network's address scan bounded, /30 is the
+// smallest prefix with two hosts.
+const (
+	MinPrefixBits = 8
+	MaxPrefixBits = 30
+)
+
+// ValidateName checks a tenant, network, endpoint, server or site name: 1 to
+// 63 characters of [a-z0-9-_.], starting with a letter or digit. Names end up
+// as etcd key segments and in "tenant/net" references, hence no '/'.
+func ValidateName(kind, name string) error {
+	if name == "" {
+		return errorf(ErrInvalid, "%s name is empty", kind)
+	}
+	if len(name) > 63 {
+		return errorf(ErrInvalid, "%s name %q is longer than 63 characters", kind, name)
+	}
+	for i, c := range name {
+		alnum := c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
+		if alnum || i > 0 && (c == '-' || c == '_' || c == '.') {
+			continue
+		}
+		return errorf(ErrInvalid, "%s name %q is invalid: use lower-case letters, digits, '-', '_' and '.', starting with a letter or digit", kind, name)
+	}
+	return nil
+}
+
+// ParseNetRef splits "TENANT/NET" and validates both names.
+func ParseNetRef(s string) (tenant, net string, err error) {
+	tenant, net, ok := strings.Cut(s, "/")
+	if !ok {
+		return "", "", errorf(ErrInvalid, "network reference %q is not of the form TENANT/NET", s)
+	}
+	if err := ValidateName("tenant", tenant); err != nil {
+		return "", "", err
+	}
+	if err := ValidateName("network", net); err != nil {
+		return "", "", err
+	}
+	return tenant, net, nil
+}
+
+// normalizeMAC parses a MAC and returns it lower-case and colon-separated;
+// it refuses anything that is not a 6-byte unicast, non-zero address.
+func normalizeMAC(what, s string) (string, error) {
+	hw, err := net.ParseMAC(s)
+	if err != nil || len(hw) != 6 {
+		return "", errorf(ErrInvalid, "%s %q is not a 6-byte MAC address", what, s)
+	}
+	if hw[0]&1 != 0 {
+		return "", errorf(ErrInvalid, "%s %s is a multicast address", what, hw)
+	}
+	if string(hw) == "\x00\x00\x00\x00\x00\x00" {
+		return "", errorf(ErrInvalid, "%s is all zeros", what)
+	}
+	return hw.String(), nil
+}
+
+// normalize validates s and fills defaults.
+func (s Server) normalize() (Server, error) {
+	if err := ValidateName("server", s.Name); err != nil {
+		return s, err
+	}
+	if !s.DataIP.IsValid() {
+		return s, errorf(ErrInvalid, "server %s has no data address", s.Name)
+	}
+	s.DataIP = s.DataIP.Unmap()
+	mac, err := normalizeMAC("server "+s.Name+" data MAC", s.DataMAC)
+	if err != nil {
+		return s, err
+	}
+	s.DataMAC = mac
+	if s.Site == "" {
+		s.Site = DefaultSite
+	}
+	if err := ValidateName("site", s.Site); err != nil {
+		return s, err
+	}
+	if s.AgentAddr != "" {
+		if _, err := netip.ParseAddrPort(s.AgentAddr); err != nil {
+			return s, errorf(ErrInvalid, "server %s agent address %q is not ip:port", s.Name, s.AgentAddr)
+		}
+	}
+	switch s.Role {
+	case "":
+		s.Role = RoleServer
+	case RoleServer, RoleGateway:
+	default:
+		return s, errorf(ErrInvalid, "server %s role %q is neither %q nor %q", s.Name, s.Role, RoleServer, RoleGateway)
+	}
+	return s, nil
+}
+
+// normalize validates n and fills the gateway. canonicalised reports that
+// the CIDR had host bits set and was masked, so the caller can say so.
+func (n Network) normalize() (_ Network, canonicalised bool, err error) {
+	if err := ValidateName("tenant", n.Tenant); err != nil {
+		return n, false, err
+	}
+	if err := ValidateName("network", n.Name); err != nil {
+		return n, false, err
+	}
+	if !n.CIDR.IsValid() {
+		return n, false, errorf(ErrInvalid, "network %s has no valid CIDR", n.Ref())
+	}
+	if !n.CIDR.Addr().Is4() {
+		return n, false, errorf(ErrInvalid, "network %s CIDR %s is not IPv4 (only IPv4 is supported)", n.Ref(), n.CIDR)
+	}
+	if b := n.CIDR.Bits(); b < MinPrefixBits || b > MaxPrefixBits {
+		return n, false, errorf(ErrInvalid, "network %s CIDR %s: prefix length must be between /%d and /%d", n.Ref(), n.CIDR, MinPrefixBits, MaxPrefixBits)
+	}
+	if m := n.CIDR.Masked(); m != n.CIDR {
+		canonicalised = true
+		n.CIDR = m
+	}
+	if !n.Gateway.IsValid() {
+		n.Gateway, _ = ipam.DefaultGateway(n.CIDR) // cannot fail: IPv4, /8../30
+		return n, canonicalised, nil
+	}
+	n.Gateway = n.Gateway.Unmap()
+	switch r := ipam.Classify(n.CIDR, netip.Addr{}, n.Gateway); r {
+	case ipam.OK:
+	default:
+		return n, false, errorf(ErrInvalid, "network %s gateway %s is %s %s", n.Ref(), n.Gateway, r, n.CIDR)
+	}
+	return n, canonicalised, nil
+}
+
+// validate checks what can be checked of e without the directory.
+func (e Endpoint) validate() (Endpoint, error) {
+	if err := ValidateName("tenant", e.Tenant); err != nil {
+		return e, err
+	}
+	if err := ValidateName("network", e.Network); err != nil {
+		return e, err
+	}
+	if err := ValidateName("endpoint", e.Name); err != nil {
+		return e, err
+	}
+	if err := ValidateName("server", e.Server); err != nil {
+		return e, err
+	}
+	if e.IP.IsValid() {
+		e.IP = e.IP.Unmap()
+		if !e.IP.Is4() {
+			return e, errorf(ErrInvalid, "endpoint %s address %s is not IPv4", e.Ref(), e.IP)
+		}
+	}
+	if e.MAC != "" {
+		mac, err := normalizeMAC("endpoint "+e.Ref()+" MAC", e.MAC)
+		if err != nil {
+			return e, err
+		}
+		e.MAC = mac
+	}
+	if len(e.IfaceID) > 255 || strings.ContainsFunc(e.IfaceID, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return e, errorf(ErrInvalid, "endpoint %s iface-id %q must be at most 255 printable characters without spaces", e.Ref(), e.IfaceID)
+	}
+	return e, nil
+}
+
+// checkMAC fills or checks e.MAC once e.IP is known (see [Endpoint]).
+func (e *Endpoint) checkMAC() error {
+	derived, err := ipam.MACFor(e.Tenant, e.IP)
+	if err != nil {
+		return errorf(ErrInvalid, "endpoint %s: %w", e.Ref(), err)
+	}
+	if e.MAC == "" {
+		e.MAC = derived
+		return nil
+	}
+	if strings.HasPrefix(e.MAC, fmt.Sprintf("%02x:", ipam.MACPrefix)) && e.MAC != derived {
+		return errorf(ErrInvalid, "endpoint %s MAC %s is in the range NVI derives MACs from (%02x:...); leave it empty or use another", e.Ref(), e.MAC, ipam.MACPrefix)
+	}
+	return nil
+}

@@ -1,0 +1,236 @@
+package directory
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// DefaultPrefix is where NVI keeps its records in etcd. The version segment
+// lets a future incompatible layout live next to this one during upgrades.
+const DefaultPrefix = "/nvi/v1/"
+
+// Defaults for [Config].
+const (
+	DefaultDialTimeout    = 5 * time.Second
+	DefaultRequestTimeout = 5 * time.Second
+)
+
+// Config says how to reach the directory.
+type Config struct {
+	// Endpoints are etcd client URLs: "http://198.18.0.254:2379",
+	// "unix:///run/nvi/lab/etcd.sock".
+	Endpoints []string
+	// DialTimeout bounds Open's reachability probe (default 5s).
+	DialTimeout time.Duration
+	// RequestTimeout bounds each call whose context has no deadline of its
+	// own (default 5s), so a directory outage never hangs a caller forever.
+	RequestTimeout time.Duration
+	// Prefix isolates NVI's keys; tests use one per test (default "/nvi/v1/").
+	Prefix string
+	// Logger receives the store's own lines (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Store is a thin shell over an etcd client: every method is one or a few
+// etcd round trips, validating input before and translating errors after.
+// It caches nothing; agents on the packet path use a [Cache].
+type Store struct {
+	cli        *clientv3.Client
+	k          keys
+	log        *slog.Logger
+	reqTimeout time.Duration
+	ownsClient bool
+}
+
+// Open connects to etcd and proves it answers within DialTimeout. clientv3
+// dials lazily, so without the probe a wrong address would surface only at
+// the first real request, far from the flag that caused it.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errorf(ErrInvalid, "directory: no etcd endpoints given")
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            cfg.Endpoints,
+		DialTimeout:          cfg.DialTimeout,
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 3 * time.Second,
+		Logger:               zap.NewNop(),
+	})
+	if err != nil {
+		return nil, errorf(ErrUnavailable, "directory: etcd at %v: %w", cfg.Endpoints, err)
+	}
+	s := NewFromClient(cli, cfg.Prefix)
+	s.ownsClient = true
+	if cfg.Logger != nil {
+		s.log = cfg.Logger
+	}
+	if cfg.RequestTimeout > 0 {
+		s.reqTimeout = cfg.RequestTimeout
+	}
+	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	if _, err := cli.Get(pctx, s.k.prefix, clientv3.WithCountOnly()); err != nil {
+		cli.Close()
+		return nil, errorf(ErrUnavailable, "directory: etcd at %v unreachable: %w", cfg.Endpoints, err)
+	}
+	s.log.Debug("directory: connected", "endpoints", cfg.Endpoints, "prefix", s.k.prefix)
+	return s, nil
+}
+
+// NewFromClient wraps an existing client; prefix "" means DefaultPrefix.
+// Close does not close a client passed in this way.
+func NewFromClient(cli *clientv3.Client, prefix string) *Store {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return &Store{cli: cli, k: keys{prefix}, log: slog.Default(), reqTimeout: DefaultRequestTimeout}
+}
+
+// Close releases the client if Open created it.
+func (s *Store) Close() error {
+	if !s.ownsClient {
+		return nil
+	}
+	return s.cli.Close()
+}
+
+// Prefix returns the key prefix the store works under.
+func (s *Store) Prefix() string { return s.k.prefix }
+
+// Client exposes the underlying etcd client, for callers that need
+// something the Store does not offer (and for tests).
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+// Revision returns etcd's current revision: a starting point for Watch.
+func (s *Store) Revision(ctx context.Context) (int64, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.k.prefix, clientv3.WithCountOnly())
+	if err != nil {
+		return 0, unavailable("reading revision", err)
+	}
+	return resp.Header.Revision, nil
+}
+
+// ctx applies the default request timeout unless ctx already has a deadline.
+func (s *Store) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, s.reqTimeout)
+}
+
+// keys builds every etcd key the package uses; the layout is described in
+// the package documentation.
+type keys struct{ prefix string }
+
+func (k keys) servers() string                     { return k.prefix + "servers/" }
+func (k keys) server(name string) string           { return k.servers() + name }
+func (k keys) tenants() string                     { return k.prefix + "tenants/" }
+func (k keys) tenant(t string) string              { return k.tenants() + t }
+func (k keys) allNetworks() string                 { return k.prefix + "networks/" }
+func (k keys) networks(t string) string            { return k.allNetworks() + t + "/" }
+func (k keys) network(t, n string) string          { return k.networks(t) + n }
+func (k keys) allEndpoints() string                { return k.prefix + "endpoints/" }
+func (k keys) endpoints(t string) string           { return k.allEndpoints() + t + "/" }
+func (k keys) endpoint(t, n string) string         { return k.endpoints(t) + n }
+func (k keys) addrs(t string) string               { return k.prefix + "addrs/" + t + "/" }
+func (k keys) addr(t string, ip netip.Addr) string { return k.addrs(t) + ip.String() }
+func (k keys) iface(id string) string              { return k.prefix + "ifaces/" + id }
+
+// record is a decoded etcd value plus the revisions the cache needs to order
+// it against watch events.
+type record[T any] struct {
+	val     T
+	modRev  int64 // the key's ModRevision; 0 when absent
+	readRev int64 // the revision the read observed
+}
+
+// getJSON reads one key. An absent key is not an error: found is false.
+func getJSON[T any](ctx context.Context, s *Store, op, key string) (r record[T], found bool, err error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, key)
+	if err != nil {
+		return r, false, unavailable(op, err)
+	}
+	r.readRev = resp.Header.Revision
+	if len(resp.Kvs) == 0 {
+		return r, false, nil
+	}
+	if err := json.Unmarshal(resp.Kvs[0].Value, &r.val); err != nil {
+		return r, false, fmt.Errorf("directory: %s: record at %s is corrupt: %w", op, key, err)
+	}
+	r.modRev = resp.Kvs[0].ModRevision
+	return r, true, nil
+}
+
+// listJSON reads every record under prefix, in key order. A corrupt record
+// is logged and skipped so that one bad value cannot hide all the others.
+func listJSON[T any](ctx context.Context, s *Store, op, prefix string) ([]T, int64, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, unavailable(op, err)
+	}
+	out := make([]T, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var v T
+		if err := decode(kv, &v); err != nil {
+			s.log.Warn("directory: skipping corrupt record", "key", string(kv.Key), "err", err)
+			continue
+		}
+		out = append(out, v)
+	}
+	return out, resp.Header.Revision, nil
+}
+
+func decode(kv *mvccpb.KeyValue, v any) error { return json.Unmarshal(kv.Value, v) }
+
+// mustJSON encodes a model value; they contain nothing json can refuse.
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Unreachable for the plain structs of this package; keep a value
+		// that fails decoding loudly rather than panicking.
+		return fmt.Sprintf("unencodable: %v", err)
+	}
+	return string(b)
+}
+
+// absent is the compare "key does not exist".
+func absent(key string) clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+}
+
+// unchanged is the compare "key still has the revision we read" (0: still absent).
+func unchanged(key string, modRev int64) clientv3.Cmp {
+	return clientv3.Compare(clientv3.ModRevision(key), "=", modRev)
+}
+
+// quietSince is the compare "nothing under prefix was created or modified
+// after revision rev". Deletions are not seen, which is fine for the guards
+// that use it: they only need to notice additions.
+func quietSince(prefix string, rev int64) clientv3.Cmp {
+	return clientv3.Compare(clientv3.ModRevision(prefix), "<", rev+1).WithPrefix()
+}
+
+// casRetries bounds how often an operation re-reads and retries after losing
+// a compare-and-swap race.
+const casRetries = 32
