@@ -1,0 +1,19 @@
+// Package openflow is NVI's OpenFlow 1.3 wire codec and the controller side
+// of one switch connection.
+//
+// The codec covers every OpenFlow 1.3 message, OXM matches (OpenFlow basic
+// plus the Nicira NXM fields OVS uses: registers, conntrack state, zone,
+// mark), all standard actions and instructions, and the Open vSwitch
+// (Nicira) actions NVI needs: move (NXAST_REG_MOVE), resubmit, ct, nat,
+// dec_ttl and conjunction. Anything it does not model — unknown OXM
+// fields, unknown experimenter actions, instructions and message bodies —
+// is kept as raw bytes so that decode→encode is byte-exact, which the tests
+// check against the Ryu vectors and against ovs-ofctl.
+//
+// Decoding never panics: every length is checked against its container
+// (see reader), so a hostile switch can cost at most one 64 KiB message.
+//
+// Conn is one controller-to-switch connection (hello, features, echo,
+// request/reply matching by xid, barrier-ordered error collection), and
+// Session keeps a Conn alive across switch restarts.
+package openflow
