@@ -322,7 +322,9 @@ func (f *Frame) parseInner() error {
 	f.inL4 = l4
 	c.hi = min(segEnd, f.end)
 	c.complete = !frag && segEnd <= f.end
-	if c.field+2 <= f.end {
+	// Record the checksum only if it was quoted, and lies within the
+	// original segment (a broken original may be shorter than a TCP header).
+	if c.field+2 <= c.hi {
 		f.addCksum(c)
 	}
 	f.addCksum(ip)

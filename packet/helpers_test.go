@@ -63,10 +63,16 @@ func capture(t testing.TB) [][]byte {
 	return out
 }
 
-// unhex decodes hex with any spaces and newlines, for hand-written vectors.
+// unhex decodes hex with any spaces and newlines, and "//" comments to the
+// end of a line, for hand-written vectors.
 func unhex(t testing.TB, s string) []byte {
 	t.Helper()
-	b, err := hex.DecodeString(strings.Join(strings.Fields(s), ""))
+	var digits strings.Builder
+	for line := range strings.Lines(s) {
+		line, _, _ = strings.Cut(line, "//")
+		digits.WriteString(strings.Join(strings.Fields(line), ""))
+	}
+	b, err := hex.DecodeString(digits.String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,6 +90,7 @@ func mustMAC(s string) net.HardwareAddr {
 var (
 	macA = mustMAC("02:00:00:00:00:0a")
 	macB = mustMAC("02:00:00:00:00:0b")
+	macC = mustMAC("02:00:00:00:01:02")
 	ipC  = netip.MustParseAddr("10.1.0.2")
 	ipS  = netip.MustParseAddr("10.1.0.3")
 	ipA  = netip.MustParseAddr("192.0.2.1")

@@ -59,7 +59,9 @@ func Verify(b []byte) error {
 // options, the reserved flag, a UDP length equal to the IPv4 payload, an ARP
 // operation of request or reply, and an ICMP error quoting no more than the
 // original datagram. It returns all problems joined, each checksum one a
-// *ChecksumError, so a test learns exactly which fields are wrong.
+// *ChecksumError, so a test learns exactly which fields are wrong; checksum
+// errors come innermost first (errors.As finds the quoted datagram's before
+// the ICMP checksum that a wrong quoted checksum also breaks).
 func (f *Frame) Verify() error {
 	var errs []error
 	if f.isARP() {
@@ -81,8 +83,9 @@ func (f *Frame) Verify() error {
 			errs = append(errs, errf(ErrMalformed, "icmp error quotes %d bytes of a %d-byte datagram", quoted, total))
 		}
 	}
-	// Outermost first, so the first error is the one a reader looks at first.
-	for i := f.ncs - 1; i >= 0; i-- {
+	// Innermost first: a wrong quoted checksum also makes the ICMP checksum
+	// over it wrong, and the first error should name the cause.
+	for i := 0; i < f.ncs; i++ {
 		c := &f.cs[i]
 		if !c.complete {
 			continue
