@@ -135,13 +135,17 @@ func (c *Cache) Run(ctx context.Context) error {
 		c.mu.Unlock()
 		return errors.New("directory: cache is already running")
 	}
-	// Entries cached before now were read at lowRead or later: replay from
-	// there so that no change after their read is missed.
+	// Replay whatever cached entries may have missed: changes since the
+	// last revision an earlier Run applied, and since the oldest read made
+	// while no watch ran. If etcd compacted that history, the watch sends a
+	// Reset and reconcile catches up instead.
 	from := rev + 1
-	if c.lowRead > 0 && c.lowRead+1 < from {
-		from = c.lowRead + 1
+	for _, r := range []int64{c.watchRev, c.lowRead} {
+		if r > 0 && r+1 < from {
+			from = r + 1
+		}
 	}
-	c.watching, c.watchRev = true, from-1
+	c.watching, c.watchRev, c.lowRead = true, from-1, 0
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()

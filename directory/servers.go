@@ -158,7 +158,9 @@ func (r *Registration) Close() error {
 		r.mu.Lock()
 		lease := r.lease
 		r.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), r.s.reqTimeout)
+		// Revoking only hastens what the TTL does anyway, so a directory
+		// outage should not hold up an agent's shutdown for long.
+		ctx, cancel := context.WithTimeout(context.Background(), min(r.s.reqTimeout, 2*time.Second))
 		defer cancel()
 		if _, rerr := r.s.cli.Revoke(ctx, lease); rerr != nil && !errors.Is(rerr, rpctypes.ErrLeaseNotFound) {
 			err = unavailable("revoking lease of server "+r.srv.Name, rerr)
