@@ -1,0 +1,307 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"nvi/api"
+	"nvi/directory"
+	"nvi/ovsdb"
+	"nvi/pipeline"
+	"nvi/policy"
+	"nvi/session"
+)
+
+// Agent is one running nvid.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+	ctx context.Context // lives as long as Run
+
+	ovs   *ovsdb.Client
+	dir   *directory.Store
+	cache *directory.Cache
+	pol   policy.Policy
+	sw    *switchConn // the OpenFlow connection to our bridge
+
+	mu        sync.Mutex
+	br        pipeline.Bridge       // facts the flows depend on; set once the switch is known
+	locals    map[uint32]*local     // bound workloads by OpenFlow port
+	byAddr    map[addrKey]*local    // ... by tenant and address
+	sessions  map[session.Tuple]*entry
+	byWire    map[wireKey]*entry    // cross-server sessions as the underlay names them
+	punts     map[netip.Addr]int    // ICMP sessions per peer, for the punt flow
+	keys      *session.KeyPool
+	peers     map[string]*api.PeerClient
+	registered bool
+	dirErr    string
+}
+
+type addrKey struct {
+	tenant string
+	ip     netip.Addr
+}
+
+// wireKey names a cross-server session the way its packets and the peer API
+// do: by peer, protocol, key and this server's role.
+type wireKey struct {
+	peer  netip.Addr
+	proto session.Proto
+	key   uint16
+	role  session.Role
+}
+
+// New checks cfg and makes an agent; Run starts it.
+func New(cfg Config) (*Agent, error) {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Agent{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		locals:   map[uint32]*local{},
+		byAddr:   map[addrKey]*local{},
+		sessions: map[session.Tuple]*entry{},
+		byWire:   map[wireKey]*entry{},
+		punts:    map[netip.Addr]int{},
+		keys:     session.NewKeyPool(cfg.KeyRange, cfg.KeyRest),
+		peers:    map[string]*api.PeerClient{},
+	}, nil
+}
+
+// Run starts the agent and blocks until ctx ends. Established sessions
+// survive its end: flows stay on the bridge and the next agent adopts them.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a.ctx = ctx
+	a.warnEphemeralOverlap()
+
+	// The local API first, so that tools can ask why the agent is not ready.
+	_ = os.Remove(a.cfg.Socket)
+	ll, err := net.Listen("unix", a.cfg.Socket)
+	if err != nil {
+		return fmt.Errorf("local API: %w", err)
+	}
+	defer os.Remove(a.cfg.Socket)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := api.Serve(ctx, ll, api.LocalHandler(localService{a}, a.log), a.log); err != nil {
+			a.log.Error("local API stopped", "err", err)
+		}
+	}()
+
+	if err := a.setupBridge(ctx); err != nil {
+		return err
+	}
+	defer a.ovs.Close()
+
+	a.sw = newSwitchConn(a)
+	wg.Add(1)
+	go func() { defer wg.Done(); a.sw.run(ctx) }()
+
+	if err := a.openDirectory(ctx); err != nil {
+		return err
+	}
+	defer a.dir.Close()
+	a.cache = directory.NewCache(a.dir, a.log)
+	a.cache.OnChange(a.onDirectoryChange)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := a.cache.Run(ctx); err != nil && ctx.Err() == nil {
+			a.log.Error("directory watch stopped", "err", err)
+		}
+	}()
+
+	// Wait for the switch before anything that installs flows.
+	if err := a.sw.waitConnected(ctx); err != nil {
+		return err
+	}
+	if err := a.register(ctx); err != nil {
+		return err
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); a.watchInterfaces(ctx) }()
+
+	if a.cfg.PeerListen != "" {
+		pl, err := net.Listen("tcp", a.cfg.PeerListen)
+		if err != nil {
+			return fmt.Errorf("peer API on %s: %w", a.cfg.PeerListen, err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := api.Serve(ctx, pl, api.PeerHandler(peerService{a}, a.log), a.log); err != nil {
+				a.log.Error("peer API stopped", "err", err)
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); a.expireLoop(ctx) }()
+	a.log.Info("agent running", "server", a.cfg.Name, "bridge", a.cfg.Bridge, "data", a.cfg.DataIP, "peer_api", a.cfg.PeerListen)
+	<-ctx.Done()
+	a.log.Info("agent stopping; flows stay on the bridge")
+	return nil
+}
+
+// setupBridge makes sure the bridge exists as NVI wants it, with the uplink
+// on OpenFlow port 1, and puts the data address on its local port.
+func (a *Agent) setupBridge(ctx context.Context) error {
+	var err error
+	for attempt := 0; ; attempt++ {
+		a.ovs, err = ovsdb.Dial(ctx, a.cfg.OVSDB, ovsdb.WithLogger(a.log))
+		if err == nil {
+			break
+		}
+		if attempt == 0 {
+			a.log.Warn("OVSDB not reachable yet; retrying", "ovsdb", a.cfg.OVSDB, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("OVSDB at %s: %w", a.cfg.OVSDB, err)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	if err := a.ovs.Init(ctx); err != nil {
+		return err
+	}
+	spec := ovsdb.BridgeSpec{
+		Name:         a.cfg.Bridge,
+		DatapathType: "netdev",
+		FailMode:     "secure",
+		Protocols:    []string{"OpenFlow13"},
+		Controller:   "punix:" + a.controllerSocket(),
+		OtherConfig:  map[string]string{"disable-in-band": "true"},
+		ExternalIDs:  map[string]string{"nvi-server": a.cfg.Name},
+	}
+	if a.cfg.DataMAC != nil {
+		spec.HWAddr = a.cfg.DataMAC.String()
+	}
+	if err := a.ovs.EnsureBridge(ctx, spec); err != nil {
+		return err
+	}
+	if err := a.ovs.AddPort(ctx, a.cfg.Bridge, ovsdb.PortSpec{Name: a.cfg.Uplink, OFPortRequest: uplinkPort}); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	port, err := a.ovs.WaitOFPort(wctx, a.cfg.Uplink)
+	if err != nil {
+		return fmt.Errorf("uplink %s: %w", a.cfg.Uplink, err)
+	}
+	a.br.Uplink = uint32(port)
+	if a.cfg.ConfigIP {
+		if err := configureDataIP(ctx, a.cfg.Bridge, a.cfg.DataIP); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// uplinkPort is the OpenFlow port the agent asks for the uplink.
+const uplinkPort = 1
+
+func (a *Agent) controllerSocket() string {
+	return a.cfg.OVSRunDir + "/" + a.cfg.Bridge + ".nvid"
+}
+
+// openDirectory connects to etcd, retrying with a logged reason: a server
+// whose directory is down keeps forwarding, it just cannot register yet.
+func (a *Agent) openDirectory(ctx context.Context) error {
+	for attempt := 0; ; attempt++ {
+		d, err := directory.Open(ctx, directory.Config{Endpoints: a.cfg.Etcd, Logger: a.log})
+		if err == nil {
+			a.dir = d
+			a.setDirErr("")
+			return nil
+		}
+		a.setDirErr(err.Error())
+		if attempt%10 == 0 {
+			a.log.Warn("directory unreachable; retrying", "etcd", a.cfg.Etcd, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("directory: %w", err)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (a *Agent) setDirErr(s string) {
+	a.mu.Lock()
+	a.dirErr = s
+	a.mu.Unlock()
+}
+
+// register puts this server in the directory under a lease; the directory
+// package keeps the lease alive.
+func (a *Agent) register(ctx context.Context) error {
+	a.mu.Lock()
+	srv := directory.Server{
+		Name:      a.cfg.Name,
+		DataIP:    a.br.DataIP,
+		DataMAC:   a.br.DataMAC.String(),
+		Site:      a.cfg.Site,
+		AgentAddr: a.cfg.PeerListen,
+		Role:      directory.RoleServer,
+	}
+	a.mu.Unlock()
+	for attempt := 0; ; attempt++ {
+		_, err := a.dir.RegisterServer(ctx, srv, a.cfg.LeaseTTL)
+		if err == nil {
+			a.mu.Lock()
+			a.registered = true
+			a.mu.Unlock()
+			a.setDirErr("")
+			a.log.Info("registered in the directory", "server", srv.Name, "data_ip", srv.DataIP, "data_mac", srv.DataMAC)
+			return nil
+		}
+		a.setDirErr(err.Error())
+		if errors.Is(err, directory.ErrInvalid) || errors.Is(err, directory.ErrConflict) {
+			return fmt.Errorf("register server %s: %w", srv.Name, err)
+		}
+		if attempt%10 == 0 {
+			a.log.Warn("cannot register yet; retrying", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// Ready reports whether the agent serves: switch connected with its
+// pipeline, and registered in the directory.
+func (a *Agent) ready() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.registered && a.sw != nil && a.sw.connected()
+}
+
+// peer returns a client for a peer agent.
+func (a *Agent) peer(srv directory.Server) (*api.PeerClient, error) {
+	if srv.AgentAddr == "" {
+		return nil, api.Errorf(api.CodeUnavailable, "server %s has no agent address", srv.Name)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.peers[srv.AgentAddr]
+	if c == nil {
+		c = api.NewPeerClient(srv.AgentAddr, a.cfg.PeerTimeout)
+		a.peers[srv.AgentAddr] = c
+	}
+	return c, nil
+}

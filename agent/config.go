@@ -1,0 +1,136 @@
+// Package agent is nvid, the NVI agent of one server. It is the OpenFlow
+// controller of its own bridge only: it binds the server's workloads to the
+// bridge, and when a workload opens a connection it resolves the peer in the
+// directory, checks policy, agrees the session with the peer server's agent
+// and installs header-rewriting flows on both bridges.
+//
+// The agent is a shell around pure parts: pipeline computes flows, session
+// allocates keys and judges idleness, policy decides. Here live the sockets
+// (OpenFlow, OVSDB, etcd, the two APIs) and the ordering that makes the
+// design's invariants hold.
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"time"
+
+	"nvi/session"
+)
+
+// Config is everything nvid is told at start.
+type Config struct {
+	Name       string       // this server's name in the directory
+	Bridge     string       // the OVS bridge the agent controls
+	Uplink     string       // the interface toward the underlay, added to the bridge
+	DataIP     netip.Prefix // the server's underlay address and subnet
+	ConfigIP   bool         // put DataIP on the bridge's local port (the lab does this)
+	DataMAC    net.HardwareAddr
+	Gateway    netip.Addr // underlay router for peers outside the subnet (optional)
+	OVSDB      string     // "unix:/run/nvi/s1/db.sock"
+	OVSRunDir  string     // ovs-vswitchd's run directory: the controller socket goes there
+	Socket     string     // the local API's unix socket
+	PeerListen string     // "ip:port" of the peer API
+	Etcd       []string   // directory endpoints
+	Site       string
+
+	IdleTimeout  time.Duration    // a session with no packets this long is torn down
+	KeyRange     session.KeyRange // ports reserved for keys; must hold no host service
+	KeyRest      time.Duration    // how long a released key rests before reuse
+	SetupTimeout time.Duration    // bound on one session setup, handshake included
+	PeerTimeout  time.Duration    // bound on one peer API call
+	DenyTimeout  time.Duration    // life of a drop flow
+	PuntRate     uint32           // packet-ins per second the meter lets through
+	PuntBurst    uint32
+	LeaseTTL     time.Duration // the server record's lease in the directory
+
+	Logger *slog.Logger
+}
+
+// Defaults fills unset fields.
+func (c *Config) Defaults() {
+	if c.Bridge == "" {
+		c.Bridge = "br-nvi"
+	}
+	if c.Site == "" {
+		c.Site = "default"
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 60 * time.Second
+	}
+	if c.KeyRange == (session.KeyRange{}) {
+		c.KeyRange = session.DefaultKeyRange
+	}
+	if c.KeyRest == 0 {
+		c.KeyRest = 30 * time.Second
+	}
+	if c.SetupTimeout == 0 {
+		c.SetupTimeout = 3 * time.Second
+	}
+	if c.PeerTimeout == 0 {
+		c.PeerTimeout = 2 * time.Second
+	}
+	if c.DenyTimeout == 0 {
+		c.DenyTimeout = 5 * time.Second
+	}
+	if c.PuntRate == 0 {
+		c.PuntRate = 5000
+	}
+	if c.PuntBurst == 0 {
+		c.PuntBurst = c.PuntRate / 2
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate says what is wrong with c, all at once.
+func (c *Config) Validate() error {
+	var errs []error
+	need := func(v, flag string) {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("--%s is required", flag))
+		}
+	}
+	need(c.Name, "name")
+	need(c.Uplink, "uplink")
+	need(c.OVSDB, "ovsdb")
+	need(c.OVSRunDir, "ovs-rundir")
+	need(c.Socket, "socket")
+	if !c.DataIP.IsValid() || !c.DataIP.Addr().Is4() {
+		errs = append(errs, errors.New("--data-ip must be an IPv4 address with its prefix length, e.g. 198.18.0.1/24"))
+	}
+	if len(c.Etcd) == 0 {
+		errs = append(errs, errors.New("--etcd is required"))
+	}
+	if c.DataMAC != nil && len(c.DataMAC) != 6 {
+		errs = append(errs, fmt.Errorf("--data-mac %s is not a 6-byte MAC", c.DataMAC))
+	}
+	if c.Gateway.IsValid() && !c.DataIP.Contains(c.Gateway) {
+		errs = append(errs, fmt.Errorf("--underlay-gateway %s is outside %s", c.Gateway, c.DataIP))
+	}
+	if err := c.KeyRange.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.IdleTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("--idle-timeout %v is below one second", c.IdleTimeout))
+	}
+	if c.DenyTimeout < time.Second || c.DenyTimeout > time.Hour {
+		errs = append(errs, fmt.Errorf("--deny-timeout %v: want 1s..1h", c.DenyTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// PeerAddr is where other agents reach this one.
+func (c *Config) PeerAddr() string {
+	if c.PeerListen == "" {
+		return ""
+	}
+	return c.PeerListen
+}

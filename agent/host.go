@@ -1,0 +1,84 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+
+	"nvi/directory"
+)
+
+// configureDataIP puts the server's data address on the bridge's local port,
+// where the host's own traffic enters and leaves the bridge.
+func configureDataIP(ctx context.Context, dev string, addr netip.Prefix) error {
+	for _, args := range [][]string{
+		{"addr", "replace", addr.String(), "dev", dev},
+		{"link", "set", "dev", dev, "up"},
+	} {
+		if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
+}
+
+// warnEphemeralOverlap complains when the host's ephemeral ports reach into
+// the key range: a client source port equal to a key would be mistaken for
+// session traffic.
+func (a *Agent) warnEphemeralOverlap() {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return
+	}
+	var lo, hi int
+	if _, err := fmt.Sscanf(string(b), "%d %d", &lo, &hi); err != nil {
+		return
+	}
+	if hi >= int(a.cfg.KeyRange.First()) && lo <= int(a.cfg.KeyRange.Last()) {
+		a.log.Warn("the host's ephemeral port range overlaps the session key range; reserve the keys with net.ipv4.ip_local_reserved_ports",
+			"ephemeral", fmt.Sprintf("%d-%d", lo, hi), "keys", a.cfg.KeyRange.String())
+	}
+}
+
+// nextHop is the MAC that frames toward a peer server carry: the peer's own
+// on a shared segment, else the underlay router's, as the host's neighbour
+// table knows it.
+func (a *Agent) nextHop(peer directory.Server) (net.HardwareAddr, error) {
+	if a.cfg.DataIP.Contains(peer.DataIP) {
+		mac, err := net.ParseMAC(peer.DataMAC)
+		if err != nil {
+			return nil, fmt.Errorf("server %s has a bad data MAC %q", peer.Name, peer.DataMAC)
+		}
+		return mac, nil
+	}
+	if !a.cfg.Gateway.IsValid() {
+		return nil, fmt.Errorf("server %s (%s) is outside %s and no --underlay-gateway is set", peer.Name, peer.DataIP, a.cfg.DataIP)
+	}
+	mac, err := neighbourMAC(a.cfg.Gateway)
+	if err != nil {
+		return nil, fmt.Errorf("underlay gateway %s: %w", a.cfg.Gateway, err)
+	}
+	return mac, nil
+}
+
+// neighbourMAC reads the kernel's ARP table.
+func neighbourMAC(ip netip.Addr) (net.HardwareAddr, error) {
+	f, err := os.Open("/proc/net/arp")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) >= 4 && fs[0] == ip.String() && fs[2] != "0x0" {
+			return net.ParseMAC(fs[3])
+		}
+	}
+	return nil, fmt.Errorf("no ARP entry (ping it once so the kernel resolves it)")
+}

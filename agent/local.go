@@ -1,0 +1,101 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"time"
+
+	"nvi/api"
+	"nvi/pipeline"
+)
+
+var errNotBound = errors.New("its workload is not bound here")
+
+// localService is the agent as tools on its own server see it.
+type localService struct{ a *Agent }
+
+func (s localService) Status(ctx context.Context) (api.Status, error) {
+	a := s.a
+	st := api.Status{Server: a.cfg.Name, DataIP: a.cfg.DataIP.Addr(), Bridge: a.cfg.Bridge, Switch: "disconnected", Directory: "connected"}
+	if a.sw != nil && a.sw.connected() {
+		st.Switch = "connected"
+	}
+	a.mu.Lock()
+	if a.br.DataMAC != nil {
+		st.DataMAC = a.br.DataMAC.String()
+	}
+	if a.dirErr != "" {
+		st.Directory = a.dirErr
+	} else if !a.registered {
+		st.Directory = "not registered yet"
+	}
+	st.Endpoints, st.Sessions = len(a.locals), len(a.sessions)
+	a.mu.Unlock()
+	st.Ready = a.ready()
+	return st, nil
+}
+
+func (s localService) CreateEndpoint(ctx context.Context, req api.CreateEndpointRequest) (api.Endpoint, error) {
+	return s.a.createEndpoint(ctx, req)
+}
+
+func (s localService) AttachEndpoint(ctx context.Context, req api.AttachRequest) (api.Endpoint, error) {
+	return s.a.attachEndpoint(ctx, req)
+}
+
+func (s localService) DeleteEndpoint(ctx context.Context, tenant, name string) error {
+	return s.a.deleteEndpoint(ctx, tenant, name)
+}
+
+func (s localService) Endpoints(ctx context.Context) ([]api.Endpoint, error) {
+	a := s.a
+	a.mu.Lock()
+	var ls []*local
+	for _, l := range a.locals {
+		ls = append(ls, l)
+	}
+	a.mu.Unlock()
+	out := []api.Endpoint{}
+	for _, l := range ls {
+		ep, err := a.apiEndpoint(l.ep)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ep)
+	}
+	slices.SortFunc(out, func(x, y api.Endpoint) int { return strings.Compare(x.Tenant+"/"+x.Name, y.Tenant+"/"+y.Name) })
+	return out, nil
+}
+
+// Sessions lists the session table, with packet counts read from the
+// bridge so that what is shown is what the switch sees.
+func (s localService) Sessions(ctx context.Context) ([]api.SessionInfo, error) {
+	a := s.a
+	counts := map[pipeline.Cookie]uint64{}
+	if flows, err := a.sw.flows(ctx, pipeline.FeatureCookie(pipeline.FeatureSession), pipeline.FeatureMask); err == nil {
+		for _, f := range flows {
+			counts[f.Cookie] += f.Packets
+		}
+	}
+	now := time.Now()
+	a.mu.Lock()
+	out := make([]api.SessionInfo, 0, len(a.sessions))
+	for _, e := range a.sessions {
+		info := api.SessionInfo{
+			Session: e.s, State: e.state.String(), Age: now.Sub(e.created),
+			IdleFor: now.Sub(e.act.LastActive), PeerServer: e.peerName,
+		}
+		if e.s.Proto.HasPorts() {
+			info.Packets = counts[e.cookie()]
+		}
+		if e.state != established {
+			info.IdleFor = 0
+		}
+		out = append(out, info)
+	}
+	a.mu.Unlock()
+	slices.SortFunc(out, func(x, y api.SessionInfo) int { return strings.Compare(x.Tuple.String(), y.Tuple.String()) })
+	return out, nil
+}

@@ -1,0 +1,446 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"nvi/api"
+	"nvi/directory"
+	"nvi/openflow"
+	"nvi/packet"
+	"nvi/pipeline"
+	"nvi/policy"
+	"nvi/session"
+)
+
+// state is where a session is in its life.
+type state uint8
+
+const (
+	establishing state = iota // being agreed: packets are held, not turned into new sessions
+	established               // both halves installed and acknowledged
+	closing                   // being torn down: packets wait for a fresh session
+)
+
+func (s state) String() string {
+	return [...]string{"establishing", "established", "closing"}[s]
+}
+
+// maxHeld bounds the packets kept per session while it is being set up or
+// torn down; a workload that sends faster than that loses the surplus, as it
+// would on a congested link.
+const maxHeld = 64
+
+// entry is one session in the agent's table. Fields are guarded by Agent.mu.
+type entry struct {
+	s          session.Session
+	state      state
+	held       [][]byte // frames waiting for the session, all from heldPort
+	heldPort   uint32
+	next       [][]byte // frames that arrived while closing, for the next session
+	act        session.Activity
+	created    time.Time
+	peerName   string
+	remoteName string // the remote workload's endpoint name
+}
+
+func (e *entry) involves(l *local) bool {
+	return e.s.Local.OFPort == l.ofport || e.s.Role == session.RoleLocal && e.s.Remote.OFPort == l.ofport
+}
+
+func (e *entry) wire() wireKey {
+	return wireKey{peer: e.s.Peer.IP, proto: e.s.Proto, key: e.s.Key, role: e.s.Role}
+}
+
+func (e *entry) cookie() pipeline.Cookie { return pipeline.SessionCookie(e.s) }
+
+// handlePacketIn is the start of every session: the first packet of a
+// (client, server, protocol, port) that no flow matched. It runs on the
+// switch connection's reader and must not block: setups run in their own
+// goroutines.
+func (a *Agent) handlePacketIn(pi *openflow.PacketIn) {
+	in, ok := pi.Match.Lookup(openflow.IDInPort)
+	if !ok {
+		return
+	}
+	f, err := packet.Parse(pi.Data)
+	if err != nil {
+		a.log.Debug("unparsable packet-in", "err", err)
+		return
+	}
+	a.mu.Lock()
+	uplink := a.br.Uplink
+	a.mu.Unlock()
+	port := uint32(in.Uint())
+	if port == uplink {
+		a.fromPeer(&f)
+		return
+	}
+	a.fromWorkload(port, &f)
+}
+
+// fromWorkload handles a packet a local workload sent that no flow matched.
+func (a *Agent) fromWorkload(port uint32, f *packet.Frame) {
+	a.mu.Lock()
+	l := a.locals[port]
+	a.mu.Unlock()
+	if l == nil || f.EthType() != packet.EtherTypeIPv4 {
+		return
+	}
+	t := session.Tuple{Tenant: l.ep.Tenant, Proto: session.Proto(f.IPProto()), Client: f.IPv4Src(), Server: f.IPv4Dst()}
+	switch t.Proto {
+	case session.TCP, session.UDP:
+		if f.L4() == nil {
+			return // a later fragment: nothing to key it on
+		}
+		t.Port = f.L4Dst()
+	case session.ICMP:
+		switch f.ICMPType() {
+		case packet.ICMPEchoRequest:
+			if t.Server == l.net.Gateway {
+				a.answerGatewayPing(l, f)
+				return
+			}
+			t.Port = f.ICMPID()
+		case packet.ICMPEchoReply:
+			// A server workload answering a ping: the session exists
+			// already, made when the request came in.
+			t.Client, t.Server, t.Port = t.Server, t.Client, f.ICMPID()
+			a.mu.Lock()
+			e := a.sessions[t]
+			ok := e != nil && e.state == established
+			a.mu.Unlock()
+			if ok {
+				a.forwardEcho(e, f, false)
+			}
+			return
+		default:
+			return
+		}
+	default:
+		return
+	}
+	a.submit(l, t, f.Bytes())
+}
+
+// submit gives a packet to its session, making the session if it is new.
+func (a *Agent) submit(l *local, t session.Tuple, frame []byte) {
+	a.mu.Lock()
+	e := a.sessions[t]
+	if e == nil {
+		e = &entry{
+			s:        session.Session{Tuple: t, Local: l.endpoint()},
+			state:    establishing,
+			held:     [][]byte{frame},
+			heldPort: l.ofport,
+			created:  time.Now(),
+		}
+		a.sessions[t] = e
+		a.mu.Unlock()
+		go a.establish(e, l)
+		return
+	}
+	switch e.state {
+	case establishing:
+		if len(e.held) < maxHeld {
+			e.held = append(e.held, frame)
+		}
+		a.mu.Unlock()
+	case closing:
+		if len(e.next) < maxHeld {
+			e.next = append(e.next, frame)
+		}
+		a.mu.Unlock()
+	case established:
+		a.mu.Unlock()
+		if t.Proto == session.ICMP {
+			f, err := packet.Parse(frame)
+			if err == nil {
+				a.forwardEcho(e, &f, true)
+			}
+			return
+		}
+		// The flows exist; this packet was punted just before they did.
+		a.resubmit(l.ofport, frame)
+	}
+}
+
+// resubmit sends a frame through the pipeline again, as if it had just
+// arrived on port.
+func (a *Agent) resubmit(port uint32, frame []byte) {
+	_ = a.sw.send(&openflow.PacketOut{
+		BufferID: openflow.NoBuffer, InPort: port,
+		Actions: []openflow.Action{openflow.ActionOutput{Port: openflow.PortTable}},
+		Data:    frame,
+	})
+}
+
+// sendOut sends a frame straight out of a port.
+func (a *Agent) sendOut(inPort, outPort uint32, frame []byte) error {
+	if outPort == inPort {
+		outPort = openflow.PortInPort
+	}
+	return a.sw.send(&openflow.PacketOut{
+		BufferID: openflow.NoBuffer, InPort: inPort,
+		Actions: []openflow.Action{openflow.ActionOutput{Port: outPort}},
+		Data:    frame,
+	})
+}
+
+// errRefused marks a setup that policy or the directory refused: the
+// destination gets a drop flow instead of being asked about again.
+var errRefused = errors.New("refused")
+
+// establish agrees a new session on behalf of a local client: resolve the
+// server in the client's tenant, check policy, have the peer install its
+// half first, install ours, wait for the barrier, then release the held
+// packets (invariant 1).
+func (a *Agent) establish(e *entry, l *local) {
+	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.SetupTimeout)
+	defer cancel()
+	start := time.Now()
+	err := a.agree(ctx, e, l)
+	if err != nil {
+		a.abandon(e, l, err)
+		return
+	}
+	a.mu.Lock()
+	e.state = established
+	e.act = session.NewActivity(time.Now())
+	held := e.held
+	e.held = nil
+	a.mu.Unlock()
+	a.log.Info("session established", "session", e.s.Tuple.String(), "role", e.s.Role, "key", e.s.Key,
+		"peer", e.peerName, "setup", time.Since(start).Round(time.Microsecond))
+	for _, fr := range held {
+		if e.s.Proto == session.ICMP {
+			if f, err := packet.Parse(fr); err == nil {
+				a.forwardEcho(e, &f, true)
+			}
+			continue
+		}
+		a.resubmit(e.heldPort, fr)
+	}
+}
+
+func (a *Agent) agree(ctx context.Context, e *entry, l *local) error {
+	t := e.s.Tuple
+	if a.cache == nil {
+		return errors.New("the directory is not connected yet")
+	}
+	srv, err := a.cache.LookupEndpoint(ctx, t.Tenant, t.Server)
+	if errors.Is(err, directory.ErrNotFound) {
+		return fmt.Errorf("%w: no endpoint %s in tenant %s", errRefused, t.Server, t.Tenant)
+	}
+	if err != nil {
+		return err
+	}
+	v := a.pol.Decide(policy.Request{From: l.subject(), To: subjectOf(srv), Proto: t.Proto, Port: t.Port})
+	if !v.Allow {
+		return fmt.Errorf("%w by policy: %s", errRefused, v.Reason)
+	}
+	e.remoteName = srv.Name
+	if srv.Server == a.cfg.Name {
+		return a.agreeLocal(ctx, e, srv)
+	}
+	peer, err := a.cache.LookupServer(ctx, srv.Server)
+	if err != nil {
+		return fmt.Errorf("server %s of %s: %w", srv.Server, srv.Ref(), err)
+	}
+	hop, err := a.nextHop(peer)
+	if err != nil {
+		return err
+	}
+	pc, err := a.peer(peer)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	key, err := a.keys.Allocate(peer.DataIP, t.Proto, time.Now())
+	if err == nil {
+		e.s.Role, e.s.Key = session.RoleClient, key
+		e.s.Remote = session.Endpoint{IP: srv.IP}
+		e.s.Peer = session.Peer{Name: peer.Name, IP: peer.DataIP, NextHop: hop}
+		e.peerName = peer.Name
+		a.byWire[e.wire()] = e
+	}
+	a.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	// The peer installs its half first and answers after its barrier.
+	err = pc.Accept(ctx, api.AcceptRequest{From: a.cfg.Name, Tuple: t, Key: key})
+	if err != nil {
+		if api.CodeOf(err) == api.CodeDenied || api.CodeOf(err) == api.CodeNotFound {
+			err = fmt.Errorf("%w by %s: %v", errRefused, peer.Name, err)
+		}
+		return fmt.Errorf("peer %s: %w", peer.Name, err)
+	}
+	if err := a.installHalf(ctx, e); err != nil {
+		// Our half failed: take the peer's down again.
+		a.releasePeer(e, "setup failed")
+		return err
+	}
+	return nil
+}
+
+// agreeLocal sets up a session whose two workloads are both ours: no key,
+// no peer, only MACs change.
+func (a *Agent) agreeLocal(ctx context.Context, e *entry, srv directory.Endpoint) error {
+	a.mu.Lock()
+	rl := a.byAddr[addrKey{srv.Tenant, srv.IP}]
+	if rl != nil {
+		e.s.Role = session.RoleLocal
+		e.s.Remote = rl.endpoint()
+	}
+	a.mu.Unlock()
+	if rl == nil {
+		return fmt.Errorf("endpoint %s is not plugged in yet", srv.Ref())
+	}
+	return a.installHalf(ctx, e)
+}
+
+// installHalf puts this server's half of a session on the bridge and waits
+// for the barrier: two flows for TCP and UDP, the peer's punt flow for ICMP.
+func (a *Agent) installHalf(ctx context.Context, e *entry) error {
+	a.mu.Lock()
+	br := a.br
+	s := e.s
+	a.mu.Unlock()
+	if s.Proto == session.ICMP {
+		if s.Role == session.RoleLocal {
+			return nil
+		}
+		return a.addPunt(ctx, s.Peer.IP)
+	}
+	fms, err := pipeline.SessionFlows(br, s)
+	if err != nil {
+		return err
+	}
+	return a.sw.apply(ctx, flowMods(fms...)...)
+}
+
+// removeHalf takes this server's half of a session off the bridge.
+func (a *Agent) removeHalf(ctx context.Context, s session.Session) error {
+	if s.Proto == session.ICMP {
+		if s.Role == session.RoleLocal {
+			return nil
+		}
+		return a.dropPunt(ctx, s.Peer.IP)
+	}
+	return a.sw.apply(ctx, pipeline.DeleteSessionFlows(s))
+}
+
+func (a *Agent) addPunt(ctx context.Context, peer netip.Addr) error {
+	a.mu.Lock()
+	a.punts[peer]++
+	first := a.punts[peer] == 1
+	br := a.br
+	a.mu.Unlock()
+	if !first {
+		return nil
+	}
+	return a.sw.apply(ctx, pipeline.Punt(br, peer))
+}
+
+func (a *Agent) dropPunt(ctx context.Context, peer netip.Addr) error {
+	a.mu.Lock()
+	a.punts[peer]--
+	last := a.punts[peer] <= 0
+	if last {
+		delete(a.punts, peer)
+	}
+	a.mu.Unlock()
+	if !last {
+		return nil
+	}
+	return a.sw.apply(ctx, pipeline.DeletePunt(peer))
+}
+
+// abandon ends a setup that failed. A refusal leaves a short-lived drop
+// flow so that a flood toward that destination costs no more packet-ins
+// (invariant 4); other failures just drop the held packets, and the next
+// packet tries again.
+func (a *Agent) abandon(e *entry, l *local, err error) {
+	a.mu.Lock()
+	if a.sessions[e.s.Tuple] == e {
+		delete(a.sessions, e.s.Tuple)
+	}
+	if e.s.Role == session.RoleClient {
+		if a.byWire[e.wire()] == e {
+			delete(a.byWire, e.wire())
+		}
+		a.keys.Release(e.s.Peer.IP, e.s.Proto, e.s.Key, time.Now())
+	}
+	br := a.br
+	a.mu.Unlock()
+	if errors.Is(err, errRefused) {
+		a.log.Info("session refused", "session", e.s.Tuple.String(), "reason", err)
+		if err := a.sw.send(pipeline.Deny(br, l.ofport, e.s.Tuple)); err != nil {
+			a.log.Warn("cannot install drop flow", "err", err)
+		}
+		return
+	}
+	a.log.Warn("session setup failed", "session", e.s.Tuple.String(), "err", err)
+}
+
+// forwardEcho carries one ICMP echo of an established session.
+func (a *Agent) forwardEcho(e *entry, f *packet.Frame, toServer bool) {
+	a.mu.Lock()
+	br, s := a.br, e.s
+	e.act.Touch(time.Now())
+	a.mu.Unlock()
+	in := s.Local.OFPort
+	if s.Role == session.RoleServer && toServer || s.Role == session.RoleClient && !toServer {
+		in = br.Uplink
+	} else if s.Role == session.RoleLocal && !toServer {
+		in = s.Remote.OFPort
+	}
+	out, err := pipeline.TranslateEcho(br, s, f, toServer)
+	if err != nil {
+		a.log.Warn("cannot translate echo", "err", err)
+		return
+	}
+	if err := a.sendOut(in, out, f.Bytes()); err != nil {
+		a.log.Debug("cannot send echo", "err", err)
+	}
+}
+
+// fromPeer handles ICMP that a peer server sent us (punt flows send it
+// here): an echo of one of our ICMP sessions, or the host's own traffic,
+// which is passed to the host untouched.
+func (a *Agent) fromPeer(f *packet.Frame) {
+	if f.EthType() == packet.EtherTypeIPv4 && f.IPProto() == uint8(session.ICMP) {
+		w := wireKey{peer: f.IPv4Src(), proto: session.ICMP, key: f.ICMPID()}
+		toServer := false
+		switch f.ICMPType() {
+		case packet.ICMPEchoRequest:
+			w.role, toServer = session.RoleServer, true
+		case packet.ICMPEchoReply:
+			w.role = session.RoleClient
+		}
+		a.mu.Lock()
+		e := a.byWire[w]
+		ok := e != nil && e.state == established && (f.ICMPType() == packet.ICMPEchoRequest || f.ICMPType() == packet.ICMPEchoReply)
+		a.mu.Unlock()
+		if ok {
+			a.forwardEcho(e, f, toServer)
+			return
+		}
+	}
+	a.mu.Lock()
+	uplink := a.br.Uplink
+	a.mu.Unlock()
+	_ = a.sendOut(uplink, openflow.PortLocal, f.Bytes())
+}
+
+func (a *Agent) answerGatewayPing(l *local, f *packet.Frame) {
+	reply, err := pipeline.GatewayEchoReply(f)
+	if err != nil {
+		return
+	}
+	_ = a.sendOut(l.ofport, l.ofport, reply)
+}

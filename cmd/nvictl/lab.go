@@ -1,0 +1,192 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"nvi/api"
+	"nvi/directory"
+	"nvi/lab"
+	"nvi/session"
+)
+
+func sessionsCommand() command {
+	var (
+		o              output
+		server, socket string
+	)
+	return command{
+		name: "sessions", help: "list a server's live sessions",
+		flags: func(fs *flag.FlagSet) {
+			o.register(fs)
+			fs.StringVar(&server, "server", "", "the server (a lab server name)")
+			fs.StringVar(&socket, "socket", "", "path of the agent's local API socket (outside a lab)")
+		},
+		run: func(e *env, _ *flag.FlagSet, args []string) error {
+			o.w = e.stdout
+			if err := o.check(); err != nil {
+				return err
+			}
+			c, err := e.agent(server, socket)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ss, err := c.Sessions(e.ctx)
+			if err != nil {
+				return err
+			}
+			if ss == nil {
+				ss = []api.SessionInfo{}
+			}
+			var rows [][]string
+			for _, s := range ss {
+				key, peer := "-", "-"
+				if s.Role != session.RoleLocal {
+					key, peer = strconv.Itoa(int(s.Key)), fmt.Sprintf("%s (%s)", s.PeerServer, s.Peer.IP)
+				}
+				rows = append(rows, []string{
+					s.Tenant, s.Proto.String(), s.Client.String(), fmt.Sprintf("%s:%d", s.Server, s.Port),
+					s.Role.String(), key, peer, s.State, strconv.FormatUint(s.Packets, 10),
+					s.IdleFor.Truncate(100 * time.Millisecond).String(),
+				})
+			}
+			return o.print(ss, []string{"TENANT", "PROTO", "CLIENT", "SERVER", "ROLE", "KEY", "PEER", "STATE", "PACKETS", "IDLE"}, rows)
+		},
+	}
+}
+
+func labCommands() []command {
+	var (
+		o                       output
+		servers                 int
+		etcd, idle, bin, subnet string
+		agentArgs               string
+		server, netRef, ip      string
+	)
+	logf := func(e *env) func(string, ...any) {
+		return func(format string, args ...any) { fmt.Fprintf(e.stderr, "lab: "+format+"\n", args...) }
+	}
+	return []command{
+		{
+			name: "up", help: "bring up a lab of N servers (s1..sN) and wait until every agent is ready",
+			flags: func(fs *flag.FlagSet) {
+				fs.IntVar(&servers, "servers", 3, "number of servers")
+				fs.StringVar(&etcd, "etcd", "", "use this external directory instead of the embedded one")
+				fs.StringVar(&idle, "idle-timeout", "", "agents' session idle timeout (e.g. 30s)")
+				fs.StringVar(&bin, "bin", "", "directory holding nvid (default: next to nvictl)")
+				fs.StringVar(&subnet, "subnet", lab.DefaultSubnet.String(), "underlay subnet")
+				fs.StringVar(&agentArgs, "agent-args", "", "extra nvid flags, space-separated")
+			},
+			run: func(e *env, _ *flag.FlagSet, args []string) error {
+				if err := wantArgs(args, 0, "no arguments"); err != nil {
+					return err
+				}
+				p, err := netip.ParsePrefix(subnet)
+				if err != nil {
+					return usagef("--subnet %q is not a CIDR", subnet)
+				}
+				cfg := lab.Config{Prefix: e.lab, Servers: servers, Subnet: p, Bin: bin, Log: logf(e)}
+				if etcd != "" {
+					cfg.Etcd = strings.Split(etcd, ",")
+				}
+				if idle != "" {
+					if _, err := time.ParseDuration(idle); err != nil {
+						return usagef("--idle-timeout %q: %v", idle, err)
+					}
+					cfg.AgentArgs = append(cfg.AgentArgs, "--idle-timeout="+idle)
+				}
+				cfg.AgentArgs = append(cfg.AgentArgs, strings.Fields(agentArgs)...)
+				st, err := lab.Up(e.ctx, cfg)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "lab %q is up: %d servers on %s, directory %s\n", st.Prefix, len(st.Servers), st.Subnet, strings.Join(st.Directory.Endpoints, ","))
+				return nil
+			},
+		},
+		{
+			name: "down", help: "remove everything the lab made (safe to run twice, also after a crash)",
+			run: func(e *env, _ *flag.FlagSet, args []string) error {
+				if err := wantArgs(args, 0, "no arguments"); err != nil {
+					return err
+				}
+				return lab.Down(e.ctx, e.lab)
+			},
+		},
+		{
+			name: "status", help: "show the lab's servers and workloads", flags: o.register,
+			run: func(e *env, _ *flag.FlagSet, args []string) error {
+				o.w = e.stdout
+				if err := o.check(); err != nil {
+					return err
+				}
+				st, err := lab.Load(e.lab)
+				if err != nil {
+					return err
+				}
+				var rows [][]string
+				for _, sv := range st.Servers {
+					status := "unreachable"
+					c := api.NewLocalClient(sv.Socket, 2*time.Second)
+					if s, err := c.Status(e.ctx); err == nil {
+						status = fmt.Sprintf("ready=%v endpoints=%d sessions=%d", s.Ready, s.Endpoints, s.Sessions)
+					}
+					c.Close()
+					rows = append(rows, []string{"server", sv.Name, sv.Netns, sv.DataIP.String(), status})
+				}
+				for _, w := range st.Workloads {
+					rows = append(rows, []string{"workload", w.Name, w.Name, w.IP.String(), fmt.Sprintf("%s/%s on %s", w.Tenant, w.Network, w.Server)})
+				}
+				return o.print(st, []string{"KIND", "NAME", "NETNS", "ADDRESS", "STATUS"}, rows)
+			},
+		},
+		group("workload", "add and remove lab workloads (network namespaces)", []command{
+			{
+				name: "add", args: "NAME", help: "create a workload: a network namespace NAME plugged into a server's bridge",
+				flags: func(fs *flag.FlagSet) {
+					fs.StringVar(&server, "server", "", "server to put it on, e.g. s1 (required)")
+					fs.StringVar(&netRef, "net", "", "network, TENANT/NET (required)")
+					fs.StringVar(&ip, "ip", "", "address (default: assigned from the network)")
+				},
+				run: func(e *env, _ *flag.FlagSet, args []string) error {
+					if err := wantArgs(args, 1, "NAME"); err != nil {
+						return err
+					}
+					if server == "" || netRef == "" {
+						return usagef("--server and --net are required")
+					}
+					t, n, err := directory.ParseNetRef(netRef)
+					if err != nil {
+						return err
+					}
+					spec := lab.WorkloadSpec{Name: args[0], Server: server, Tenant: t, Network: n}
+					if ip != "" {
+						if spec.IP, err = netip.ParseAddr(ip); err != nil {
+							return usagef("--ip %q is not an IP address", ip)
+						}
+					}
+					w, err := lab.AddWorkload(e.ctx, e.lab, spec)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(e.stdout, "workload %s: %s on %s (%s/%s, MAC %s)\n", w.Name, w.IP, w.Server, w.Tenant, w.Network, w.MAC)
+					return nil
+				},
+			},
+			{
+				name: "rm", args: "NAME", help: "delete a workload",
+				run: func(e *env, _ *flag.FlagSet, args []string) error {
+					if err := wantArgs(args, 1, "NAME"); err != nil {
+						return err
+					}
+					return lab.RemoveWorkload(e.ctx, e.lab, args[0])
+				},
+			},
+		}),
+	}
+}

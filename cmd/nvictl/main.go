@@ -1,0 +1,156 @@
+// Command nvictl is NVI's command-line client: it manages tenants, networks
+// and endpoints in the directory, shows servers and live sessions, and runs
+// the lab cloud.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"nvi/api"
+	"nvi/directory"
+	"nvi/lab"
+)
+
+// env is what every command can reach: the global flags and the outputs.
+type env struct {
+	ctx    context.Context
+	stdout io.Writer
+	stderr io.Writer
+	etcd   string // --etcd, or NVI_ETCD
+	lab    string // --lab, or NVI_LAB
+	store  *directory.Store
+}
+
+// directory opens the directory named by --etcd, NVI_ETCD, or the lab.
+func (e *env) directory() (*directory.Store, error) {
+	if e.store != nil {
+		return e.store, nil
+	}
+	var eps []string
+	switch {
+	case e.etcd != "":
+		eps = strings.Split(e.etcd, ",")
+	default:
+		st, err := lab.Load(e.lab)
+		if err != nil {
+			return nil, fmt.Errorf("no directory given: pass --etcd URL[,URL...], set NVI_ETCD, or bring up a lab with 'nvictl lab up' (%v)", err)
+		}
+		eps = st.Directory.Local
+	}
+	s, err := directory.Open(e.ctx, directory.Config{
+		Endpoints:   eps,
+		DialTimeout: 5 * time.Second,
+		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.store = s
+	return s, nil
+}
+
+// agent returns a client for the local API of a server's agent: the lab's,
+// or the one at --socket.
+func (e *env) agent(server, socket string) (*api.LocalClient, error) {
+	if socket == "" {
+		if server == "" {
+			return nil, usagef("say which server: --server NAME (or --socket PATH)")
+		}
+		st, err := lab.Load(e.lab)
+		if err != nil {
+			return nil, fmt.Errorf("cannot find the agent of %s: %w (outside a lab, pass --socket PATH)", server, err)
+		}
+		sv, err := st.Server(server)
+		if err != nil {
+			return nil, err
+		}
+		socket = sv.Socket
+	}
+	return api.NewLocalClient(socket, 10*time.Second), nil
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	e := &env{ctx: ctx, stdout: stdout, stderr: stderr}
+	fs := flag.NewFlagSet("nvictl", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&e.etcd, "etcd", os.Getenv("NVI_ETCD"), "directory (etcd) endpoints, comma-separated; default: the lab's")
+	fs.StringVar(&e.lab, "lab", envOr("NVI_LAB", "nvi"), "lab prefix: names its namespaces and /run directory")
+	if err := fs.Parse(args); err != nil {
+		fmt.Fprintf(stderr, "nvictl: %v\n", err)
+		fmt.Fprintln(stderr, "global flags:")
+		fs.SetOutput(stderr)
+		fs.PrintDefaults()
+		return 2
+	}
+	err := dispatch(e, "nvictl", topCommands(), fs.Args())
+	if e.store != nil {
+		e.store.Close()
+	}
+	var ue *usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "nvictl: %v\n", err)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "nvictl: %v\n", err)
+		return 1
+	}
+}
+
+func topCommands() []command {
+	var o output
+	return []command{
+		group("tenant", "create, list and delete tenants", tenantCommands()),
+		group("net", "create, list and delete networks", netCommands()),
+		group("endpoint", "create, list and delete endpoints", endpointCommands()),
+		{
+			name: "servers", help: "list the servers registered in the directory",
+			flags: o.register,
+			run: func(e *env, _ *flag.FlagSet, args []string) error {
+				o.w = e.stdout
+				if err := o.check(); err != nil {
+					return err
+				}
+				s, err := e.directory()
+				if err != nil {
+					return err
+				}
+				svs, err := s.Servers(e.ctx)
+				if err != nil {
+					return err
+				}
+				var rows [][]string
+				for _, sv := range svs {
+					rows = append(rows, []string{sv.Name, sv.DataIP.String(), sv.DataMAC, sv.Site, sv.Role, sv.AgentAddr})
+				}
+				return o.print(svs, []string{"NAME", "DATA IP", "DATA MAC", "SITE", "ROLE", "AGENT"}, rows)
+			},
+		},
+		sessionsCommand(),
+		group("lab", "run a cloud of NVI servers on this machine", labCommands()),
+	}
+}
+
+// group makes a command that has subcommands of its own.
+func group(name, help string, cmds []command) command {
+	return command{name: name, args: "COMMAND ...", help: help, sub: cmds}
+}

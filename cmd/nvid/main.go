@@ -1,0 +1,144 @@
+// Command nvid is the NVI agent: one per server, the OpenFlow controller of
+// that server's bridge only. "nvid directory" runs the embedded directory
+// (a single-member etcd) for servers that have no etcd cluster of their own.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"nvi/agent"
+	"nvi/directory"
+	"nvi/session"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == "directory" {
+		err = runDirectory(ctx, os.Args[2:])
+	} else {
+		err = runAgent(ctx, os.Args[1:])
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "nvid: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func logger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+func runAgent(ctx context.Context, args []string) error {
+	var cfg agent.Config
+	fs := flag.NewFlagSet("nvid", flag.ContinueOnError)
+	var dataIP, dataMAC, gateway, etcd, keys, level string
+	fs.StringVar(&cfg.Name, "name", "", "this server's name in the directory (required)")
+	fs.StringVar(&cfg.Bridge, "bridge", "br-nvi", "the Open vSwitch bridge to control")
+	fs.StringVar(&cfg.Uplink, "uplink", "", "the interface toward the underlay, added to the bridge (required)")
+	fs.StringVar(&dataIP, "data-ip", "", "the server's underlay address with prefix, e.g. 198.18.0.1/24 (required)")
+	fs.BoolVar(&cfg.ConfigIP, "configure-ip", true, "put --data-ip on the bridge's local port")
+	fs.StringVar(&dataMAC, "data-mac", "", "MAC for the bridge's local port (default: chosen by Open vSwitch)")
+	fs.StringVar(&gateway, "underlay-gateway", "", "underlay router toward servers outside the data subnet")
+	fs.StringVar(&cfg.OVSDB, "ovsdb", "unix:/run/openvswitch/db.sock", "OVSDB server")
+	fs.StringVar(&cfg.OVSRunDir, "ovs-rundir", "/run/openvswitch", "ovs-vswitchd's run directory, where the controller socket goes")
+	fs.StringVar(&cfg.Socket, "socket", "/run/nvi/nvid.sock", "unix socket of the local API")
+	fs.StringVar(&cfg.PeerListen, "peer-listen", "", "address of the peer API, ip:port on the data address (required)")
+	fs.StringVar(&etcd, "etcd", "", "directory (etcd) endpoints, comma-separated (required)")
+	fs.StringVar(&cfg.Site, "site", "default", "the site this server belongs to")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "sessions idle this long are torn down (default 60s)")
+	fs.StringVar(&keys, "key-range", session.DefaultKeyRange.String(), "ports reserved for session keys, an aligned power-of-two block")
+	fs.DurationVar(&cfg.DenyTimeout, "deny-timeout", 0, "life of drop flows for refused destinations (default 5s)")
+	var rate uint
+	fs.UintVar(&rate, "punt-rate", 5000, "packet-ins per second the meter lets through to the agent")
+	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	var err error
+	if cfg.Logger, err = logger(level); err != nil {
+		return err
+	}
+	if dataIP != "" {
+		if cfg.DataIP, err = netip.ParsePrefix(dataIP); err != nil {
+			return fmt.Errorf("--data-ip %q: want ADDRESS/PREFIX, e.g. 198.18.0.1/24", dataIP)
+		}
+	}
+	if dataMAC != "" {
+		if cfg.DataMAC, err = net.ParseMAC(dataMAC); err != nil {
+			return fmt.Errorf("--data-mac %q: %v", dataMAC, err)
+		}
+	}
+	if gateway != "" {
+		if cfg.Gateway, err = netip.ParseAddr(gateway); err != nil {
+			return fmt.Errorf("--underlay-gateway %q: %v", gateway, err)
+		}
+	}
+	if etcd != "" {
+		cfg.Etcd = strings.Split(etcd, ",")
+	}
+	if cfg.KeyRange, err = session.ParseKeyRange(keys); err != nil {
+		return fmt.Errorf("--key-range: %w", err)
+	}
+	cfg.PuntRate = uint32(rate)
+	a, err := agent.New(cfg)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+func runDirectory(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("nvid directory", flag.ContinueOnError)
+	var cfg directory.EmbedConfig
+	var listen, level string
+	fs.StringVar(&cfg.Name, "name", "nvi", "member name")
+	fs.StringVar(&cfg.DataDir, "data-dir", "/var/lib/nvi/etcd", "where etcd keeps its data")
+	fs.StringVar(&listen, "listen", "http://127.0.0.1:2379", "client URLs, comma-separated (http://IP:PORT or unix:///PATH)")
+	fs.StringVar(&cfg.PeerURL, "peer", "http://127.0.0.1:2380", "peer URL (a single member needs one all the same)")
+	fs.StringVar(&cfg.LogFile, "etcd-log", "", "file for etcd's own log (default: discarded)")
+	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	fs.SetOutput(os.Stderr)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var err error
+	if cfg.Logger, err = logger(level); err != nil {
+		return err
+	}
+	cfg.ClientURLs = strings.Split(listen, ",")
+	m, err := directory.ServeEmbedded(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	cfg.Logger.Info("directory serving", "endpoints", strings.Join(m.Endpoints(), ","))
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-m.Err():
+		return err
+	}
+}
+

@@ -1,0 +1,285 @@
+// Package flowsim runs frames through a set of OpenFlow flows in software,
+// the way Open vSwitch would, for tests of the pipeline: match on the
+// frame's headers by priority, table by table, apply set-field and register
+// moves to the real bytes, and report where the frame goes out. It covers
+// what NVI's pipeline uses, no more; anything else is an error, so that a
+// test never passes by ignoring a flow it does not understand.
+package flowsim
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	"nvi/openflow"
+	"nvi/packet"
+)
+
+// Switch is a flow table set.
+type Switch struct {
+	tables map[uint8][]*openflow.FlowMod
+}
+
+// New makes a switch holding flows (all FlowAdd).
+func New(flows ...*openflow.FlowMod) (*Switch, error) {
+	s := &Switch{tables: map[uint8][]*openflow.FlowMod{}}
+	return s, s.Add(flows...)
+}
+
+// Add installs more flows; an identical match and priority replaces the old
+// flow, as OpenFlow says.
+func (s *Switch) Add(flows ...*openflow.FlowMod) error {
+	for _, f := range flows {
+		if f.Command != openflow.FlowAdd {
+			return fmt.Errorf("flowsim: only adds are simulated, got command %d", f.Command)
+		}
+		t := s.tables[f.TableID]
+		t = slices.DeleteFunc(t, func(g *openflow.FlowMod) bool {
+			return g.Priority == f.Priority && g.Match.Equal(f.Match)
+		})
+		t = append(t, f)
+		slices.SortStableFunc(t, func(a, b *openflow.FlowMod) int { return int(b.Priority) - int(a.Priority) })
+		s.tables[f.TableID] = t
+	}
+	return nil
+}
+
+// Output is one copy of the frame leaving the switch.
+type Output struct {
+	Port  uint32
+	Frame []byte
+	// Cookies of the flows that handled the frame, in order.
+	Path []uint64
+}
+
+// Result is what became of a frame.
+type Result struct {
+	Outputs []Output
+	Path    []uint64 // cookies of the flows the frame matched
+	Dropped bool     // no output and no punt
+	Punted  bool     // sent to the controller
+	Meter   uint32   // meter applied, if any
+}
+
+// Run sends frame into the switch on port inPort. The frame is copied.
+func (s *Switch) Run(inPort uint32, frame []byte) (Result, error) {
+	b := slices.Clone(frame)
+	var res Result
+	table := uint8(0)
+	for hops := 0; hops < 32; hops++ {
+		f, err := packet.Parse(b)
+		if err != nil {
+			return res, fmt.Errorf("flowsim: frame no longer parses: %w", err)
+		}
+		fl, err := s.lookup(table, inPort, &f)
+		if err != nil {
+			return res, err
+		}
+		if fl == nil {
+			res.Dropped = len(res.Outputs) == 0 && !res.Punted
+			return res, nil // table miss without a miss flow: drop
+		}
+		res.Path = append(res.Path, fl.Cookie)
+		next := -1
+		for _, ins := range fl.Instructions {
+			switch ins := ins.(type) {
+			case openflow.InstructionApplyActions:
+				for _, a := range ins.Actions {
+					if err := s.act(a, inPort, &f, &res); err != nil {
+						return res, err
+					}
+				}
+			case openflow.InstructionGotoTable:
+				next = int(ins.TableID)
+			case openflow.InstructionMeter:
+				res.Meter = ins.MeterID
+			default:
+				return res, fmt.Errorf("flowsim: instruction %v not simulated", ins)
+			}
+		}
+		if next < 0 {
+			res.Dropped = len(res.Outputs) == 0 && !res.Punted
+			return res, nil
+		}
+		if next <= int(table) {
+			return res, fmt.Errorf("flowsim: goto_table:%d from table %d goes backwards", next, table)
+		}
+		table = uint8(next)
+	}
+	return res, errors.New("flowsim: too many tables")
+}
+
+func (s *Switch) lookup(table uint8, inPort uint32, f *packet.Frame) (*openflow.FlowMod, error) {
+	for _, fl := range s.tables[table] {
+		ok, err := matches(fl.Match, inPort, f)
+		if err != nil {
+			return nil, fmt.Errorf("flowsim: table %d priority %d: %w", table, fl.Priority, err)
+		}
+		if ok {
+			return fl, nil
+		}
+	}
+	return nil, nil
+}
+
+func (s *Switch) act(a openflow.Action, inPort uint32, f *packet.Frame, res *Result) error {
+	switch a := a.(type) {
+	case openflow.ActionOutput:
+		switch a.Port {
+		case openflow.PortController:
+			res.Punted = true
+		case openflow.PortInPort:
+			res.Outputs = append(res.Outputs, Output{Port: inPort, Frame: slices.Clone(f.Bytes()), Path: slices.Clone(res.Path)})
+		default:
+			if a.Port == inPort {
+				return nil // OpenFlow never sends a frame back out of its in_port unless asked
+			}
+			res.Outputs = append(res.Outputs, Output{Port: a.Port, Frame: slices.Clone(f.Bytes()), Path: slices.Clone(res.Path)})
+		}
+		return nil
+	case openflow.ActionSetField:
+		return set(f, a.Field)
+	case openflow.NXRegMove:
+		if a.SrcOfs != 0 || a.DstOfs != 0 {
+			return fmt.Errorf("flowsim: partial register moves are not simulated")
+		}
+		v, ok := get(f, inPort, a.Src)
+		if !ok {
+			return fmt.Errorf("flowsim: move from %v: field absent", a.Src)
+		}
+		if size, _ := openflow.FieldSize(a.Src); int(a.NBits) != size*8 {
+			return fmt.Errorf("flowsim: move of %d bits of %v not simulated", a.NBits, a.Src)
+		}
+		return set(f, openflow.Field{Class: a.Dst.Class, Field: a.Dst.Field, Value: v.Value})
+	}
+	return fmt.Errorf("flowsim: action %v not simulated", a)
+}
+
+// get reads a field from the frame as a Field value.
+func get(f *packet.Frame, inPort uint32, id openflow.FieldID) (openflow.Field, bool) {
+	ip := f.EthType() == packet.EtherTypeIPv4
+	arp := f.EthType() == packet.EtherTypeARP
+	proto := uint8(0)
+	if ip {
+		proto = f.IPProto()
+	}
+	l4 := ip && f.L4() != nil
+	switch id {
+	case openflow.IDInPort:
+		return openflow.InPort(inPort), true
+	case openflow.IDEthDst:
+		return openflow.EthDst(f.EthDst()), true
+	case openflow.IDEthSrc:
+		return openflow.EthSrc(f.EthSrc()), true
+	case openflow.IDEthType:
+		return openflow.EthType(f.EthType()), true
+	case openflow.IDIPProto:
+		return openflow.IPProto(proto), ip
+	case openflow.IDIPv4Src:
+		return openflow.IPv4Src(f.IPv4Src()), ip
+	case openflow.IDIPv4Dst:
+		return openflow.IPv4Dst(f.IPv4Dst()), ip
+	case openflow.IDTCPSrc:
+		return openflow.TCPSrc(f.L4Src()), l4 && proto == packet.ProtoTCP
+	case openflow.IDTCPDst:
+		return openflow.TCPDst(f.L4Dst()), l4 && proto == packet.ProtoTCP
+	case openflow.IDUDPSrc:
+		return openflow.UDPSrc(f.L4Src()), l4 && proto == packet.ProtoUDP
+	case openflow.IDUDPDst:
+		return openflow.UDPDst(f.L4Dst()), l4 && proto == packet.ProtoUDP
+	case openflow.IDICMPv4Type:
+		return openflow.ICMPv4Type(f.ICMPType()), l4 && proto == packet.ProtoICMP
+	case openflow.IDICMPv4Code:
+		return openflow.ICMPv4Code(f.ICMPCode()), l4 && proto == packet.ProtoICMP
+	case openflow.IDARPOp:
+		return openflow.ARPOp(f.ARPOp()), arp
+	case openflow.IDARPSpa:
+		return openflow.ARPSpa(f.ARPSPA()), arp
+	case openflow.IDARPTpa:
+		return openflow.ARPTpa(f.ARPTPA()), arp
+	case openflow.IDARPSha:
+		return openflow.ARPSha(f.ARPSHA()), arp
+	case openflow.IDARPTha:
+		return openflow.ARPTha(f.ARPTHA()), arp
+	}
+	return openflow.Field{}, false
+}
+
+// matches applies OpenFlow's rule: every field present must equal the
+// frame's under its mask; a field whose prerequisites the frame lacks does
+// not match.
+func matches(m openflow.Match, inPort uint32, f *packet.Frame) (bool, error) {
+	for _, want := range m.Fields {
+		have, ok := get(f, inPort, want.ID())
+		if !ok {
+			if _, known := openflow.FieldSize(want.ID()); !known || !simulated[want.ID()] {
+				return false, fmt.Errorf("match on %v not simulated", want.ID())
+			}
+			return false, nil
+		}
+		if len(have.Value) != len(want.Value) {
+			return false, fmt.Errorf("match on %v: %d-byte value, frame gives %d", want.ID(), len(want.Value), len(have.Value))
+		}
+		for i := range want.Value {
+			mask := byte(0xff)
+			if want.Mask != nil {
+				mask = want.Mask[i]
+			}
+			if have.Value[i]&mask != want.Value[i]&mask {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
+}
+
+var simulated = map[openflow.FieldID]bool{
+	openflow.IDInPort: true, openflow.IDEthDst: true, openflow.IDEthSrc: true, openflow.IDEthType: true,
+	openflow.IDIPProto: true, openflow.IDIPv4Src: true, openflow.IDIPv4Dst: true,
+	openflow.IDTCPSrc: true, openflow.IDTCPDst: true, openflow.IDUDPSrc: true, openflow.IDUDPDst: true,
+	openflow.IDICMPv4Type: true, openflow.IDICMPv4Code: true,
+	openflow.IDARPOp: true, openflow.IDARPSpa: true, openflow.IDARPTpa: true, openflow.IDARPSha: true, openflow.IDARPTha: true,
+}
+
+// set writes a field into the frame; the packet package keeps checksums
+// right, as Open vSwitch does.
+func set(f *packet.Frame, v openflow.Field) error {
+	var err error
+	switch v.ID() {
+	case openflow.IDEthDst:
+		err = f.SetEthDst(net.HardwareAddr(v.Value))
+	case openflow.IDEthSrc:
+		err = f.SetEthSrc(net.HardwareAddr(v.Value))
+	case openflow.IDIPv4Src:
+		err = f.SetIPv4Src(v.Addr())
+	case openflow.IDIPv4Dst:
+		err = f.SetIPv4Dst(v.Addr())
+	case openflow.IDTCPSrc, openflow.IDUDPSrc:
+		err = f.SetL4Src(uint16(v.Uint()))
+	case openflow.IDTCPDst, openflow.IDUDPDst:
+		err = f.SetL4Dst(uint16(v.Uint()))
+	case openflow.IDARPOp:
+		err = f.SetARPOp(uint16(v.Uint()))
+	case openflow.IDARPSpa:
+		err = f.SetARPSPA(addr4(v.Value))
+	case openflow.IDARPTpa:
+		err = f.SetARPTPA(addr4(v.Value))
+	case openflow.IDARPSha:
+		err = f.SetARPSHA(net.HardwareAddr(v.Value))
+	case openflow.IDARPTha:
+		err = f.SetARPTHA(net.HardwareAddr(v.Value))
+	default:
+		return fmt.Errorf("flowsim: set_field %v not simulated", v.ID())
+	}
+	if err != nil {
+		return fmt.Errorf("flowsim: set_field %v: %w", v.ID(), err)
+	}
+	return nil
+}
+
+func addr4(b []byte) netip.Addr {
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}

@@ -1,0 +1,321 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"nvi/api"
+)
+
+const ovsSchema = "/usr/share/openvswitch/vswitch.ovsschema"
+
+// Up brings up a lab and returns when every agent is ready. If anything
+// fails, what was made is taken down again.
+func Up(ctx context.Context, cfg Config) (st *State, err error) {
+	if err := Preflight(); err != nil {
+		return nil, err
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "nvi"
+	}
+	if !prefixRe.MatchString(cfg.Prefix) {
+		return nil, fmt.Errorf("lab prefix %q: want 1-8 lowercase letters and digits, starting with a letter", cfg.Prefix)
+	}
+	if !cfg.Subnet.IsValid() {
+		cfg.Subnet = DefaultSubnet
+	}
+	if !cfg.Subnet.Addr().Is4() || cfg.Subnet.Bits() > 29 {
+		return nil, fmt.Errorf("lab subnet %s: want an IPv4 prefix of /29 or larger", cfg.Subnet)
+	}
+	maxServers := 1<<(32-cfg.Subnet.Bits()) - 3
+	if cfg.Servers < 1 || cfg.Servers > maxServers || cfg.Servers > 250 {
+		return nil, fmt.Errorf("--servers %d: want 1..%d", cfg.Servers, min(maxServers, 250))
+	}
+	nvid, err := findBinary(cfg.Bin, "nvid")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := Load(cfg.Prefix); err == nil {
+		return nil, fmt.Errorf("a lab %q is already up: run 'nvictl lab down' first", cfg.Prefix)
+	}
+	unlock, err := lock(cfg.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	st = &State{
+		Prefix:   cfg.Prefix,
+		RunDir:   RunDir(cfg.Prefix),
+		Subnet:   cfg.Subnet.String(),
+		Underlay: UnderlayNetns(cfg.Prefix),
+	}
+	defer func() {
+		if err != nil {
+			cfg.logf("lab up failed, taking down what was made: %v", err)
+			_ = down(context.Background(), st)
+		}
+	}()
+	if err := st.save(); err != nil {
+		return nil, err
+	}
+	if err := makeUnderlay(ctx, &cfg, st); err != nil {
+		return st, err
+	}
+	if err := startDirectory(ctx, &cfg, st, nvid); err != nil {
+		return st, err
+	}
+	for i := 1; i <= cfg.Servers; i++ {
+		if err := makeServer(ctx, &cfg, st, i, nvid); err != nil {
+			return st, fmt.Errorf("server s%d: %w", i, err)
+		}
+	}
+	for _, sv := range st.Servers {
+		if err := waitAgent(ctx, sv); err != nil {
+			return st, err
+		}
+		cfg.logf("server %s ready: data address %s", sv.Name, sv.DataIP)
+	}
+	return st, nil
+}
+
+// findBinary looks for a program next to the running one, in dir, then in
+// PATH.
+func findBinary(dir, name string) (string, error) {
+	var cands []string
+	if dir != "" {
+		cands = append(cands, filepath.Join(dir, name))
+	}
+	if self, err := os.Executable(); err == nil {
+		cands = append(cands, filepath.Join(filepath.Dir(self), name))
+	}
+	for _, c := range cands {
+		if fi, err := os.Stat(c); err == nil && !fi.IsDir() {
+			return c, nil
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("cannot find %s (run 'make build'; it goes to ./bin)", name)
+}
+
+func makeUnderlay(ctx context.Context, cfg *Config, st *State) error {
+	ns := st.Underlay
+	if netnsExists(ns) {
+		return fmt.Errorf("network namespace %s already exists (a lab left over? run 'nvictl lab down')", ns)
+	}
+	cfg.logf("underlay switch: namespace %s, subnet %s", ns, cfg.Subnet)
+	if _, err := run(ctx, "ip", "netns", "add", ns); err != nil {
+		return err
+	}
+	sw := lastHost(cfg.Subnet)
+	for _, args := range [][]string{
+		{"link", "set", "lo", "up"},
+		{"link", "add", "sw0", "type", "bridge"},
+		{"link", "set", "sw0", "up"},
+		{"addr", "add", netip.PrefixFrom(sw, cfg.Subnet.Bits()).String(), "dev", "sw0"},
+	} {
+		if _, err := inNetns(ctx, ns, "ip", args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// spawn starts a long-running program inside a namespace, detached from us,
+// with its output in logPath.
+func spawn(ns, logPath string, prog string, args ...string) (int, error) {
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return 0, err
+	}
+	defer logf.Close()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, prog}, args...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("start %s: %w", prog, err)
+	}
+	pid := cmd.Process.Pid
+	// Reap it if it dies while we still run; after we exit, init does.
+	go func() { _ = cmd.Wait() }()
+	return pid, nil
+}
+
+func startDirectory(ctx context.Context, cfg *Config, st *State, nvid string) error {
+	if len(cfg.Etcd) > 0 {
+		st.Directory = Directory{Endpoints: cfg.Etcd, Local: cfg.Etcd}
+		cfg.logf("directory: external etcd %s", strings.Join(cfg.Etcd, ","))
+		return st.save()
+	}
+	sw := lastHost(cfg.Subnet)
+	sock := filepath.Join(st.RunDir, "etcd.sock")
+	st.Directory = Directory{
+		Embedded:  true,
+		Endpoints: []string{"http://" + netip.AddrPortFrom(sw, 2379).String()},
+		Local:     []string{"unix://" + sock},
+	}
+	if err := st.save(); err != nil {
+		return err
+	}
+	dataDir := filepath.Join(st.RunDir, "etcd")
+	pid, err := spawn(st.Underlay, filepath.Join(st.RunDir, "directory.log"), nvid, "directory",
+		"--data-dir", dataDir,
+		"--listen", st.Directory.Endpoints[0]+","+st.Directory.Local[0],
+		"--peer", "http://127.0.0.1:2380")
+	if err != nil {
+		return err
+	}
+	st.Directory.PID = pid
+	if err := st.save(); err != nil {
+		return err
+	}
+	cfg.logf("directory: embedded etcd on the underlay at %s", st.Directory.Endpoints[0])
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	return waitFor(wctx, 100*time.Millisecond, func() error {
+		if !alive(pid) {
+			return errors.New("the directory exited: " + tail(filepath.Join(st.RunDir, "directory.log")))
+		}
+		if _, err := os.Stat(sock); err != nil {
+			return errors.New("directory socket not there yet")
+		}
+		return nil
+	})
+}
+
+func makeServer(ctx context.Context, cfg *Config, st *State, n int, nvid string) error {
+	name := "s" + strconv.Itoa(n)
+	sv := Server{
+		Name:    name,
+		Netns:   cfg.Prefix + "-" + name,
+		DataIP:  hostAddr(cfg.Subnet, n),
+		DataMAC: serverMAC(n),
+		Dir:     filepath.Join(st.RunDir, name),
+	}
+	sv.Socket = filepath.Join(sv.Dir, "nvid.sock")
+	if netnsExists(sv.Netns) {
+		return fmt.Errorf("network namespace %s already exists (a lab left over? run 'nvictl lab down')", sv.Netns)
+	}
+	st.Servers = append(st.Servers, sv)
+	if err := st.save(); err != nil {
+		return err
+	}
+	idx := len(st.Servers) - 1
+	if err := os.MkdirAll(sv.Dir, 0o755); err != nil {
+		return err
+	}
+	if _, err := run(ctx, "ip", "netns", "add", sv.Netns); err != nil {
+		return err
+	}
+	// The uplink: one end in the server, the other on the underlay switch.
+	steps := [][]string{
+		{"ip", "netns", "exec", sv.Netns, "ip", "link", "set", "lo", "up"},
+		{"ip", "link", "add", UplinkName, "netns", sv.Netns, "type", "veth", "peer", "name", name, "netns", st.Underlay},
+		{"ip", "netns", "exec", st.Underlay, "ip", "link", "set", name, "master", "sw0", "up"},
+		{"ip", "netns", "exec", sv.Netns, "ip", "link", "set", UplinkName, "up"},
+		// The userspace datapath sees frames before the kernel would fill
+		// in offloaded checksums: make the kernel compute them.
+		{"ip", "netns", "exec", st.Underlay, "ethtool", "-K", name, "tx", "off"},
+		{"ip", "netns", "exec", sv.Netns, "ethtool", "-K", UplinkName, "tx", "off"},
+	}
+	for _, s := range steps {
+		if _, err := run(ctx, s[0], s[1:]...); err != nil {
+			return err
+		}
+	}
+	if err := startOVS(ctx, sv); err != nil {
+		return err
+	}
+	args := []string{
+		"--name", name,
+		"--bridge", BridgeName,
+		"--uplink", UplinkName,
+		"--data-ip", netip.PrefixFrom(sv.DataIP, cfg.Subnet.Bits()).String(),
+		"--data-mac", sv.DataMAC,
+		"--ovsdb", "unix:" + filepath.Join(sv.Dir, "db.sock"),
+		"--ovs-rundir", sv.Dir,
+		"--socket", sv.Socket,
+		"--peer-listen", netip.AddrPortFrom(sv.DataIP, PeerPort).String(),
+		"--etcd", strings.Join(st.Directory.Endpoints, ","),
+	}
+	args = append(args, cfg.AgentArgs...)
+	pid, err := spawn(sv.Netns, filepath.Join(sv.Dir, "nvid.log"), nvid, args...)
+	if err != nil {
+		return err
+	}
+	st.Servers[idx].NvidPID = pid
+	return st.save()
+}
+
+// startOVS runs the server's own ovsdb-server and ovs-vswitchd inside its
+// namespace, with every socket, pidfile and log in the server's directory.
+func startOVS(ctx context.Context, sv Server) error {
+	db := filepath.Join(sv.Dir, "conf.db")
+	if _, err := run(ctx, "ovsdb-tool", "create", db, ovsSchema); err != nil {
+		return err
+	}
+	p := func(f string) string { return filepath.Join(sv.Dir, f) }
+	if _, err := inNetns(ctx, sv.Netns, "ovsdb-server", db,
+		"--remote=punix:"+p("db.sock"), "--pidfile="+p("ovsdb-server.pid"),
+		"--unixctl="+p("ovsdb-server.ctl"), "--log-file="+p("ovsdb-server.log"), "--detach"); err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", sv.Netns, "ovs-vswitchd", "unix:"+p("db.sock"),
+		"--pidfile="+p("ovs-vswitchd.pid"), "--unixctl="+p("ovs-vswitchd.ctl"),
+		"--log-file="+p("ovs-vswitchd.log"), "--detach")
+	// OVS puts the bridge's management and controller sockets in its run
+	// directory, and accepts controller sockets only there.
+	cmd.Env = append(os.Environ(), "OVS_RUNDIR="+sv.Dir, "OVS_DBDIR="+sv.Dir, "OVS_LOGDIR="+sv.Dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("ovs-vswitchd: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func waitAgent(ctx context.Context, sv Server) error {
+	c := api.NewLocalClient(sv.Socket, 2*time.Second)
+	defer c.Close()
+	wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	err := waitFor(wctx, 100*time.Millisecond, func() error {
+		if !alive(sv.NvidPID) {
+			return errors.New("nvid exited")
+		}
+		s, err := c.Status(wctx)
+		if err != nil {
+			return err
+		}
+		if !s.Ready {
+			return fmt.Errorf("not ready: switch %s, directory %s", s.Switch, s.Directory)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("agent of %s did not become ready: %w\n%s", sv.Name, err, tail(filepath.Join(sv.Dir, "nvid.log")))
+	}
+	return nil
+}
+
+// tail returns the last lines of a log, for error messages.
+func tail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return "--- " + path + " ---\n" + strings.Join(lines, "\n")
+}

@@ -1,0 +1,168 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"nvi/api"
+)
+
+var workloadRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,30}$`)
+
+// WorkloadSpec asks for a workload.
+type WorkloadSpec struct {
+	Name    string
+	Server  string
+	Tenant  string
+	Network string
+	IP      netip.Addr // zero: assigned from the network
+}
+
+// vethName names a workload's host-side interface: readable when the name
+// fits in Linux's 15 characters, hashed when not.
+func vethName(name string) string {
+	if len(name) <= 12 && !strings.ContainsAny(name, "._") {
+		return "nv-" + name
+	}
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	return fmt.Sprintf("nv-%08x", h.Sum32())
+}
+
+// AddWorkload creates a workload as a network namespace called spec.Name,
+// plugged into its server's bridge as an NVI endpoint: the endpoint is
+// created through the server's agent (which assigns the address when none is
+// given), then the interface is made and handed to the agent to attach. On
+// failure nothing is left behind.
+func AddWorkload(ctx context.Context, prefix string, spec WorkloadSpec) (w Workload, err error) {
+	if err := Preflight(); err != nil {
+		return w, err
+	}
+	if prefix == "" {
+		prefix = "nvi"
+	}
+	if !workloadRe.MatchString(spec.Name) {
+		return w, fmt.Errorf("workload name %q: want 1-31 lowercase letters, digits, '-', '_' or '.'", spec.Name)
+	}
+	if strings.HasPrefix(spec.Name, prefix+"-") {
+		return w, fmt.Errorf("workload name %q: names starting with %q belong to the lab itself", spec.Name, prefix+"-")
+	}
+	unlock, err := lock(prefix)
+	if err != nil {
+		return w, err
+	}
+	defer unlock()
+	st, err := Load(prefix)
+	if err != nil {
+		return w, err
+	}
+	sv, err := st.Server(spec.Server)
+	if err != nil {
+		return w, err
+	}
+	if _, ok := st.Workload(spec.Name); ok || netnsExists(spec.Name) {
+		return w, fmt.Errorf("workload %q already exists (a network namespace of that name is there)", spec.Name)
+	}
+	agent := api.NewLocalClient(sv.Socket, 20*time.Second)
+	defer agent.Close()
+	ep, err := agent.CreateEndpoint(ctx, api.CreateEndpointRequest{
+		Tenant: spec.Tenant, Network: spec.Network, Name: spec.Name, IP: spec.IP,
+	})
+	if err != nil {
+		return w, err
+	}
+	w = Workload{
+		Name: spec.Name, Server: sv.Name, Tenant: ep.Tenant, Network: ep.Network,
+		IP: ep.IP, MAC: ep.MAC, Veth: vethName(spec.Name),
+	}
+	st.Workloads = append(st.Workloads, w)
+	if err := st.save(); err != nil {
+		return w, err
+	}
+	defer func() {
+		if err != nil {
+			_ = agent.DeleteEndpoint(context.Background(), ep.Tenant, ep.Name)
+			_ = deleteNetns(context.Background(), spec.Name)
+			st.Workloads = st.Workloads[:len(st.Workloads)-1]
+			_ = st.save()
+		}
+	}()
+	ns := spec.Name
+	addr := netip.PrefixFrom(ep.IP, ep.PrefixLen).String()
+	steps := [][]string{
+		{"ip", "netns", "add", ns},
+		{"ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"},
+		{"ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", w.Veth, "netns", sv.Netns},
+		{"ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "address", ep.MAC},
+		{"ip", "netns", "exec", ns, "ip", "addr", "add", addr, "dev", "eth0"},
+		{"ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up"},
+		{"ip", "netns", "exec", ns, "ip", "route", "add", "default", "via", ep.Gateway.String()},
+		{"ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"},
+		{"ip", "netns", "exec", sv.Netns, "ethtool", "-K", w.Veth, "tx", "off"},
+		{"ip", "netns", "exec", sv.Netns, "ip", "link", "set", w.Veth, "up"},
+	}
+	for _, s := range steps {
+		if _, err = run(ctx, s[0], s[1:]...); err != nil {
+			return w, err
+		}
+	}
+	if _, err = agent.AttachEndpoint(ctx, api.AttachRequest{Tenant: ep.Tenant, Name: ep.Name, Interface: w.Veth}); err != nil {
+		return w, err
+	}
+	return w, nil
+}
+
+// RemoveWorkload deletes a workload: its endpoint (through its agent, which
+// tears down its sessions and port) and its namespace.
+func RemoveWorkload(ctx context.Context, prefix, name string) error {
+	if prefix == "" {
+		prefix = "nvi"
+	}
+	unlock, err := lock(prefix)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, err := Load(prefix)
+	if err != nil {
+		return err
+	}
+	w, ok := st.Workload(name)
+	if !ok {
+		return fmt.Errorf("no workload %q in this lab", name)
+	}
+	sv, err := st.Server(w.Server)
+	if err != nil {
+		return err
+	}
+	agent := api.NewLocalClient(sv.Socket, 20*time.Second)
+	defer agent.Close()
+	if err := agent.DeleteEndpoint(ctx, w.Tenant, w.Name); err != nil && api.CodeOf(err) != api.CodeNotFound {
+		return err
+	}
+	if err := deleteNetns(ctx, name); err != nil {
+		return err
+	}
+	for i := range st.Workloads {
+		if st.Workloads[i].Name == name {
+			st.Workloads = append(st.Workloads[:i], st.Workloads[i+1:]...)
+			break
+		}
+	}
+	return st.save()
+}
+
+// ServerIndex turns "s3" into 3.
+func ServerIndex(name string) (int, error) {
+	n, err := strconv.Atoi(strings.TrimPrefix(name, "s"))
+	if err != nil || !strings.HasPrefix(name, "s") || n < 1 {
+		return 0, fmt.Errorf("server name %q: want s1, s2, ...", name)
+	}
+	return n, nil
+}

@@ -1,0 +1,331 @@
+// Package pipeline computes the OpenFlow flows of an NVI bridge from plain
+// values: the bridge's own facts, its workloads, and its sessions. It does no
+// I/O; the agent sends what it returns. Each table is named for its job, each
+// flow is built by a small function, and each flow's cookie says which feature
+// owns it.
+//
+//	table 0  classifier     uplink -> session-in, host -> uplink, workload -> spoof-guard
+//	table 10 spoof-guard    a workload may send only with its own MAC and IP
+//	table 20 arp-responder  every ARP request is answered by flows, with the gateway MAC
+//	table 30 session-out    workload traffic: session flows, drops, else punt to the agent
+//	table 40 session-in     uplink traffic: session flows, else pass to the host
+package pipeline
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"nvi/openflow"
+	"nvi/session"
+)
+
+// Table is an OpenFlow table of the pipeline.
+type Table uint8
+
+// The pipeline's tables, spaced so that later features can slot in between.
+const (
+	Classifier   Table = 0
+	SpoofGuard   Table = 10
+	ARPResponder Table = 20
+	SessionOut   Table = 30
+	SessionIn    Table = 40
+)
+
+// Tables lists every table in pipeline order.
+var Tables = []Table{Classifier, SpoofGuard, ARPResponder, SessionOut, SessionIn}
+
+func (t Table) String() string {
+	switch t {
+	case Classifier:
+		return "classifier"
+	case SpoofGuard:
+		return "spoof-guard"
+	case ARPResponder:
+		return "arp-responder"
+	case SessionOut:
+		return "session-out"
+	case SessionIn:
+		return "session-in"
+	}
+	return fmt.Sprintf("table%d", uint8(t))
+}
+
+// Flow priorities, highest first.
+const (
+	prioSession   = 200
+	prioDeny      = 150
+	prioEndpoint  = 100
+	prioStray     = 50
+	prioPunt      = 100
+	prioNoise     = 10
+	prioTableMiss = 0
+)
+
+// GatewayMAC is the MAC of every network's virtual gateway. Workloads resolve
+// every address to it, so a workload that moves between servers finds the
+// same MAC everywhere. It is locally administered ("NVI" in its low bytes).
+var GatewayMAC = net.HardwareAddr{0x02, 0x00, 0x00, 0x4e, 0x56, 0x49}
+
+// Bridge holds the facts about this server's bridge that flows depend on.
+type Bridge struct {
+	Uplink      uint32           // OpenFlow port of the uplink to the underlay
+	DataIP      netip.Addr       // the server's underlay address (on the bridge's local port)
+	DataMAC     net.HardwareAddr // the local port's MAC
+	Keys        session.KeyRange // ports reserved for session keys
+	PuntMeter   uint32           // meter that rate-limits packet-ins
+	DenyTimeout uint16           // seconds a drop flow lives
+}
+
+// Validate checks that b can be used to build flows.
+func (b Bridge) Validate() error {
+	switch {
+	case b.Uplink == 0 || b.Uplink >= openflow.PortMax:
+		return fmt.Errorf("pipeline: uplink port %d is not a physical port", b.Uplink)
+	case !b.DataIP.Is4():
+		return fmt.Errorf("pipeline: data address %v is not IPv4", b.DataIP)
+	case len(b.DataMAC) != 6:
+		return fmt.Errorf("pipeline: data MAC %q is not a MAC", b.DataMAC)
+	case b.PuntMeter == 0:
+		return fmt.Errorf("pipeline: punt meter must be set")
+	}
+	return b.Keys.Validate()
+}
+
+// Workload is what the pipeline needs to admit one workload's port.
+type Workload struct {
+	OFPort uint32
+	MAC    net.HardwareAddr
+	IP     netip.Addr
+}
+
+func flow(t Table, prio uint16, c Cookie, match []openflow.Field, ins ...openflow.Instruction) *openflow.FlowMod {
+	return &openflow.FlowMod{
+		Cookie:       uint64(c),
+		TableID:      uint8(t),
+		Command:      openflow.FlowAdd,
+		Priority:     prio,
+		BufferID:     openflow.NoBuffer,
+		OutPort:      openflow.PortAny,
+		OutGroup:     openflow.GroupAny,
+		Match:        openflow.Match{Fields: match},
+		Instructions: ins,
+	}
+}
+
+func apply(actions ...openflow.Action) openflow.Instruction {
+	return openflow.InstructionApplyActions{Actions: actions}
+}
+
+func gotoTable(t Table) openflow.Instruction {
+	return openflow.InstructionGotoTable{TableID: uint8(t)}
+}
+
+func output(port uint32) openflow.Action { return openflow.ActionOutput{Port: port} }
+
+func set(f openflow.Field) openflow.Action { return openflow.ActionSetField{Field: f} }
+
+func move(src, dst openflow.FieldID, bits uint16) openflow.Action {
+	return openflow.NXRegMove{NBits: bits, Src: src, Dst: dst}
+}
+
+// punt sends a packet to the agent through the rate-limiting meter.
+func (b Bridge) punt() []openflow.Instruction {
+	return []openflow.Instruction{
+		openflow.InstructionMeter{MeterID: b.PuntMeter},
+		apply(openflow.ActionOutput{Port: openflow.PortController, MaxLen: openflow.ControllerMaxLenNoBuffer}),
+	}
+}
+
+var (
+	ipv4 = openflow.EthType(0x0800)
+	arp  = openflow.EthType(0x0806)
+)
+
+// BaseFlows are the flows every NVI bridge has before any workload arrives.
+func BaseFlows(b Bridge) []*openflow.FlowMod {
+	base := FeatureCookie(FeatureBase)
+	var fs []*openflow.FlowMod
+	// Classifier: the uplink goes to session-in; the host's own traffic
+	// leaves untouched; anything from an unknown port is dropped.
+	fs = append(fs,
+		flow(Classifier, prioEndpoint, base, []openflow.Field{openflow.InPort(b.Uplink)}, gotoTable(SessionIn)),
+		flow(Classifier, prioEndpoint, base, []openflow.Field{openflow.InPort(openflow.PortLocal)}, apply(output(b.Uplink))),
+		flow(Classifier, prioTableMiss, base, nil),
+		flow(SpoofGuard, prioTableMiss, base, nil),
+		flow(ARPResponder, prioTableMiss, base, nil),
+	)
+	// Session-out: multicast and broadcast have no session to go to; every
+	// other IPv4 packet without a session asks the agent.
+	fs = append(fs,
+		flow(SessionOut, prioNoise, base, []openflow.Field{ipv4, openflow.IPv4DstPrefix(netip.MustParsePrefix("224.0.0.0/4"))}),
+		flow(SessionOut, prioNoise, base, []openflow.Field{ipv4, openflow.IPv4Dst(netip.MustParseAddr("255.255.255.255"))}),
+		flow(SessionOut, prioTableMiss, base, []openflow.Field{ipv4}, b.punt()...),
+		flow(SessionOut, prioTableMiss, base, nil),
+	)
+	// Session-in: traffic to a key with no session left is dropped rather
+	// than handed to the host; everything else is the host's.
+	fs = append(fs,
+		flow(SessionIn, prioStray, base, []openflow.Field{ipv4, openflow.IPProto(6), openflow.IPv4Dst(b.DataIP), openflow.TCPDstMasked(b.Keys.Base, b.Keys.Mask)}),
+		flow(SessionIn, prioStray, base, []openflow.Field{ipv4, openflow.IPProto(17), openflow.IPv4Dst(b.DataIP), openflow.UDPDstMasked(b.Keys.Base, b.Keys.Mask)}),
+		flow(SessionIn, prioTableMiss, base, nil, apply(output(openflow.PortLocal))),
+	)
+	return fs
+}
+
+// PuntMeter is the meter that keeps packet-ins to a rate the agent can take.
+func PuntMeter(b Bridge, packetsPerSecond, burst uint32) *openflow.MeterMod {
+	return &openflow.MeterMod{
+		Command: openflow.MeterAdd,
+		Flags:   openflow.MeterFlagPktps | openflow.MeterFlagBurst,
+		MeterID: b.PuntMeter,
+		Bands:   []openflow.MeterBand{openflow.MeterBandDrop{Rate: packetsPerSecond, BurstSize: burst}},
+	}
+}
+
+// WorkloadFlows admit one workload: its port is classified, it may send only
+// with its own MAC and IPv4 address, and its ARP requests are answered by
+// flows (so resolution keeps working while the agent restarts).
+func WorkloadFlows(w Workload) []*openflow.FlowMod {
+	c := EndpointCookie(w.OFPort)
+	in := openflow.InPort(w.OFPort)
+	mac := openflow.EthSrc(w.MAC)
+	return []*openflow.FlowMod{
+		flow(Classifier, prioEndpoint, c, []openflow.Field{in}, gotoTable(SpoofGuard)),
+		flow(SpoofGuard, prioEndpoint, c, []openflow.Field{in, mac, ipv4, openflow.IPv4Src(w.IP)}, gotoTable(SessionOut)),
+		flow(SpoofGuard, prioEndpoint, c, []openflow.Field{in, mac, arp, openflow.ARPSpa(w.IP), openflow.ARPSha(w.MAC)}, gotoTable(ARPResponder)),
+		// A request for its own address is a duplicate-address probe or a
+		// gratuitous ARP: answering would make the workload see a conflict.
+		flow(ARPResponder, prioEndpoint+10, c, []openflow.Field{in, arp, openflow.ARPOp(1), openflow.ARPTpa(w.IP)}),
+		flow(ARPResponder, prioEndpoint, c, []openflow.Field{in, arp, openflow.ARPOp(1)}, apply(
+			move(openflow.IDEthSrc, openflow.IDEthDst, 48),
+			set(openflow.EthSrc(GatewayMAC)),
+			set(openflow.ARPOp(2)),
+			move(openflow.IDARPSha, openflow.IDARPTha, 48),
+			set(openflow.ARPSha(GatewayMAC)),
+			move(openflow.IDARPTpa, openflow.IDARPSpa, 32),
+			set(openflow.ARPTpa(w.IP)),
+			output(openflow.PortInPort),
+		)),
+	}
+}
+
+// DeleteByCookie removes every flow whose cookie matches c under mask.
+func DeleteByCookie(c, mask Cookie) *openflow.FlowMod {
+	return &openflow.FlowMod{
+		Cookie:     uint64(c),
+		CookieMask: uint64(mask),
+		TableID:    openflow.TableAll,
+		Command:    openflow.FlowDelete,
+		BufferID:   openflow.NoBuffer,
+		OutPort:    openflow.PortAny,
+		OutGroup:   openflow.GroupAny,
+	}
+}
+
+// DeleteWorkloadFlows removes what WorkloadFlows and Deny installed for a port.
+func DeleteWorkloadFlows(ofport uint32) []*openflow.FlowMod {
+	return []*openflow.FlowMod{
+		DeleteByCookie(EndpointCookie(ofport), FullMask),
+		DeleteByCookie(DenyCookie(ofport), FullMask),
+	}
+}
+
+// l4 returns the match fields and set-field constructor of a session's
+// protocol's ports.
+func l4(p session.Proto) (src, dst func(uint16) openflow.Field) {
+	if p == session.UDP {
+		return openflow.UDPSrc, openflow.UDPDst
+	}
+	return openflow.TCPSrc, openflow.TCPDst
+}
+
+// SessionFlows are one server's half of a session: exactly two flows, one
+// per direction. Cross-server halves rewrite addresses and the server port to
+// the key so the underlay sees only server addresses; a local session
+// rewrites MACs only. ICMP sessions have no flows: see Punt.
+func SessionFlows(b Bridge, s session.Session) ([]*openflow.FlowMod, error) {
+	if !s.Proto.HasPorts() {
+		return nil, fmt.Errorf("pipeline: %s sessions take the slow path, not flows", s.Proto)
+	}
+	c := SessionCookie(s)
+	src, dst := l4(s.Proto)
+	proto := openflow.IPProto(uint8(s.Proto))
+	cl, sv := s.ClientEnd(), s.ServerEnd()
+	// Client-to-server and server-to-client packets as the workloads see them.
+	toServer := func(in uint32) []openflow.Field {
+		return []openflow.Field{openflow.InPort(in), ipv4, openflow.IPv4Src(cl.IP), openflow.IPv4Dst(sv.IP), proto, dst(s.Port)}
+	}
+	toClient := func(in uint32) []openflow.Field {
+		return []openflow.Field{openflow.InPort(in), ipv4, openflow.IPv4Src(sv.IP), openflow.IPv4Dst(cl.IP), proto, src(s.Port)}
+	}
+	deliver := func(to session.Endpoint, rewrites ...openflow.Action) openflow.Instruction {
+		as := append([]openflow.Action{set(openflow.EthSrc(GatewayMAC)), set(openflow.EthDst(to.MAC))}, rewrites...)
+		return apply(append(as, output(to.OFPort))...)
+	}
+	// Out of this server: the frame becomes a plain server-to-server packet.
+	toPeer := func(l4 openflow.Field) openflow.Instruction {
+		return apply(
+			set(openflow.EthSrc(b.DataMAC)), set(openflow.EthDst(s.Peer.NextHop)),
+			set(openflow.IPv4Src(b.DataIP)), set(openflow.IPv4Dst(s.Peer.IP)),
+			set(l4), output(b.Uplink))
+	}
+	// Into this server from the peer, as the underlay carries it.
+	fromPeer := func(l4 openflow.Field) []openflow.Field {
+		return []openflow.Field{openflow.InPort(b.Uplink), ipv4, openflow.IPv4Src(s.Peer.IP), openflow.IPv4Dst(b.DataIP), proto, l4}
+	}
+	switch s.Role {
+	case session.RoleLocal:
+		return []*openflow.FlowMod{
+			flow(SessionOut, prioSession, c, toServer(cl.OFPort), deliver(sv)),
+			flow(SessionOut, prioSession, c, toClient(sv.OFPort), deliver(cl)),
+		}, nil
+	case session.RoleClient:
+		return []*openflow.FlowMod{
+			flow(SessionOut, prioSession, c, toServer(cl.OFPort), toPeer(dst(s.Key))),
+			flow(SessionIn, prioSession, c, fromPeer(src(s.Key)),
+				deliver(cl, set(openflow.IPv4Src(sv.IP)), set(openflow.IPv4Dst(cl.IP)), set(src(s.Port)))),
+		}, nil
+	case session.RoleServer:
+		return []*openflow.FlowMod{
+			flow(SessionIn, prioSession, c, fromPeer(dst(s.Key)),
+				deliver(sv, set(openflow.IPv4Src(cl.IP)), set(openflow.IPv4Dst(sv.IP)), set(dst(s.Port)))),
+			flow(SessionOut, prioSession, c, toClient(sv.OFPort), toPeer(src(s.Key))),
+		}, nil
+	}
+	return nil, fmt.Errorf("pipeline: unknown session role %v", s.Role)
+}
+
+// DeleteSessionFlows removes both flows of s.
+func DeleteSessionFlows(s session.Session) *openflow.FlowMod {
+	return DeleteByCookie(SessionCookie(s), FullMask)
+}
+
+// Punt sends ICMP from a peer server to the agent, which translates echo
+// identifiers in software. It is installed while any ICMP session with the
+// peer lives, so ICMP from servers NVI never talked to reaches the host
+// without a detour.
+func Punt(b Bridge, peer netip.Addr) *openflow.FlowMod {
+	return flow(SessionIn, prioPunt, PuntCookie(peer),
+		[]openflow.Field{openflow.InPort(b.Uplink), ipv4, openflow.IPProto(1), openflow.IPv4Src(peer), openflow.IPv4Dst(b.DataIP)},
+		b.punt()...)
+}
+
+// DeletePunt removes Punt's flow.
+func DeletePunt(peer netip.Addr) *openflow.FlowMod {
+	return DeleteByCookie(PuntCookie(peer), FullMask)
+}
+
+// Deny drops a workload's traffic toward a destination that policy refuses
+// or that does not exist, for b.DenyTimeout seconds. Until it expires, a
+// flood toward that destination costs no packet-ins at all; after it, one.
+func Deny(b Bridge, from uint32, t session.Tuple) *openflow.FlowMod {
+	m := []openflow.Field{openflow.InPort(from), ipv4, openflow.IPv4Src(t.Client), openflow.IPv4Dst(t.Server), openflow.IPProto(uint8(t.Proto))}
+	if t.Proto.HasPorts() {
+		_, dst := l4(t.Proto)
+		m = append(m, dst(t.Port))
+	}
+	f := flow(SessionOut, prioDeny, DenyCookie(from), m)
+	f.HardTimeout = b.DenyTimeout
+	return f
+}
