@@ -31,17 +31,17 @@ type Agent struct {
 	pol   policy.Policy
 	sw    *switchConn // the OpenFlow connection to our bridge
 
-	mu        sync.Mutex
-	br        pipeline.Bridge       // facts the flows depend on; set once the switch is known
-	locals    map[uint32]*local     // bound workloads by OpenFlow port
-	byAddr    map[addrKey]*local    // ... by tenant and address
-	sessions  map[session.Tuple]*entry
-	byWire    map[wireKey]*entry    // cross-server sessions as the underlay names them
-	punts     map[netip.Addr]int    // ICMP sessions per peer, for the punt flow
-	keys      *session.KeyPool
-	peers     map[string]*api.PeerClient
+	mu         sync.Mutex
+	br         pipeline.Bridge    // facts the flows depend on; set once the switch is known
+	locals     map[uint32]*local  // bound workloads by OpenFlow port
+	byAddr     map[addrKey]*local // ... by tenant and address
+	sessions   map[session.Tuple]*entry
+	byWire     map[wireKey]*entry // cross-server sessions as the underlay names them
+	punts      map[netip.Addr]int // ICMP sessions per peer, for the punt flow
+	keys       *session.KeyPool
+	peers      map[string]*api.PeerClient
 	registered bool
-	dirErr    string
+	dirErr     string
 }
 
 type addrKey struct {

@@ -108,7 +108,9 @@ func TestBadBodyIsRejected(t *testing.T) {
 
 type fakeLocal struct{ LocalService }
 
-func (fakeLocal) Status(context.Context) (Status, error) { return Status{Server: "s1", Ready: true}, nil }
+func (fakeLocal) Status(context.Context) (Status, error) {
+	return Status{Server: "s1", Ready: true}, nil
+}
 
 func (fakeLocal) DeleteEndpoint(_ context.Context, tenant, name string) error {
 	return Errorf(CodeNotFound, "endpoint %s/%s not found", tenant, name)

@@ -5,8 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
+	"net/url"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -83,10 +87,46 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	defer cancel()
 	if _, err := cli.Get(pctx, s.k.prefix, clientv3.WithCountOnly()); err != nil {
 		cli.Close()
-		return nil, errorf(ErrUnavailable, "directory: etcd at %v unreachable: %w", cfg.Endpoints, err)
+		return nil, errorf(ErrUnavailable, "directory: etcd at %v unreachable: %w%s", cfg.Endpoints, err, diagnose(cfg.Endpoints))
 	}
 	s.log.Debug("directory: connected", "endpoints", cfg.Endpoints, "prefix", s.k.prefix)
 	return s, nil
+}
+
+// diagnose says why the endpoints did not answer, as far as a plain dial
+// can tell: the client only reports its deadline, and "connection refused"
+// versus "accepts but does not answer" points at different mistakes. The
+// dials run in parallel, so this adds at most 300ms.
+func diagnose(endpoints []string) string {
+	notes := make([]string, len(endpoints))
+	var wg sync.WaitGroup
+	for i, ep := range endpoints {
+		u, err := url.Parse(ep)
+		if err != nil {
+			continue
+		}
+		network, addr := "tcp", u.Host
+		if u.Scheme == "unix" || u.Scheme == "unixs" {
+			network, addr = "unix", u.Host+u.Path
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.DialTimeout(network, addr, 300*time.Millisecond)
+			if err != nil {
+				notes[i] = err.Error()
+				return
+			}
+			c.Close()
+			notes[i] = ep + " accepts connections but did not answer as etcd"
+		}()
+	}
+	wg.Wait()
+	notes = slices.DeleteFunc(notes, func(n string) bool { return n == "" })
+	if len(notes) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(notes, "; ") + ")"
 }
 
 // NewFromClient wraps an existing client; prefix "" means DefaultPrefix.

@@ -92,8 +92,6 @@ func (c *Client) Monitor(ctx context.Context, db string, requests map[string]Mon
 }
 
 func (c *Client) monitor(ctx context.Context, db string, requests map[string]MonitorRequest, fn func(TableUpdates)) (*Monitor, error) {
-	m := &Monitor{c: c, fn: fn, done: make(chan struct{})}
-	m.cond = sync.NewCond(&m.mu)
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
@@ -101,7 +99,7 @@ func (c *Client) monitor(ctx context.Context, db string, requests map[string]Mon
 		return nil, err
 	}
 	c.nextMon++
-	m.id = "nvi-mon-" + strconv.FormatUint(c.nextMon, 10)
+	m := newMonitor(c, "nvi-mon-"+strconv.FormatUint(c.nextMon, 10), fn)
 	c.monitors[m.id] = m
 	c.mu.Unlock()
 	go m.deliver()
@@ -128,6 +126,12 @@ func (c *Client) monitor(ctx context.Context, db string, requests map[string]Mon
 		return nil, err
 	}
 	return m, nil
+}
+
+func newMonitor(c *Client, id string, fn func(TableUpdates)) *Monitor {
+	m := &Monitor{c: c, id: id, fn: fn, done: make(chan struct{})}
+	m.cond = sync.NewCond(&m.mu)
+	return m
 }
 
 // routeUpdate handles an "update" notification: params [monitor-id, updates].

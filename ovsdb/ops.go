@@ -211,7 +211,10 @@ type OpError struct {
 }
 
 func (e *OpError) Error() string {
-	msg := fmt.Sprintf("ovsdb: operation %d (%s) failed: %s", e.Index, e.Op, e.Err)
+	msg := fmt.Sprintf("operation %d (%s) failed: %s", e.Index, e.Op, e.Err)
+	if e.Op == "commit" {
+		msg = "commit failed: " + e.Err
+	}
 	if e.Details != "" {
 		msg += ": " + e.Details
 	}

@@ -86,8 +86,12 @@ type BridgeSpec struct {
 	DatapathType string   // "netdev" for the userspace datapath; "" is OVS's default (system)
 	FailMode     string   // "secure" or "standalone"; "" is OVS's default (standalone)
 	Protocols    []string // e.g. {"OpenFlow13"}; nil is OVS's default
-	// Controller is the OpenFlow controller target, e.g. "punix:/run/nvi/br-nvi.nvid"
-	// (the switch listens and nvid connects). "" removes all controllers.
+	// Controller is the OpenFlow controller target, e.g.
+	// "punix:/run/openvswitch/br-nvi.nvid": the switch listens and nvid
+	// connects. ovs-vswitchd only accepts a punix path of the form
+	// <OVS_RUNDIR>/<bridge>.<suffix> (it refuses others, logging that they
+	// could overwrite files). The row is always a "primary" controller.
+	// "" removes all controllers.
 	Controller string
 	// ControllerMaxBackoff is the longest wait between connection attempts
 	// (at least 1s); 0 keeps OVS's default (8s).
@@ -138,9 +142,13 @@ func (s BridgeSpec) otherConfig() map[string]string {
 	return m
 }
 
-// controllerRow is the Controller row wanted by the spec.
+// controllerRow is the Controller row wanted by the spec. The type is
+// forced to "primary": OVS otherwise treats a punix/ptcp target as a
+// "service" controller, which by default gets no asynchronous messages
+// (no packet-ins: the agent would never see a first packet) and has no
+// connection status in the database.
 func (s BridgeSpec) controllerRow() Row {
-	r := Row{"target": s.Controller, "max_backoff": Set{}, "inactivity_probe": Set{}}
+	r := Row{"target": s.Controller, "type": "primary", "max_backoff": Set{}, "inactivity_probe": Set{}}
 	if s.ControllerMaxBackoff > 0 {
 		r["max_backoff"] = s.ControllerMaxBackoff.Milliseconds()
 	}

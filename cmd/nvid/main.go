@@ -141,4 +141,3 @@ func runDirectory(ctx context.Context, args []string) error {
 		return err
 	}
 }
-
