@@ -323,9 +323,13 @@ func (c *Client) DeleteBridge(ctx context.Context, name string) error {
 
 // ControllerState is a Controller row as ovs-vswitchd reports it.
 type ControllerState struct {
-	Target          string
+	Target string
+	// IsConnected and Role are refreshed by ovs-vswitchd every 5 seconds and
+	// only for active targets (tcp:, unix:, ssl:). For a passive target such
+	// as punix: (NVI's default) OVS 3.1 never sets them, even while nvid is
+	// connected: the agent's own OpenFlow session is the health signal there.
 	IsConnected     bool
-	Role            string // "master", "slave", "other" or "" before connecting
+	Role            string // "master", "slave", "other" or "" when unknown
 	MaxBackoff      time.Duration
 	InactivityProbe time.Duration
 }
