@@ -27,9 +27,7 @@ func (f *Frame) SetEthDst(mac net.HardwareAddr) error { return f.setMAC(0, mac, 
 // SetEthSrc sets the source MAC address.
 func (f *Frame) SetEthSrc(mac net.HardwareAddr) error { return f.setMAC(6, mac, "ethernet") }
 
-// The ARP accessors read and write an Ethernet/IPv4 ARP packet (RFC 826);
-// on other frames getters return zero values and setters ErrNoHeader. ARP
-// has no checksum.
+// ARP accessors: an Ethernet/IPv4 ARP packet (RFC 826); it has no checksum.
 
 // ARPOp returns the ARP operation, ARPRequest or ARPReply.
 func (f *Frame) ARPOp() uint16 {
@@ -72,7 +70,7 @@ func (f *Frame) SetARPTHA(mac net.HardwareAddr) error { return f.setARPMAC(18, m
 // SetARPTPA sets the target protocol address.
 func (f *Frame) SetARPTPA(a netip.Addr) error { return f.setARPAddr(24, a) }
 
-// The IPv4 getters return zero values when the frame carries no IPv4.
+// IPv4 accessors.
 
 // IPv4Src returns the IPv4 source address.
 func (f *Frame) IPv4Src() netip.Addr { return f.ipAddr(f.ipOff(), 12) }
@@ -169,11 +167,8 @@ func (f *Frame) ICMPNextHopMTU() uint16 {
 // and so quotes an original datagram, which the Inner accessors reach.
 func (f *Frame) IsICMPError() bool { return f.in != 0 }
 
-// The Inner accessors read and write the datagram quoted in an ICMP error,
-// the packet that caused it: its IPv4 header and at least the first 8 bytes
-// of its TCP, UDP or ICMP header. Translating an error back to a workload
-// means rewriting these as well as the outer header. Getters return zero
-// values and setters ErrNoHeader on other frames.
+// Inner accessors: the datagram quoted in an ICMP error, its IPv4 header and
+// at least the first 8 bytes of its TCP, UDP or ICMP header.
 
 // InnerIPv4Src returns the quoted datagram's IPv4 source address.
 func (f *Frame) InnerIPv4Src() netip.Addr { return f.ipAddr(f.in, 12) }

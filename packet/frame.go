@@ -82,10 +82,20 @@ func (c *cksum) covers(off int) bool {
 	return off >= c.lo && off+2 <= c.hi || c.pseudo != 0 && off >= c.pseudo && off < c.pseudo+8
 }
 
-// Frame is a parsed view over the bytes of one Ethernet frame. Its zero value
-// is an empty frame: getters return zero values and setters ErrNoHeader.
-// Getters that return net.HardwareAddr or []byte alias the frame's bytes;
-// copy them to keep them past the next edit.
+// Frame is a parsed view over the bytes of one Ethernet frame, made by Parse.
+//
+// Its methods come in groups named after the header they touch, like
+// OpenFlow's fields: Eth*, ARP*, IPv4 (IPv4Src, TTL, IPID, ...), L4Src and
+// L4Dst (TCP or UDP ports), ICMP*, and Inner* for the datagram quoted in an
+// ICMP error, the packet that caused it, which translating the error back to
+// a workload rewrites as well as the outer header. Getters return zero
+// values when the frame lacks the header, and setters ErrNoHeader; the zero
+// Frame lacks them all. Getters that return net.HardwareAddr or []byte alias
+// the frame's bytes: copy them to keep them past the next edit.
+//
+// Methods have pointer receivers and Parse returns a value, so keep it in a
+// variable: f, err := packet.Parse(b); err = f.SetTTL(63). A Frame is not
+// safe for concurrent edits, like the bytes it points to.
 type Frame struct {
 	b     []byte
 	vlans int    // 802.1Q/802.1ad tags skipped
