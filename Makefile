@@ -1,0 +1,50 @@
+# NVI's build. The README's two commands are scripts/tour and scripts/test;
+# these targets are what they (and developers) call.
+
+SHELL    := /bin/bash
+GO       ?= go
+BIN      := bin
+PKGS     := ./...
+FUZZTIME ?= 20s
+
+.PHONY: build test check unit e2e fuzz vet fmt bench tour clean
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/nvid ./cmd/nvictl
+
+# Everything CI runs.
+check: fmt vet unit e2e fuzz
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+# Unit and package tests (real OVS and etcd where a package needs them), with
+# the race detector. The end-to-end lab tests run separately, below.
+unit:
+	$(GO) test -race -count=1 $$($(GO) list $(PKGS) | grep -v /e2e)
+
+# The end-to-end tests need root; here a skip is a failure.
+e2e: build
+	NVI_REQUIRE_E2E=1 $(GO) test -count=1 -timeout 25m -v ./e2e/
+
+# A short run of every fuzz target (go test runs one target at a time).
+fuzz:
+	@for pkg in $$($(GO) list $(PKGS)); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+			echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg >/dev/null || { echo "FAIL: fuzz $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 1s $$pkg; exit 1; }; \
+		done; \
+	done
+
+bench: build
+	$(GO) build -o $(BIN)/ ./cmd/nvibench
+	$(BIN)/nvibench
+
+tour: build
+	./scripts/tour.sh
+
+clean:
+	rm -rf $(BIN)

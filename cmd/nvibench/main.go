@@ -1,0 +1,236 @@
+// Command nvibench measures NVI on a lab and prints a table: the latency a
+// new session adds to a connection's first packet, how many sessions per
+// second a server sets up, and TCP throughput across servers through NVI
+// against the same two bridges doing plain L2 switching, in the same run.
+//
+// It runs as root, brings up its own two-server lab (prefix "nvb") and takes
+// it down again. The probe and the echo server run inside the workloads'
+// namespaces: nvibench starts itself there with "ip netns exec".
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "echo":
+			exitOn(runEcho(os.Args[2:]))
+			return
+		case "probe":
+			exitOn(runProbe(os.Args[2:]))
+			return
+		}
+	}
+	exitOn(runBench(os.Args[1:]))
+}
+
+func exitOn(err error) {
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "nvibench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+const prefix = "nvb"
+
+type bench struct {
+	ctx     context.Context
+	nvictl  string
+	self    string
+	verbose bool
+}
+
+func (b *bench) run(name string, args ...string) (string, error) {
+	cmd := exec.CommandContext(b.ctx, name, args...)
+	cmd.Env = append(os.Environ(), "NVI_LAB="+prefix)
+	out, err := cmd.CombinedOutput()
+	if b.verbose {
+		fmt.Fprintf(os.Stderr, "$ %s %s\n%s", name, strings.Join(args, " "), out)
+	}
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+func (b *bench) in(ns string, args ...string) (string, error) {
+	return b.run("ip", append([]string{"netns", "exec", ns}, args...)...)
+}
+
+func runBench(args []string) error {
+	fs := flag.NewFlagSet("nvibench", flag.ContinueOnError)
+	sessions := fs.Int("sessions", 1000, "new sessions for the first-packet latency (at least 1000)")
+	burst := fs.Int("burst", 1000, "sessions set up as fast as possible for the setup rate")
+	seconds := fs.Int("seconds", 5, "length of each throughput run")
+	verbose := fs.Bool("v", false, "show every command")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *sessions < 1 || *sessions+*burst > 3500 {
+		return errors.New("--sessions plus --burst must stay within 3500 (the lab's key range holds 4096 per peer)")
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("run as root: the benchmark brings up a lab")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	b := &bench{ctx: ctx, nvictl: filepath.Join(filepath.Dir(self), "nvictl"), self: self, verbose: *verbose}
+	_, _ = b.run(b.nvictl, "lab", "down")
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_ = exec.CommandContext(cctx, b.nvictl, "lab", "down").Run()
+	}()
+	fmt.Fprintln(os.Stderr, "nvibench: bringing up a two-server lab...")
+	steps := [][]string{
+		{"lab", "up", "--servers", "2", "--idle-timeout", "5m"},
+		{"net", "create", "bench/net", "--cidr", "10.9.0.0/16"},
+		{"lab", "workload", "add", "nvb-c", "--server", "s1", "--net", "bench/net", "--ip", "10.9.0.10"},
+		{"lab", "workload", "add", "nvb-s", "--server", "s2", "--net", "bench/net", "--ip", "10.9.0.20"},
+	}
+	for _, s := range steps {
+		if _, err := b.run(b.nvictl, s...); err != nil {
+			return err
+		}
+	}
+	first, base, err := b.latency(1, *sessions)
+	if err != nil {
+		return err
+	}
+	rate, err := b.setupRate(20000, *burst)
+	if err != nil {
+		return err
+	}
+	nvi, plain, err := b.throughput(*seconds)
+	if err != nil {
+		return err
+	}
+	added := func(q float64) time.Duration { return max(percentile(first, q)-percentile(base, 0.5), 0) }
+	fmt.Printf("\nNVI benchmark (lab: 2 servers, userspace OVS %s; one run, ratios from the same run)\n\n", ovsVersion())
+	fmt.Printf("%-52s %14s %10s\n", "measure", "value", "target")
+	fmt.Printf("%-52s %14s %10s\n", strings.Repeat("-", 52), strings.Repeat("-", 14), strings.Repeat("-", 10))
+	row := func(m, v, t string) { fmt.Printf("%-52s %14s %10s\n", m, v, t) }
+	row(fmt.Sprintf("first-packet added latency p50 (%d new sessions)", len(first)), fmtDur(added(0.5)), "< 1ms")
+	row(fmt.Sprintf("first-packet added latency p99 (%d new sessions)", len(first)), fmtDur(added(0.99)), "< 5ms")
+	row("  first-packet round trip p50 / p99", fmtDur(percentile(first, 0.5))+" / "+fmtDur(percentile(first, 0.99)), "")
+	row(fmt.Sprintf("  established-session round trip p50 (%d)", len(base)), fmtDur(percentile(base, 0.5)), "")
+	row(fmt.Sprintf("sessions set up per second (%d, 32 in parallel)", *burst), fmt.Sprintf("%.0f/s", rate), "")
+	row("TCP throughput across servers, NVI", fmt.Sprintf("%.2f Gbit/s", nvi/1e9), "")
+	row("TCP throughput across servers, plain L2 switching", fmt.Sprintf("%.2f Gbit/s", plain/1e9), "")
+	row("throughput ratio NVI / plain", fmt.Sprintf("%.3f", nvi/plain), ">= 0.9")
+	return nil
+}
+
+func fmtDur(d time.Duration) string {
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 3, 64) + " ms"
+}
+
+func percentile(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(q * float64(len(s)-1))
+	return s[i]
+}
+
+func ovsVersion() string {
+	out, err := exec.Command("ovs-vswitchd", "--version").Output()
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(strings.SplitN(string(out), "\n", 2)[0])
+	return f[len(f)-1]
+}
+
+// probeResult is what a probe reports, as JSON on stdout.
+type probeResult struct {
+	RTTs []time.Duration `json:"rtts"`
+	Lost int             `json:"lost"`
+	Took time.Duration   `json:"took"`
+}
+
+// latency measures the round trip of the first datagram of n new sessions
+// (each to a fresh server port) and of datagrams on one established
+// session, back to back in one run.
+func (b *bench) latency(firstPort, n int) (first, base []time.Duration, err error) {
+	fmt.Fprintf(os.Stderr, "nvibench: first packets of %d new sessions...\n", n)
+	echo := b.startEcho(firstPort, n)
+	defer echo()
+	out, err := b.in("nvb-c", b.self, "probe", "--dst", "10.9.0.20", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n), "--parallel", "1")
+	if err != nil {
+		return nil, nil, err
+	}
+	var pr probeResult
+	if err := json.Unmarshal([]byte(out), &pr); err != nil {
+		return nil, nil, fmt.Errorf("probe: %w: %s", err, out)
+	}
+	if pr.Lost > 0 {
+		fmt.Fprintf(os.Stderr, "nvibench: %d of %d first packets got no answer within 1s\n", pr.Lost, n)
+	}
+	out, err = b.in("nvb-c", b.self, "probe", "--dst", "10.9.0.20", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n), "--parallel", "1", "--same-port")
+	if err != nil {
+		return nil, nil, err
+	}
+	var bp probeResult
+	if err := json.Unmarshal([]byte(out), &bp); err != nil {
+		return nil, nil, fmt.Errorf("probe: %w: %s", err, out)
+	}
+	return pr.RTTs, bp.RTTs, nil
+}
+
+func (b *bench) setupRate(firstPort, n int) (float64, error) {
+	fmt.Fprintf(os.Stderr, "nvibench: %d sessions as fast as they go...\n", n)
+	echo := b.startEcho(firstPort, n)
+	defer echo()
+	out, err := b.in("nvb-c", b.self, "probe", "--dst", "10.9.0.20", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n), "--parallel", "32")
+	if err != nil {
+		return 0, err
+	}
+	var pr probeResult
+	if err := json.Unmarshal([]byte(out), &pr); err != nil {
+		return 0, fmt.Errorf("probe: %w: %s", err, out)
+	}
+	return float64(len(pr.RTTs)) / pr.Took.Seconds(), nil
+}
+
+// startEcho runs the UDP echo server in the server workload.
+func (b *bench) startEcho(firstPort, n int) func() {
+	cmd := exec.CommandContext(b.ctx, "ip", "netns", "exec", "nvb-s", b.self, "echo", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n))
+	cmd.Stderr = os.Stderr
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		return func() {}
+	}
+	buf := make([]byte, 16)
+	_, _ = stdout.Read(buf) // "ready"
+	return func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+}
+
+func execCommand(b *bench, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(b.ctx, name, args...)
+	if b.verbose {
+		cmd.Stderr = os.Stderr
+	}
+	return cmd
+}

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+)
+
+// runEcho answers UDP datagrams on count consecutive ports.
+func runEcho(args []string) error {
+	fs := flag.NewFlagSet("echo", flag.ContinueOnError)
+	first := fs.Int("first-port", 20000, "first port")
+	count := fs.Int("count", 1, "number of ports")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	for i := 0; i < *count; i++ {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{Port: *first + i})
+		if err != nil {
+			return err
+		}
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				n, from, err := c.ReadFromUDP(buf)
+				if err != nil {
+					return
+				}
+				_, _ = c.WriteToUDP(buf[:n], from)
+			}
+		}()
+	}
+	fmt.Println("ready")
+	select {}
+}
+
+// runProbe sends one datagram to each of count ports (or count datagrams
+// to the first port, with --same-port) and times each answer.
+func runProbe(args []string) error {
+	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
+	dst := fs.String("dst", "", "server address")
+	first := fs.Int("first-port", 20000, "first port")
+	count := fs.Int("count", 1, "datagrams")
+	parallel := fs.Int("parallel", 1, "datagrams in flight")
+	same := fs.Bool("same-port", false, "all to the first port (an established session)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ip := net.ParseIP(*dst)
+	if ip == nil {
+		return fmt.Errorf("--dst %q is not an address", *dst)
+	}
+	jobs := make(chan int)
+	var mu sync.Mutex
+	res := probeResult{}
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < *parallel; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 64)
+			for i := range jobs {
+				port := *first + i
+				if *same {
+					port = *first
+				}
+				rtt, err := once(ip, port, uint64(i), buf)
+				mu.Lock()
+				if err != nil {
+					res.Lost++
+				} else {
+					res.RTTs = append(res.RTTs, rtt)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := 0; i < *count; i++ {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	res.Took = time.Since(start)
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+func once(ip net.IP, port int, seq uint64, buf []byte) (time.Duration, error) {
+	c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: ip, Port: port})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	msg := binary.BigEndian.AppendUint64([]byte("nvibench"), seq)
+	t0 := time.Now()
+	if _, err := c.Write(msg); err != nil {
+		return 0, err
+	}
+	_ = c.SetReadDeadline(t0.Add(time.Second))
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return 0, err
+		}
+		if n == len(msg) && string(buf[8:n]) == string(msg[8:]) {
+			return time.Since(t0), nil
+		}
+	}
+}
+
