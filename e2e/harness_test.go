@@ -145,7 +145,7 @@ func (l *Lab) in(ns string, timeout time.Duration, args ...string) result {
 }
 
 // underlay and server name the lab's namespaces.
-func (l *Lab) underlay() string         { return l.Prefix + "-underlay" }
+func (l *Lab) underlay() string          { return l.Prefix + "-underlay" }
 func (l *Lab) server(name string) string { return l.Prefix + "-" + name }
 func (l *Lab) runDir() string            { return "/run/" + l.Prefix }
 
@@ -225,7 +225,9 @@ func (l *Lab) flows(server string, cookie string) []string {
 }
 
 // sessionFlows is every session flow on a server's bridge.
-func (l *Lab) sessionFlows(server string) []string { return l.flows(server, "0x3000000000000000/0xf000000000000000") }
+func (l *Lab) sessionFlows(server string) []string {
+	return l.flows(server, "0x3000000000000000/0xf000000000000000")
+}
 
 func (l *Lab) dumpLogs() {
 	files, _ := filepath.Glob(filepath.Join(l.runDir(), "s*", "nvid.log"))

@@ -13,9 +13,9 @@ import (
 
 // bg is a command running in the background inside a namespace.
 type bg struct {
-	cmd *exec.Cmd
-	out *bytes.Buffer
-	err *bytes.Buffer
+	cmd  *exec.Cmd
+	out  *bytes.Buffer
+	err  *bytes.Buffer
 	done chan struct{}
 }
 

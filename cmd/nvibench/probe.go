@@ -112,4 +112,3 @@ func once(ip net.IP, port int, seq uint64, buf []byte) (time.Duration, error) {
 		}
 	}
 }
-
