@@ -88,7 +88,8 @@ type Client struct {
 	err      error // why the session ended; nil while it is alive
 
 	done     chan struct{}
-	lastRecv atomic.Int64 // unix nanoseconds of the last message from the server
+	replying chan struct{} // semaphore for reply
+	lastRecv atomic.Int64  // unix nanoseconds of the last message from the server
 }
 
 type call struct {
@@ -138,6 +139,7 @@ func newClient(conn net.Conn, addr string, opts ...Option) *Client {
 		canceled: map[uint64]struct{}{},
 		monitors: map[string]*Monitor{},
 		done:     make(chan struct{}),
+		replying: make(chan struct{}, maxReplying),
 	}
 	c.lastRecv.Store(time.Now().UnixNano())
 	go c.readLoop()
@@ -323,14 +325,28 @@ func (c *Client) handleRequest(method string, params, id json.RawMessage) {
 	}
 }
 
-// reply answers a server request from the reader goroutine, bounded in time
-// so that a server that stops reading cannot wedge the reader forever.
+// maxReplying bounds the answers to server requests being written at once.
+const maxReplying = 16
+
+// reply answers a server request without blocking the reader: the write
+// happens on its own goroutine, because a caller's write may hold the
+// stream while the server waits for us to read. A server flooding us with
+// requests beyond maxReplying gets no answer to the excess.
 func (c *Client) reply(msg outResponse) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := c.send(ctx, msg); err != nil {
-		c.log.Debug("ovsdb: could not answer server request", "err", err)
+	select {
+	case c.replying <- struct{}{}:
+	default:
+		c.log.Warn("ovsdb: too many unanswered server requests; dropping one")
+		return
 	}
+	go func() {
+		defer func() { <-c.replying }()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := c.send(ctx, msg); err != nil {
+			c.log.Debug("ovsdb: could not answer server request", "err", err)
+		}
+	}()
 }
 
 func truncate(b []byte) []byte {

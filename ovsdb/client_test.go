@@ -582,3 +582,56 @@ func TestDialTCP(t *testing.T) {
 		t.Errorf("Addr() = %q", c.Addr())
 	}
 }
+
+// While a caller's large write is stuck because the server is not reading,
+// the reader must keep going: an echo request from the server must not
+// wedge it behind that write.
+func TestReaderNotBlockedByStuckWrite(t *testing.T) {
+	c, f := newFake(t)
+	got := make(chan TableUpdates, 1)
+	mch := make(chan *Monitor, 1)
+	go func() {
+		m, err := c.Monitor(context.Background(), "db", map[string]MonitorRequest{"T": {}}, func(u TableUpdates) {
+			if len(u) > 0 {
+				got <- u
+			}
+		})
+		if err != nil {
+			t.Error(err)
+		}
+		mch <- m
+	}()
+	r := f.recv()
+	f.reply(r.ID, `{}`)
+	monID := r.Params[1]
+	wait(t, mch)
+
+	big := make(chan error, 1)
+	go func() {
+		_, err := c.Transact(context.Background(), "db", Comment(strings.Repeat("x", 2<<20)))
+		big <- err
+	}()
+	// Wait until the big write holds the stream (blocked on full buffers).
+	for deadline := time.Now().Add(5 * time.Second); c.writeMu.TryLock(); time.Sleep(time.Millisecond) {
+		c.writeMu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatal("big write never started")
+		}
+	}
+	f.send(`{"method":"echo","params":[],"id":"e1"}`)
+	f.send(fmt.Sprintf(`{"method":"update","params":[%s,{"T":{"u":{"new":{"c":1}}}}],"id":null}`, monID))
+	wait(t, got)
+
+	// Drain: the big transact, then the echo reply, both arrive intact.
+	r = f.recv()
+	if r.Method != "transact" {
+		t.Fatalf("got %+v", r)
+	}
+	f.reply(r.ID, `[{}]`)
+	if err := wait(t, big); err != nil {
+		t.Fatal(err)
+	}
+	if r = f.recv(); string(r.ID) != `"e1"` {
+		t.Fatalf("echo reply %+v", r)
+	}
+}

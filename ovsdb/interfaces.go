@@ -138,6 +138,8 @@ func (t *ifaceTracker) apply(u TableUpdates) []InterfaceEvent {
 	for id, ru := range u["Interface"] {
 		prev, known := t.rows[id]
 		switch {
+		case ru.New == nil && ru.Old == nil:
+			continue // meaningless; only a broken server sends it
 		case ru.New == nil: // delete
 			if !known {
 				prev = ru.Old

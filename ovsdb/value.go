@@ -149,29 +149,13 @@ func encodeValue(v any) (any, error) {
 	case []any:
 		return Set(x), nil
 	case []string:
-		s := make(Set, len(x))
-		for i, e := range x {
-			s[i] = e
-		}
-		return s, nil
+		return setOf(x, func(e string) any { return e }), nil
 	case []int:
-		s := make(Set, len(x))
-		for i, e := range x {
-			s[i] = int64(e)
-		}
-		return s, nil
+		return setOf(x, func(e int) any { return int64(e) }), nil
 	case []int64:
-		s := make(Set, len(x))
-		for i, e := range x {
-			s[i] = e
-		}
-		return s, nil
+		return setOf(x, func(e int64) any { return e }), nil
 	case []UUID:
-		s := make(Set, len(x))
-		for i, e := range x {
-			s[i] = e
-		}
-		return s, nil
+		return setOf(x, func(e UUID) any { return e }), nil
 	case map[string]string:
 		m := make(Map, len(x))
 		for k, e := range x {
@@ -187,6 +171,14 @@ func encodeValue(v any) (any, error) {
 	default:
 		return encodeAtom(v)
 	}
+}
+
+func setOf[T any](xs []T, atom func(T) any) Set {
+	s := make(Set, len(xs))
+	for i, e := range xs {
+		s[i] = atom(e)
+	}
+	return s
 }
 
 // decodeValue parses one OVSDB value from its wire form. It never panics:
