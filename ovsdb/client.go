@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -385,10 +386,18 @@ func (c *Client) send(ctx context.Context, msg any) error {
 	if werr == nil {
 		return nil
 	}
-	if n == 0 && ctx.Err() != nil {
-		return ctx.Err() // nothing written: the stream is intact
+	if n == 0 && (ctx.Err() != nil || errors.Is(werr, os.ErrDeadlineExceeded)) {
+		// Nothing written, so the stream is intact: only this call fails.
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return context.DeadlineExceeded
 	}
-	werr = fmt.Errorf("%w (%s): write: %w", ErrDisconnected, c.addr, werr)
+	if ctx.Err() != nil {
+		werr = fmt.Errorf("%w (%s): write abandoned after %d bytes: %w", ErrDisconnected, c.addr, n, ctx.Err())
+	} else {
+		werr = fmt.Errorf("%w (%s): write: %w", ErrDisconnected, c.addr, werr)
+	}
 	c.fail(werr) // takes c.mu, never writeMu
 	return werr
 }

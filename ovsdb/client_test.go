@@ -635,3 +635,22 @@ func TestReaderNotBlockedByStuckWrite(t *testing.T) {
 		t.Fatalf("echo reply %+v", r)
 	}
 }
+
+// A write stuck on a server that stopped reading gives up with the caller's
+// context; half a message is on the wire then, so the session must end.
+func TestStuckWriteHonoursContext(t *testing.T) {
+	c, _ := newFake(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	start := time.Now()
+	time.AfterFunc(300*time.Millisecond, cancel)
+	_, err := c.Transact(ctx, "db", Comment(strings.Repeat("x", 2<<20)))
+	if err == nil || time.Since(start) > 3*time.Second {
+		t.Fatalf("got %v after %v", err, time.Since(start))
+	}
+	t.Logf("stuck write: %v after %v", err, time.Since(start))
+	wait(t, c.Done())
+	if !errors.Is(c.Err(), ErrDisconnected) || !errors.Is(err, ErrDisconnected) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("call: %v; session: %v", err, c.Err())
+	}
+}

@@ -538,3 +538,41 @@ func TestIntegrationConnectionLoss(t *testing.T) {
 	}
 	t.Logf("connection loss reported as: %v", c.Err())
 }
+
+// Several agents (or restarts racing each other) ensuring the same bridge
+// and port at once all succeed and leave exactly one of each.
+func TestIntegrationConcurrentEnsure(t *testing.T) {
+	t.Parallel()
+	s := ovsdbtest.StartWith(t, ovsdbtest.Options{Init: true})
+	const n = 4
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			c, err := Dial(ctx, s.Addr, WithLogger(quietLog))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			err = c.EnsureBridge(ctx, nviSpec(s, "br-nvi"))
+			if err == nil {
+				err = c.AddPort(ctx, "br-nvi", PortSpec{Name: "p0", Type: "internal", OFPortRequest: 3})
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := wait(t, errs); err != nil {
+			t.Error(err)
+		}
+	}
+	vsctlEq(t, s, "br-nvi", "list-br")
+	vsctlEq(t, s, "p0", "list-ports", "br-nvi")
+	for table, want := range map[string]int{"Bridge": 1, "Port": 2, "Interface": 2, "Controller": 1} {
+		if got := rowCount(t, s, table); got != want {
+			t.Errorf("%d %s rows, want %d", got, table, want)
+		}
+	}
+}
