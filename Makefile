@@ -24,7 +24,7 @@ vet:
 # Unit and package tests (real OVS and etcd where a package needs them), with
 # the race detector. The end-to-end lab tests run separately, below.
 unit:
-	$(GO) test -race -count=1 $$($(GO) list $(PKGS) | grep -v /e2e)
+	NVI_REQUIRE_OVS=1 $(GO) test -race -count=1 $$($(GO) list $(PKGS) | grep -v /e2e)
 
 # The end-to-end tests need root; here a skip is a failure.
 e2e: build
