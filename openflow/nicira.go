@@ -12,7 +12,6 @@ import (
 const (
 	NXASTRegMove       uint16 = 6
 	NXASTResubmitTable uint16 = 14
-	NXASTDecTTL        uint16 = 18
 	NXASTConjunction   uint16 = 34
 	NXASTCT            uint16 = 35
 	NXASTNAT           uint16 = 36
@@ -124,22 +123,14 @@ func (a NXResubmitTable) String() string {
 	if a.InPort != NXPortInPort {
 		port = PortString(port16to32(a.InPort))
 	}
-	table := ""
-	if a.Table != 0xff {
-		table = fmt.Sprint(a.Table)
+	if a.Table == 0xff {
+		if port == "" {
+			port = "IN_PORT"
+		}
+		return "resubmit:" + port
 	}
-	return fmt.Sprintf("resubmit(%s,%s)", port, table)
+	return fmt.Sprintf("resubmit(%s,%d)", port, a.Table)
 }
-
-// NXDecTTL is Nicira's dec_ttl (sends a packet-in on expiry rather than
-// dropping silently).
-type NXDecTTL struct{}
-
-func (NXDecTTL) ActionType() uint16                    { return ActExperimenter }
-func (NXDecTTL) nxSubtype() uint16                     { return NXASTDecTTL }
-func (a NXDecTTL) appendBody(b []byte) ([]byte, error) { return appendNXBody(b, a) }
-func (NXDecTTL) appendNX(b []byte) ([]byte, error)     { return b, nil }
-func (NXDecTTL) String() string                        { return "dec_ttl" }
 
 // NXConjunction adds the flow to clause Clause (0-based) of NClauses of
 // conjunctive match ID.
@@ -228,9 +219,6 @@ func (a NXConntrack) String() string {
 	} else if a.ZoneImm != 0 {
 		parts = append(parts, fmt.Sprintf("zone=%d", a.ZoneImm))
 	}
-	if a.Alg != 0 {
-		parts = append(parts, fmt.Sprintf("alg=%d", a.Alg))
-	}
 	var execs []Action
 	for _, x := range a.Actions {
 		if n, ok := x.(NXNat); ok {
@@ -241,6 +229,9 @@ func (a NXConntrack) String() string {
 	}
 	if len(execs) > 0 {
 		parts = append(parts, "exec("+ActionsString(execs)+")")
+	}
+	if a.Alg != 0 {
+		parts = append(parts, fmt.Sprintf("alg=%d", a.Alg))
 	}
 	return "ct(" + strings.Join(parts, ",") + ")"
 }
@@ -429,8 +420,6 @@ func decodeNX(ctx string, data []byte) (Action, error) {
 		return a, nil
 	case NXASTResubmitTable:
 		return NXResubmitTable{InPort: r.u16(), Table: r.u8()}, r.err
-	case NXASTDecTTL:
-		return NXDecTTL{}, nil
 	case NXASTConjunction:
 		return NXConjunction{Clause: r.u8(), NClauses: r.u8(), ID: r.u32()}, r.err
 	case NXASTCT:

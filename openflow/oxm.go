@@ -170,30 +170,13 @@ var knownFields = map[FieldID]*fieldInfo{
 	IDTunnelID:     {8, "tunnel_id", "", fmtHex},
 	IDIPv6ExtHdr:   {2, "ipv6_exthdr", "", fmtHex},
 
-	// NXM_OF_*: the OpenFlow 1.0 fields in Nicira's class 0.
-	{Class: ClassNXM0, Field: 0}:  {2, "nxm_in_port", "", fmtPort},
-	{Class: ClassNXM0, Field: 1}:  {6, "nxm_eth_dst", "", fmtMAC},
-	{Class: ClassNXM0, Field: 2}:  {6, "nxm_eth_src", "", fmtMAC},
-	{Class: ClassNXM0, Field: 3}:  {2, "nxm_eth_type", "", fmtHex},
-	{Class: ClassNXM0, Field: 4}:  {2, "vlan_tci", "", fmtHex},
-	{Class: ClassNXM0, Field: 5}:  {1, "nw_tos", "", fmtDec},
-	{Class: ClassNXM0, Field: 6}:  {1, "nxm_ip_proto", "", fmtDec},
-	{Class: ClassNXM0, Field: 7}:  {4, "nxm_ip_src", "", fmtIP},
-	{Class: ClassNXM0, Field: 8}:  {4, "nxm_ip_dst", "", fmtIP},
-	{Class: ClassNXM0, Field: 9}:  {2, "nxm_tcp_src", "", fmtDec},
-	{Class: ClassNXM0, Field: 10}: {2, "nxm_tcp_dst", "", fmtDec},
-	{Class: ClassNXM0, Field: 11}: {2, "nxm_udp_src", "", fmtDec},
-	{Class: ClassNXM0, Field: 12}: {2, "nxm_udp_dst", "", fmtDec},
-	{Class: ClassNXM0, Field: 13}: {1, "nxm_icmp_type", "", fmtDec},
-	{Class: ClassNXM0, Field: 14}: {1, "nxm_icmp_code", "", fmtDec},
-	{Class: ClassNXM0, Field: 15}: {2, "nxm_arp_op", "", fmtDec},
-	{Class: ClassNXM0, Field: 16}: {4, "nxm_arp_spa", "", fmtIP},
-	{Class: ClassNXM0, Field: 17}: {4, "nxm_arp_tpa", "", fmtIP},
+	// NXM_OF_* fields without an OXM twin (the twins are added from
+	// nxmAliases in init).
+	{Class: ClassNXM0, Field: 0}: {2, "in_port", "", fmtPort},
+	{Class: ClassNXM0, Field: 4}: {2, "vlan_tci", "", fmtHex},
+	{Class: ClassNXM0, Field: 5}: {1, "nw_tos", "", fmtDec},
 
 	// NXM_NX_*.
-	IDNXTunID:                      {8, "tun_id", "", fmtHex},
-	{Class: ClassNXM1, Field: 17}:  {6, "nxm_arp_sha", "", fmtMAC},
-	{Class: ClassNXM1, Field: 18}:  {6, "nxm_arp_tha", "", fmtMAC},
 	{Class: ClassNXM1, Field: 26}:  {1, "ip_frag", "", fmtHex},
 	IDIPTTL:                        {1, "nw_ttl", "", fmtDec},
 	IDTunIPv4Src:                   {4, "tun_src", "", fmtIP},
@@ -214,9 +197,57 @@ var knownFields = map[FieldID]*fieldInfo{
 }
 
 func init() {
+	for alias, id := range nxmAliases {
+		knownFields[alias] = knownFields[id]
+	}
 	for i := 0; i < 16; i++ {
 		knownFields[IDNXReg(i)] = &fieldInfo{size: 4, name: fmt.Sprintf("reg%d", i), format: fmtHex}
 	}
+}
+
+// nxmAliases maps the Nicira (NXM) code points of fields that OpenFlow 1.2
+// later standardised to their OXM basic IDs. Open vSwitch treats both as the
+// same field and itself encodes moves with the NXM form (move:eth_src is
+// sent as NXM_OF_ETH_SRC), so code comparing flows read back from a switch
+// should compare Canonical IDs.
+var nxmAliases = map[FieldID]FieldID{
+	{Class: ClassNXM0, Field: 1}:  IDEthDst,
+	{Class: ClassNXM0, Field: 2}:  IDEthSrc,
+	{Class: ClassNXM0, Field: 3}:  IDEthType,
+	{Class: ClassNXM0, Field: 6}:  IDIPProto,
+	{Class: ClassNXM0, Field: 7}:  IDIPv4Src,
+	{Class: ClassNXM0, Field: 8}:  IDIPv4Dst,
+	{Class: ClassNXM0, Field: 9}:  IDTCPSrc,
+	{Class: ClassNXM0, Field: 10}: IDTCPDst,
+	{Class: ClassNXM0, Field: 11}: IDUDPSrc,
+	{Class: ClassNXM0, Field: 12}: IDUDPDst,
+	{Class: ClassNXM0, Field: 13}: IDICMPv4Type,
+	{Class: ClassNXM0, Field: 14}: IDICMPv4Code,
+	{Class: ClassNXM0, Field: 15}: IDARPOp,
+	{Class: ClassNXM0, Field: 16}: IDARPSpa,
+	{Class: ClassNXM0, Field: 17}: IDARPTpa,
+	{Class: ClassNXM1, Field: 17}: IDARPSha,
+	{Class: ClassNXM1, Field: 18}: IDARPTha,
+	{Class: ClassNXM1, Field: 19}: IDIPv6Src,
+	{Class: ClassNXM1, Field: 20}: IDIPv6Dst,
+	{Class: ClassNXM1, Field: 21}: IDICMPv6Type,
+	{Class: ClassNXM1, Field: 22}: IDICMPv6Code,
+	{Class: ClassNXM1, Field: 23}: IDIPv6NDTarget,
+	{Class: ClassNXM1, Field: 24}: IDIPv6NDSLL,
+	{Class: ClassNXM1, Field: 25}: IDIPv6NDTLL,
+	{Class: ClassNXM1, Field: 27}: IDIPv6FLabel,
+	{Class: ClassNXM1, Field: 28}: IDIPECN,
+	IDNXTunID:                     IDTunnelID,
+}
+
+// Canonical returns the OXM basic ID for a Nicira alias of a standard field
+// (NXM_OF_ETH_SRC → eth_src) and id itself otherwise. NXM_OF_IN_PORT is not
+// an alias: it is 16 bits wide.
+func (id FieldID) Canonical() FieldID {
+	if c, ok := nxmAliases[id]; ok {
+		return c
+	}
+	return id
 }
 
 // FieldSize returns the value size in bytes of a field the codec knows, or
