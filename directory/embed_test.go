@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -35,6 +36,14 @@ func TestCacheServesHitsWhileEtcdDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer reg.Close() // before the cleanups stop etcd
+	// A second agent with a short lease, whose renewals will fail.
+	log, logged := newCapture(t)
+	s2 := openWith(t, e.Endpoints(), "/down/", log)
+	reg2, err := s2.RegisterServer(ctx, Server{Name: "s2", DataIP: netip.MustParseAddr("192.0.2.2"), DataMAC: "02:00:00:00:00:02"}, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg2.Close()
 	addNetwork(t, s, "acme", "web", "10.1.0.0/24")
 	a := must[Endpoint](t)(s.CreateEndpoint(ctx, Endpoint{Tenant: "acme", Network: "web", Name: "a", Server: "s1"}))
 
@@ -88,6 +97,16 @@ func TestCacheServesHitsWhileEtcdDown(t *testing.T) {
 	if e2.Endpoints()[0] != url {
 		t.Fatalf("restarted on %v; want %s", e2.Endpoints(), url)
 	}
+	if !logged("lease renewal failed, retrying") {
+		t.Error("the outage was not logged by the lease keep-alive")
+	}
+	// Either the restarted etcd still had the lease (it restores leases with
+	// a fresh TTL) and renewal resumes, or it expired and the agent
+	// registered again: both keep the record.
+	eventually(t, "renewal or re-registration", func() bool {
+		return logged("lease renewed again") || logged("server registered again")
+	})
+	must[Server](t)(s.Server(ctx, "s2"))
 	must[Endpoint](t)(s.UpdateEndpointPort(ctx, "acme", "a", 5))
 	eventually(t, "update after etcd restart", func() bool {
 		got, err := c.LookupEndpoint(ctx, "acme", a.IP)
@@ -120,7 +139,14 @@ func TestEmbeddedAddressInUse(t *testing.T) {
 func TestEmbeddedUnixSocket(t *testing.T) {
 	dir := t.TempDir()
 	sock := "unix://" + dir + "/run/etcd.sock" // the socket's directory is created
-	e := serveOwn(t, dir+"/data", sock)
+	e, err := ServeEmbedded(ctxT(t), EmbedConfig{DataDir: dir + "/data", ClientURLs: []string{sock}, LogFile: dir + "/etcd.log", Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := os.Stat(dir + "/etcd.log"); err != nil {
+		t.Fatalf("etcd log file: %v", err)
+	}
 	if eps := e.Endpoints(); len(eps) != 1 || eps[0] != sock {
 		t.Fatalf("Endpoints = %v; want [%s]", eps, sock)
 	}
@@ -131,7 +157,7 @@ func TestEmbeddedUnixSocket(t *testing.T) {
 	must[Tenant](t)(s.CreateTenant(ctxT(t), "acme"))
 
 	// A second member on the same live socket must not steal it.
-	_, err := ServeEmbedded(ctxT(t), EmbedConfig{DataDir: dir + "/other", ClientURLs: []string{sock}, Logger: testLogger(t)})
+	_, err = ServeEmbedded(ctxT(t), EmbedConfig{DataDir: dir + "/other", ClientURLs: []string{sock}, Logger: testLogger(t)})
 	if !errors.Is(err, errAddrInUse) {
 		t.Fatalf("second member on %s: %v", sock, err)
 	}

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -66,7 +67,12 @@ func newStore(t *testing.T) *Store {
 
 func openOn(t *testing.T, endpoints []string, prefix string) *Store {
 	t.Helper()
-	s, err := Open(context.Background(), Config{Endpoints: endpoints, Prefix: prefix, DialTimeout: 5 * time.Second, Logger: testLogger(t)})
+	return openWith(t, endpoints, prefix, testLogger(t))
+}
+
+func openWith(t *testing.T, endpoints []string, prefix string, log *slog.Logger) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), Config{Endpoints: endpoints, Prefix: prefix, DialTimeout: 5 * time.Second, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,4 +159,42 @@ func addNetwork(t *testing.T, s *Store, tenant, name, cidr string) Network {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// capture is a slog handler that remembers messages (and passes them on to
+// the test log), for tests that check what the package reports.
+type capture struct {
+	mu   *sync.Mutex
+	msgs *[]string
+	next slog.Handler
+}
+
+func newCapture(t *testing.T) (*slog.Logger, func(substr string) bool) {
+	c := capture{mu: &sync.Mutex{}, msgs: &[]string{}, next: testLogger(t).Handler()}
+	return slog.New(c), func(substr string) bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, m := range *c.msgs {
+			if strings.Contains(m, substr) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+func (c capture) Enabled(context.Context, slog.Level) bool { return true }
+func (c capture) Handle(ctx context.Context, r slog.Record) error {
+	c.mu.Lock()
+	*c.msgs = append(*c.msgs, r.Message)
+	c.mu.Unlock()
+	return c.next.Handle(ctx, r)
+}
+func (c capture) WithAttrs(as []slog.Attr) slog.Handler {
+	c.next = c.next.WithAttrs(as)
+	return c
+}
+func (c capture) WithGroup(g string) slog.Handler {
+	c.next = c.next.WithGroup(g)
+	return c
 }

@@ -67,6 +67,10 @@ func (s *Store) RegisterServer(ctx context.Context, srv Server, ttl time.Duratio
 func (r *Registration) register(ctx context.Context) error {
 	ctx, cancel := r.s.ctx(ctx)
 	defer cancel()
+	return r.registerCtx(ctx)
+}
+
+func (r *Registration) registerCtx(ctx context.Context) error {
 	lease, err := r.s.cli.Grant(ctx, int64((r.ttl+time.Second-1)/time.Second))
 	if err != nil {
 		return unavailable("granting lease for server "+r.srv.Name, err)
@@ -112,7 +116,10 @@ func (r *Registration) keepAlive(ctx context.Context) {
 			// The record is gone (or about to be): register afresh.
 			failures++
 			r.log.Warn("directory: server lease lost, registering again", "err", err, "attempt", failures)
-			if err := r.register(ctx); err != nil {
+			rctx, cancel := context.WithTimeout(ctx, r.retryTimeout())
+			err := r.registerCtx(rctx)
+			cancel()
+			if err != nil {
 				r.log.Warn("directory: re-registration failed, retrying", "err", err)
 				next = min(interval, time.Second)
 			} else {
@@ -133,7 +140,7 @@ func (r *Registration) renew(ctx context.Context) error {
 	r.mu.Lock()
 	lease := r.lease
 	r.mu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, max(r.ttl/3, time.Second))
+	ctx, cancel := context.WithTimeout(ctx, r.retryTimeout())
 	defer cancel()
 	resp, err := r.s.cli.KeepAliveOnce(ctx, lease)
 	if err != nil {
@@ -144,6 +151,11 @@ func (r *Registration) renew(ctx context.Context) error {
 	}
 	return nil
 }
+
+// retryTimeout bounds one renewal or re-registration attempt: a third of the
+// TTL, so that a failing renewal is noticed, logged and retried well before
+// the lease runs out.
+func (r *Registration) retryTimeout() time.Duration { return max(r.ttl/3, 200*time.Millisecond) }
 
 // Server returns the record as stored (with defaults filled).
 func (r *Registration) Server() Server { return r.srv }

@@ -59,7 +59,7 @@ func TestOpenUnreachable(t *testing.T) {
 		}
 	}()
 
-	for _, ep := range []string{refused, "http://" + silent.Addr().String()} {
+	for ep, why := range map[string]string{refused: "connection refused", "http://" + silent.Addr().String(): "accepts connections but did not answer"} {
 		start := time.Now()
 		s, err := Open(context.Background(), Config{Endpoints: []string{ep}, DialTimeout: 500 * time.Millisecond, Logger: testLogger(t)})
 		took := time.Since(start)
@@ -67,7 +67,7 @@ func TestOpenUnreachable(t *testing.T) {
 			s.Close()
 			t.Fatalf("Open(%s) succeeded", ep)
 		}
-		wantErr(t, err, ErrUnavailable, "directory: etcd at ["+ep+"] unreachable: ")
+		wantErr(t, err, ErrUnavailable, "directory: etcd at ["+ep+"] unreachable: ", why)
 		if took > 2*time.Second {
 			t.Fatalf("Open(%s) took %v; want about the 500ms dial timeout", ep, took)
 		}
