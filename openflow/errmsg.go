@@ -114,10 +114,21 @@ func (m ErrorMsg) FailedXid() (uint32, bool) {
 func (m ErrorMsg) String() string { return "ERROR " + m.Name() }
 
 // Is lets errors.Is match on type and code: errors.Is(err,
-// ErrorMsg{ErrType: ErrTypeBadMatch, Code: 6}).
+// &ErrorMsg{ErrType: ErrTypeBadMatch, Code: 6}) (a value works too).
 func (m ErrorMsg) Is(target error) bool {
-	t, ok := target.(ErrorMsg)
-	return ok && t.ErrType == m.ErrType && t.Code == m.Code && t.Experimenter == m.Experimenter
+	var t ErrorMsg
+	switch x := target.(type) {
+	case ErrorMsg:
+		t = x
+	case *ErrorMsg:
+		if x == nil {
+			return false
+		}
+		t = *x
+	default:
+		return false
+	}
+	return t.ErrType == m.ErrType && t.Code == m.Code && t.Experimenter == m.Experimenter
 }
 
 func init() {

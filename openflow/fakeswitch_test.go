@@ -88,14 +88,14 @@ func (fs *fakeSwitch) run() {
 		fs.received = append(fs.received, m)
 		fs.mu.Unlock()
 		switch m := m.(type) {
-		case Hello:
-		case EchoRequest:
+		case *Hello:
+		case *EchoRequest:
 			if !fs.noEcho {
-				fs.send(EchoReply(m), xid)
+				fs.send(EchoReply(*m), xid)
 			}
-		case FeaturesRequest:
+		case *FeaturesRequest:
 			fs.send(fs.features, xid)
-		case MultipartRequest:
+		case *MultipartRequest:
 			// ovs-ofctl asks for table features (to learn table names)
 			// before it sends flow mods; like a switch without the
 			// feature, refuse.
@@ -104,7 +104,7 @@ func (fs *fakeSwitch) run() {
 			} else if fs.handle != nil {
 				fs.handle(fs, m, xid)
 			}
-		case BarrierRequest:
+		case *BarrierRequest:
 			if fs.handle != nil {
 				fs.handle(fs, m, xid)
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 )
 
 // Version is the OpenFlow wire version this package speaks (1.3).
@@ -121,11 +122,30 @@ func Marshal(m Message, xid uint32) ([]byte, error) {
 // missing here is rejected with ErrUnsupported.
 var decoders = map[MsgType]func(r *reader) (Message, error){}
 
-func register(t MsgType, f func(r *reader) (Message, error)) { decoders[t] = f }
+// register installs the body decoder of a message type. Decoders build
+// values; register wraps them so that Unmarshal hands out pointers
+// (*FlowMod, *PacketIn, ...), the form callers type-switch on.
+func register(t MsgType, f func(r *reader) (Message, error)) {
+	decoders[t] = func(r *reader) (Message, error) {
+		m, err := f(r)
+		if err != nil || m == nil {
+			return nil, err
+		}
+		v := reflect.ValueOf(m)
+		if v.Kind() == reflect.Pointer {
+			return m, nil
+		}
+		p := reflect.New(v.Type())
+		p.Elem().Set(v)
+		return p.Interface().(Message), nil
+	}
+}
 
-// Unmarshal decodes exactly one whole message. It never panics; every
-// malformed input yields an error wrapping ErrTruncated, ErrMalformed or
-// ErrUnsupported. Decoded messages do not alias b.
+// Unmarshal decodes exactly one whole message into a pointer to its struct
+// (*FlowMod, *PacketIn, *ErrorMsg, ...). It never panics; every malformed
+// input yields an error wrapping ErrTruncated, ErrMalformed or
+// ErrUnsupported. Decoded messages do not alias b. Marshal accepts both
+// pointers and values.
 func Unmarshal(b []byte) (m Message, xid uint32, err error) {
 	h, err := ParseHeader(b)
 	if err != nil {

@@ -253,10 +253,11 @@ func sortedMatch(m Match) Match {
 	return Match{Fields: fs}
 }
 
+// onlyOfType picks the decoded messages of type *T, as values.
 func onlyOfType[T Message](msgs []Message) []T {
 	var out []T
 	for _, m := range msgs {
-		if v, ok := m.(T); ok {
+		if v, ok := deref(m).(T); ok {
 			out = append(out, v)
 		}
 	}
@@ -344,7 +345,7 @@ func TestOfctlEncodingsDecode(t *testing.T) {
 			// Re-encoding what OVS sent must give OVS's bytes.
 			b := mustMarshal(t, got, 1)
 			again, _, err := Unmarshal(b)
-			if err != nil || !reflect.DeepEqual(again, got) {
+			if err != nil || !reflect.DeepEqual(deref(again), got) {
 				t.Errorf("OVS's flow mod does not round-trip: %v", err)
 			}
 			want := *c.want
@@ -378,7 +379,7 @@ func TestOfctlEncodingsDecode(t *testing.T) {
 	})
 	t.Run("flow stats request", func(t *testing.T) {
 		noFlows := func(fs *fakeSwitch, m Message, xid uint32) {
-			if _, ok := m.(MultipartRequest); ok {
+			if _, ok := m.(*MultipartRequest); ok {
 				fs.send(MultipartReply{Body: FlowStatsReply{}}, xid)
 			}
 		}
@@ -411,7 +412,7 @@ func TestOfctlDecodesOurReplies(t *testing.T) {
 		{TableID: 0, Priority: 0, Instructions: []Instruction{InstructionGotoTable{TableID: 20}}},
 	}
 	handle := func(fs *fakeSwitch, m Message, xid uint32) {
-		req, ok := m.(MultipartRequest)
+		req, ok := m.(*MultipartRequest)
 		if !ok {
 			return
 		}

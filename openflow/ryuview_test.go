@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net"
+	"reflect"
 )
 
 type obj = map[string]any
@@ -403,7 +404,7 @@ func ryuMultipart(reply bool, flags uint16, body MultipartBody) (obj, error) {
 
 // ryuView converts a decoded message to Ryu's JSON shape.
 func ryuView(m Message) (obj, error) {
-	switch m := m.(type) {
+	switch m := deref(m).(type) {
 	case Hello:
 		els := []any{}
 		if m.Versions != nil {
@@ -506,4 +507,13 @@ func ryuView(m Message) (obj, error) {
 		return ryuMultipart(true, m.Flags, m.Body)
 	}
 	return nil, fmt.Errorf("no Ryu view for %T", m)
+}
+
+// deref turns a decoded *T message into its T value.
+func deref(m Message) Message {
+	v := reflect.ValueOf(m)
+	if v.Kind() == reflect.Pointer && !v.IsNil() {
+		return v.Elem().Interface().(Message)
+	}
+	return m
 }
