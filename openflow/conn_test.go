@@ -552,4 +552,3 @@ func TestSessionReconnects(t *testing.T) {
 	}
 	<-c3.Done()
 }
-
