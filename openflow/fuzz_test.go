@@ -151,10 +151,10 @@ func TestDecodeAllocationBound(t *testing.T) {
 	emptyMatch := []byte{0, 1, 0, 4, 0, 0, 0, 0}
 	flowModHdr := append(make([]byte, 40), emptyMatch...)
 	inputs = append(inputs,
-		big(TypeFlowMod, flowModHdr, []byte{0, 4, 0, 8, 0, 0, 0, 0}),                // empty apply-actions instructions
+		big(TypeFlowMod, flowModHdr, []byte{0, 4, 0, 8, 0, 0, 0, 0}),                            // empty apply-actions instructions
 		packetOutActions(big(TypePacketOut, make([]byte, 16), []byte{0, 18, 0, 8, 0, 0, 0, 0})), // pop_vlan actions
-		big(TypeHello, nil, []byte{0, 1, 0, 8, 0xff, 0xff, 0xff, 0xff}),             // version bitmaps
-		big(TypeMultipartReply, []byte{0, 13, 0, 0, 0, 0, 0, 0}, make([]byte, 64)), // port descriptions
+		big(TypeHello, nil, []byte{0, 1, 0, 8, 0xff, 0xff, 0xff, 0xff}),                         // version bitmaps
+		big(TypeMultipartReply, []byte{0, 13, 0, 0, 0, 0, 0, 0}, make([]byte, 64)),              // port descriptions
 	)
 	// A match of the maximal number of empty unknown fields.
 	fields := []byte{0, 1, 0, 0}
