@@ -210,7 +210,11 @@ func (c *Conn) handshake(ctx context.Context) error {
 	if (hello.Versions != nil && !hello.Supports(Version)) || (hello.Versions == nil && h.Version < Version) {
 		em := ErrorMsg{ErrType: ErrTypeHelloFailed, Code: HelloFailedIncompatible, Data: []byte("OpenFlow 1.3 required")}
 		_ = c.write(em, h.Xid)
-		return fmt.Errorf("%w (peer hello version %#x, bitmap %v)", ErrVersion, h.Version, hello.Versions)
+		offered := "none"
+		if hello.Versions != nil {
+			offered = fmt.Sprint(hello.Versions)
+		}
+		return fmt.Errorf("%w (peer hello version %#x, version bitmap %s)", ErrVersion, h.Version, offered)
 	}
 
 	fx := c.nextXid()

@@ -10,8 +10,15 @@
 // is kept as raw bytes so that decode→encode is byte-exact, which the tests
 // check against the Ryu vectors and against ovs-ofctl.
 //
+// Unmarshal returns pointers (*FlowMod, *PacketIn, *ErrorMsg, ...); Marshal
+// takes pointers or values. Actions, instructions, match fields and
+// multipart bodies are plain values. OVS itself encodes some fields with
+// their older Nicira (NXM) code points, e.g. in moves; FieldID.Canonical
+// maps those to the OXM IDs that the constructors use.
+//
 // Decoding never panics: every length is checked against its container
-// (see reader), so a hostile switch can cost at most one 64 KiB message.
+// (see reader), so a hostile switch can cost at most one 64 KiB message
+// and a bounded amount of memory for it.
 //
 // Conn is one controller-to-switch connection (hello, features, echo,
 // request/reply matching by xid, barrier-ordered error collection), and

@@ -335,7 +335,7 @@ func (m Experimenter) String() string {
 	return fmt.Sprintf("EXPERIMENTER experimenter=%#x exp_type=%d %d bytes", m.Experimenter, m.ExpType, len(m.Data))
 }
 
-// emptyMessage is the common shape of messages with no body.
+// emptyBody is the body of messages that have none.
 func emptyBody(b []byte) ([]byte, error) { return b, nil }
 
 // FeaturesRequest asks for the switch's datapath ID and capabilities.

@@ -1,7 +1,6 @@
 package openflow
 
 import (
-	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"math/bits"
@@ -796,8 +795,6 @@ func maskedUintField(id FieldID, size int, v, mask uint64) Field {
 	return f
 }
 
-func sizedField(id FieldID) int { s, _ := FieldSize(id); return s }
-
 // InPort matches the OpenFlow ingress port.
 func InPort(port uint32) Field { return uintField(IDInPort, 4, uint64(port)) }
 
@@ -868,7 +865,8 @@ func IPDSCP(d uint8) Field { return uintField(IDIPDSCP, 1, uint64(d&0x3f)) }
 func IPECN(e uint8) Field { return uintField(IDIPECN, 1, uint64(e&3)) }
 
 func addrField(id FieldID, a netip.Addr) Field {
-	v := make([]byte, sizedField(id))
+	size, _ := FieldSize(id)
+	v := make([]byte, size)
 	if len(v) == 4 {
 		a4 := a.Unmap().As4()
 		copy(v, a4[:])
@@ -1020,12 +1018,4 @@ func port16to32(p uint16) uint32 {
 		return uint32(p) + 0xffff0000
 	}
 	return uint32(p)
-}
-
-// beBytes is a helper for tests and callers that want a field's value as
-// an integer of a given width.
-func beBytes(v uint64, n int) []byte {
-	b := make([]byte, 8)
-	binary.BigEndian.PutUint64(b, v)
-	return b[8-n:]
 }
