@@ -3,10 +3,14 @@ package openflow
 import (
 	"bytes"
 	"encoding/binary"
+	"io"
+	"log/slog"
+	"net"
 	"os"
 	"reflect"
 	"runtime"
 	"testing"
+	"time"
 )
 
 // addVectorSeeds seeds a fuzzer with every vector, whole and cut in half.
@@ -188,4 +192,50 @@ func TestDecodeAllocationBound(t *testing.T) {
 func packetOutActions(b []byte) []byte {
 	binary.BigEndian.PutUint16(b[16:], uint16(len(b)-24))
 	return b
+}
+
+// FuzzConnInput feeds arbitrary bytes to an established Conn as if the
+// switch sent them: the Conn must never panic or hang, and must end with an
+// error once the switch hangs up.
+func FuzzConnInput(f *testing.F) {
+	for _, b := range addVectorSeeds(f) {
+		f.Add(append(append([]byte(nil), b...), b...))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		a, b := net.Pipe()
+		go func() {
+			defer b.Close()
+			go b.Write(mustMarshal(t, Hello{Versions: []uint8{Version}}, 1))
+			// Answer the features request, then send the fuzz input
+			// while draining whatever the Conn writes.
+			for {
+				raw, err := ReadMessage(b)
+				if err != nil {
+					return
+				}
+				if raw[1] == byte(TypeFeaturesRequest) {
+					b.Write(mustMarshal(t, FeaturesReply{DatapathID: 1}, binary.BigEndian.Uint32(raw[4:])))
+					go func() {
+						b.Write(in)
+						b.Close()
+					}()
+				}
+			}
+		}()
+		c, err := NewConn(a, slog.New(slog.NewTextHandler(io.Discard, nil)), WithEchoInterval(0))
+		if err != nil {
+			t.Fatalf("handshake: %v", err)
+		}
+		for range c.Async() {
+		}
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("connection did not end after the switch hung up")
+		}
+		if c.Err() == nil {
+			t.Fatal("ended without an error")
+		}
+		c.Close()
+	})
 }
