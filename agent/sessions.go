@@ -123,7 +123,25 @@ func (a *Agent) fromWorkload(port uint32, f *packet.Frame) {
 	default:
 		return
 	}
+	if t.Proto.HasPorts() && a.isReply(session.Tuple{Tenant: t.Tenant, Proto: t.Proto, Client: t.Server, Server: t.Client, Port: f.L4Src()}) {
+		// The reverse direction of a session this workload serves: its
+		// flows exist, the switch's cache just has not caught up with them.
+		a.resubmit(port, f.Bytes())
+		return
+	}
 	a.submit(l, t, f.Bytes())
+}
+
+// isReply reports whether the session named by the reversed tuple exists
+// with this server holding its server workload. Open vSwitch updates its
+// datapath cache shortly after a barrier, not at it, so a reply can reach
+// the agent for a few milliseconds after the session's flows are in place;
+// it must not start a session of its own.
+func (a *Agent) isReply(reversed session.Tuple) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e := a.sessions[reversed]
+	return e != nil && e.state == established && e.s.Role != session.RoleClient
 }
 
 // submit gives a packet to its session, making the session if it is new.

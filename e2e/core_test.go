@@ -111,7 +111,9 @@ func TestCore(t *testing.T) {
 		for _, sv := range []string{"s1", "s2"} {
 			n := 0
 			for _, f := range l.sessionFlows(sv) {
-				if strings.Contains(f, fmt.Sprintf("=%d", key)) && strings.Contains(f, "tcp") {
+				// One flow matches the key and rewrites to 9000, the other
+				// the other way round.
+				if strings.Contains(f, fmt.Sprint(key)) && strings.Contains(f, "9000") {
 					n++
 				}
 			}
@@ -164,7 +166,28 @@ func TestCore(t *testing.T) {
 		}
 		t.Logf("%d underlay packets, %d of them full-size, all between server addresses", len(pkts), full)
 	})
-	t.Run("idle sessions leave both bridges", func(t *testing.T) {
+	t.Run("a session carrying traffic one way only stays; idle, it leaves both bridges", func(t *testing.T) {
+		// w1 opens the session; then only the server side, w2, talks.
+		if r := l.in(w1.Name, 10*time.Second, "sh", "-c", "echo open | nc -u -w 1 -p 40000 "+w2.IP+" 7777"); r.Code != 0 {
+			t.Fatalf("opening the session: %s", r)
+		}
+		has := func(sv, role string) bool {
+			for _, s := range l.sessions(sv) {
+				if s.Proto == "udp" && s.Client == w1.IP && s.Server == w2.IP && s.Port == 7777 && s.Role == role {
+					return true
+				}
+			}
+			return false
+		}
+		if !has("s1", "client") || !has("s2", "server") {
+			t.Fatalf("the session is not on both servers: s1 %+v, s2 %+v", l.sessions("s1"), l.sessions("s2"))
+		}
+		talk := l.start(w2.Name, "sh", "-c", "while true; do echo back | nc -u -w 0 -p 7777 "+w1.IP+" 40000; sleep 0.5; done")
+		time.Sleep(2*idle + time.Second)
+		if !has("s1", "client") || !has("s2", "server") {
+			t.Fatalf("a session with traffic from the server side was torn down")
+		}
+		talk.stop()
 		eventually(t, 3*idle+5*time.Second, "sessions expired everywhere", func() error {
 			for _, sv := range []string{"s1", "s2", "s3"} {
 				if ss := l.sessions(sv); len(ss) != 0 {

@@ -57,6 +57,7 @@ const (
 	prioDeny      = 150
 	prioEndpoint  = 100
 	prioStray     = 50
+	prioKeyReply  = 40
 	prioPunt      = 100
 	prioNoise     = 10
 	prioTableMiss = 0
@@ -168,6 +169,13 @@ func BaseFlows(b Bridge) []*openflow.FlowMod {
 	fs = append(fs,
 		flow(SessionIn, prioStray, base, []openflow.Field{ipv4, openflow.IPProto(6), openflow.IPv4Dst(b.DataIP), openflow.TCPDstMasked(b.Keys.Base, b.Keys.Mask)}),
 		flow(SessionIn, prioStray, base, []openflow.Field{ipv4, openflow.IPProto(17), openflow.IPv4Dst(b.DataIP), openflow.UDPDstMasked(b.Keys.Base, b.Keys.Mask)}),
+		// Replies from a peer's key go to the host when no session claims
+		// them, like any host traffic. The flows exist so that the switch's
+		// datapath cache never lumps key traffic in with host traffic: a
+		// cached "to the host" entry made before a session's flows would
+		// otherwise catch the session's first replies.
+		flow(SessionIn, prioKeyReply, base, []openflow.Field{ipv4, openflow.IPProto(6), openflow.IPv4Dst(b.DataIP), openflow.TCPSrcMasked(b.Keys.Base, b.Keys.Mask)}, apply(output(openflow.PortLocal))),
+		flow(SessionIn, prioKeyReply, base, []openflow.Field{ipv4, openflow.IPProto(17), openflow.IPv4Dst(b.DataIP), openflow.UDPSrcMasked(b.Keys.Base, b.Keys.Mask)}, apply(output(openflow.PortLocal))),
 		flow(SessionIn, prioTableMiss, base, nil, apply(output(openflow.PortLocal))),
 	)
 	return fs
