@@ -207,10 +207,13 @@ func ofctlAgainstFake(t *testing.T, handle func(fs *fakeSwitch, m Message, xid u
 			if err != nil {
 				return
 			}
-			fs := newFakeSwitch(t, nc, handle).start()
+			// Record the switch before it runs: ovs-ofctl may be done
+			// with it before this goroutine is scheduled again.
+			fs := newFakeSwitch(t, nc, handle)
 			mu.Lock()
 			fss = append(fss, fs)
 			mu.Unlock()
+			fs.start()
 		}
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
