@@ -129,17 +129,20 @@ func TestConnHandshakeVersions(t *testing.T) {
 			}
 			t.Logf("error: %v", err)
 			if errors.Is(err, ErrVersion) {
-				time.Sleep(50 * time.Millisecond)
-				mu.Lock()
-				defer mu.Unlock()
-				var sawHelloFailed bool
-				for _, m := range got {
-					if em, ok := m.(*ErrorMsg); ok && em.ErrType == ErrTypeHelloFailed {
-						sawHelloFailed = true
+				sawHelloFailed := func() bool {
+					mu.Lock()
+					defer mu.Unlock()
+					for _, m := range got {
+						if em, ok := m.(*ErrorMsg); ok && em.ErrType == ErrTypeHelloFailed {
+							return true
+						}
 					}
+					return false
 				}
-				if !sawHelloFailed {
-					t.Errorf("switch was not told HELLO_FAILED: %v", got)
+				for deadline := time.Now().Add(5 * time.Second); !sawHelloFailed(); time.Sleep(5 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatal("switch was not told HELLO_FAILED")
+					}
 				}
 			}
 		})
