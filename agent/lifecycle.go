@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"time"
 
@@ -121,12 +122,12 @@ func (a *Agent) onDirectoryChange(ev directory.Event) {
 	a.mu.Lock()
 	switch {
 	case ev.Kind == directory.Delete && ev.Server != nil:
-		notify = false // nobody there to tell
-		for _, e := range a.sessions {
-			if e.peerName == ev.Server.Name && e.s.Role != session.RoleLocal {
-				doomed = append(doomed, e)
-			}
-		}
+		// A lease can lapse while the directory itself is unreachable; a
+		// live server registers again at once. Only a server that stays
+		// gone takes its sessions with it.
+		a.mu.Unlock()
+		go a.peerGone(ev.Server.Name)
+		return
 	case ev.Endpoint != nil && (ev.Kind == directory.Delete || ev.Kind == directory.Put):
 		ep := ev.Endpoint
 		for _, e := range a.sessions {
@@ -142,6 +143,33 @@ func (a *Agent) onDirectoryChange(ev directory.Event) {
 	a.mu.Unlock()
 	for _, e := range doomed {
 		go a.teardown(a.ctx, e, "directory: "+ev.Kind.String()+" "+ev.Key, notify)
+	}
+}
+
+// peerGone ends the sessions with a server whose directory record went
+// away, unless it is back (at the same address) within two lease times.
+func (a *Agent) peerGone(name string) {
+	select {
+	case <-a.ctx.Done():
+		return
+	case <-time.After(2 * a.cfg.LeaseTTL):
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.PeerTimeout)
+	srv, err := a.cache.LookupServer(ctx, name)
+	cancel()
+	if err != nil && !errors.Is(err, directory.ErrNotFound) {
+		return // the directory cannot tell: keep the sessions
+	}
+	var doomed []*entry
+	a.mu.Lock()
+	for _, e := range a.sessions {
+		if e.peerName == name && e.s.Role != session.RoleLocal && (err != nil || srv.DataIP != e.s.Peer.IP) {
+			doomed = append(doomed, e)
+		}
+	}
+	a.mu.Unlock()
+	for _, e := range doomed {
+		a.teardown(a.ctx, e, "server "+name+" left the directory", false)
 	}
 }
 

@@ -17,7 +17,8 @@ import (
 // each gets a clear error, nothing is half-made, and nothing that already
 // worked is disturbed.
 func TestBadInput(t *testing.T) {
-	l := newLab(t, 2, "--idle-timeout", "1m")
+	// Short leases, so that the directory outage below outlives them.
+	l := newLab(t, 2, "--idle-timeout", "1m", "--agent-args", "--lease-ttl=3s")
 	n := func(s string) string { return l.Prefix + "-" + s }
 	l.must("net", "create", "acme/web", "--cidr", "10.1.0.0/24")
 	w1 := l.workload(n("w1"), "s1", "acme/web")
@@ -136,9 +137,16 @@ func TestBadInput(t *testing.T) {
 		db := "--db=unix:" + filepath.Join(dir, "db.sock")
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if r := sh(ctx, nil, "ovs-vsctl", db, "set-controller", "br-nvi", "punix:"+filepath.Join(dir, "br-nvi.elsewhere")); r.Code != 0 {
-			t.Fatal(r)
+		// Open vSwitch flushes every flow when a bridge goes from having a
+		// primary controller to having none, so the stand-in is primary too.
+		setController := func(target string) {
+			t.Helper()
+			if r := sh(ctx, nil, "ovs-vsctl", db, "--", "--id=@c", "create", "Controller", "target=\""+target+"\"", "type=primary",
+				"--", "set", "bridge", "br-nvi", "controller=@c"); r.Code != 0 {
+				t.Fatal(r)
+			}
 		}
+		setController("punix:" + filepath.Join(dir, "br-nvi.elsewhere"))
 		ofSock := filepath.Join(dir, "br-nvi.nvid")
 		os.Remove(ofSock)
 		// Unix sockets live in the filesystem, which namespaces share.
@@ -169,9 +177,7 @@ func TestBadInput(t *testing.T) {
 			t.Fatalf("the agent never dialled the fake switch")
 		}
 		os.Remove(ofSock)
-		if r := sh(ctx, nil, "ovs-vsctl", db, "set-controller", "br-nvi", "punix:"+ofSock); r.Code != 0 {
-			t.Fatal(r)
-		}
+		setController("punix:" + ofSock)
 		eventually(t, 20*time.Second, "s1's agent back on its switch", func() error {
 			var st struct{ Ready bool }
 			out := l.must("lab", "status", "-o", "json")
@@ -227,5 +233,16 @@ func TestBadInput(t *testing.T) {
 			}
 			return nil
 		})
+		// The outage outlived every lease; the servers registered again, and
+		// the session that was there before is still there.
+		time.Sleep(7 * time.Second)
+		stillWorks(t, "after the directory returned")
+		found := false
+		for _, s := range l.sessions("s1") {
+			found = found || s.Server == w2.IP && s.Port == 7000 && time.Duration(s.AgeNS) > 15*time.Second
+		}
+		if !found {
+			t.Errorf("the session from before the outage was torn down: %+v", l.sessions("s1"))
+		}
 	})
 }

@@ -194,6 +194,7 @@ type Session struct {
 	Key     int    `json:"key"`
 	State   string `json:"state"`
 	Packets int    `json:"packets"`
+	AgeNS   int64  `json:"age_ns"`
 }
 
 func (l *Lab) sessions(server string) []Session {

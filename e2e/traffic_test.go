@@ -7,15 +7,35 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
 
+// syncBuffer is a bytes.Buffer that a running command may write while the
+// test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 // bg is a command running in the background inside a namespace.
 type bg struct {
 	cmd  *exec.Cmd
-	out  *bytes.Buffer
-	err  *bytes.Buffer
+	out  *syncBuffer
+	err  *syncBuffer
 	done chan struct{}
 }
 
@@ -24,7 +44,7 @@ type bg struct {
 func (l *Lab) start(ns string, args ...string) *bg {
 	l.t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
-	b := &bg{cmd: cmd, out: &bytes.Buffer{}, err: &bytes.Buffer{}, done: make(chan struct{})}
+	b := &bg{cmd: cmd, out: &syncBuffer{}, err: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = b.out, b.err
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -84,7 +104,9 @@ func (l *Lab) tcp(from, to Workload, port int, msg string) (string, error) {
 	if r.Code != 0 {
 		return "", fmt.Errorf("client: %s", r)
 	}
-	if !srv.wait(5 * time.Second) {
+	done := srv.wait(5 * time.Second)
+	srv.stop()
+	if !done {
 		return srv.out.String(), fmt.Errorf("server still waiting")
 	}
 	return srv.out.String(), nil
@@ -119,6 +141,7 @@ func (l *Lab) udp(from, to Workload, port int, msg string, timeout time.Duration
 	cmd.Stdin = strings.NewReader(msg)
 	_ = cmd.Run()
 	srv.wait(timeout)
+	srv.stop()
 	return srv.out.String()
 }
 

@@ -67,6 +67,7 @@ func runAgent(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "sessions idle this long are torn down (default 60s)")
 	fs.StringVar(&keys, "key-range", session.DefaultKeyRange.String(), "ports reserved for session keys, an aligned power-of-two block")
 	fs.DurationVar(&cfg.DenyTimeout, "deny-timeout", 0, "life of drop flows for refused destinations (default 5s)")
+	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 0, "life of this server's directory record without renewal (default 10s)")
 	var rate uint
 	fs.UintVar(&rate, "punt-rate", 5000, "packet-ins per second the meter lets through to the agent")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
