@@ -36,7 +36,7 @@ run $nvictl lab workload add db1 --server s2 --net acme/db
 run $nvictl endpoint list
 
 bold "Record everything the underlay carries"
-ip netns exec nvi-underlay tcpdump -i any -nn -U -s 96 -w "$pcap" 2>/dev/null &
+ip netns exec nvi-underlay tcpdump -i any -y LINUX_SLL -nn -U -s 96 -w "$pcap" 2>/dev/null &
 capture=$!
 sleep 1
 
@@ -75,7 +75,8 @@ ovs-ofctl -O OpenFlow13 dump-flows unix:/run/nvi/s1/br-nvi.mgmt | sed -E 's/ *du
 
 bold "What the underlay carried"
 kill -INT $capture; wait $capture 2>/dev/null || true; capture=""
-run sh -c "tcpdump -r $pcap -nn 2>/dev/null | grep -v 2379 | head -12"
+echo "a sample of session traffic (directory and agent API traffic left out):"
+run sh -c "tcpdump -r $pcap -nn 'ip and not port 2379 and not port 7470' 2>/dev/null | head -12"
 total=$(tcpdump -r "$pcap" -nn 2>/dev/null | wc -l)
 workload=$(tcpdump -r "$pcap" -nn 'net 10.0.0.0/8' 2>/dev/null | wc -l)
 tunnels=$(tcpdump -r "$pcap" -nn 'udp port 4789 or udp port 6081 or ip proto 47 or ip proto 4' 2>/dev/null | wc -l)
