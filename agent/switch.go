@@ -4,93 +4,49 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"nvi/openflow"
 	"nvi/pipeline"
 )
 
-// switchConn keeps the OpenFlow connection to our bridge: it dials the
-// bridge's controller socket with backoff, brings the pipeline up to date on
-// every (re)connect, and hands asynchronous messages to the agent.
+// switchConn is the agent's side of the OpenFlow connection to its bridge:
+// an openflow.Session keeps it alive and, on every (re)connect, runs
+// onConnect to bring the pipeline up to date; switchConn hands the
+// switch's asynchronous messages to the agent.
 type switchConn struct {
-	a       *Agent
-	mu      sync.Mutex
-	conn    *openflow.Conn
-	changed chan struct{} // closed and replaced whenever conn changes
+	a    *Agent
+	sess *openflow.Session
 }
 
 func newSwitchConn(a *Agent) *switchConn {
-	return &switchConn{a: a, changed: make(chan struct{})}
+	s := &switchConn{a: a}
+	s.sess = openflow.NewSession(openflow.SessionConfig{
+		Network: "unix", Addr: a.controllerSocket(), Logger: a.log,
+		OnConnect: a.onConnect,
+	})
+	return s
 }
 
-func (s *switchConn) set(c *openflow.Conn) {
-	s.mu.Lock()
-	s.conn = c
-	close(s.changed)
-	s.changed = make(chan struct{})
-	s.mu.Unlock()
-}
+func (s *switchConn) current() *openflow.Conn { return s.sess.Conn() }
 
-func (s *switchConn) current() (*openflow.Conn, <-chan struct{}) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.conn, s.changed
-}
-
-func (s *switchConn) connected() bool {
-	c, _ := s.current()
-	return c != nil
-}
+func (s *switchConn) connected() bool { return s.current() != nil }
 
 // waitConnected blocks until the pipeline is installed on the switch.
 func (s *switchConn) waitConnected(ctx context.Context) error {
-	for {
-		c, ch := s.current()
-		if c != nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("switch never connected: %w", ctx.Err())
-		case <-ch:
-		}
-	}
+	_, err := s.sess.Wait(ctx)
+	return err
 }
 
+// run keeps the connection and serves each one's messages until ctx ends.
 func (s *switchConn) run(ctx context.Context) {
-	path := s.a.controllerSocket()
-	backoff := 100 * time.Millisecond
-	for attempt := 0; ctx.Err() == nil; attempt++ {
-		c, err := openflow.Dial(ctx, "unix", path, openflow.WithLogger(s.a.log))
-		if err == nil {
-			err = s.a.onConnect(ctx, c)
-			if err != nil {
-				c.Close()
-			}
-		}
+	go func() { _ = s.sess.Run(ctx) }()
+	for {
+		c, err := s.sess.Wait(ctx)
 		if err != nil {
-			if attempt%20 == 0 {
-				s.a.log.Warn("switch not reachable; retrying", "socket", path, "err", err)
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(backoff*2, 2*time.Second)
-			continue
+			return
 		}
-		backoff, attempt = 100*time.Millisecond, -1
-		s.set(c)
-		s.a.log.Info("switch connected", "bridge", s.a.cfg.Bridge, "dpid", fmt.Sprintf("%016x", c.Features().DatapathID))
 		s.serve(ctx, c)
-		s.set(nil)
-		c.Close()
-		if ctx.Err() == nil {
-			s.a.log.Warn("switch connection lost; reconnecting", "err", c.Err())
-		}
 	}
 }
 
@@ -102,15 +58,10 @@ func (s *switchConn) serve(ctx context.Context, c *openflow.Conn) {
 			return
 		case <-c.Done():
 			return
-		case m, ok := <-c.Async():
-			if !ok {
-				return
-			}
-			switch m := m.(type) {
-			case *openflow.PacketIn:
-				s.a.handlePacketIn(m)
-			case *openflow.ErrorMsg:
-				s.a.log.Warn("switch reported an error", "err", m)
+		case m := <-c.Async():
+			// Errors the switch reports are logged by the connection.
+			if pi, ok := m.(*openflow.PacketIn); ok {
+				s.a.handlePacketIn(pi)
 			}
 		}
 	}
@@ -120,7 +71,7 @@ var errNoSwitch = errors.New("the switch is not connected")
 
 // send writes messages without waiting.
 func (s *switchConn) send(msgs ...openflow.Message) error {
-	c, _ := s.current()
+	c := s.current()
 	if c == nil {
 		return errNoSwitch
 	}
@@ -135,7 +86,7 @@ func (s *switchConn) send(msgs ...openflow.Message) error {
 // apply writes messages and waits for the switch to have processed them
 // all: the barrier is what lets the agent say a flow exists.
 func (s *switchConn) apply(ctx context.Context, msgs ...openflow.Message) error {
-	c, _ := s.current()
+	c := s.current()
 	if c == nil {
 		return errNoSwitch
 	}
@@ -149,7 +100,7 @@ func (s *switchConn) apply(ctx context.Context, msgs ...openflow.Message) error 
 
 // flows reads back flows whose cookie matches under mask.
 func (s *switchConn) flows(ctx context.Context, cookie, mask pipeline.Cookie) ([]pipeline.InstalledFlow, error) {
-	c, _ := s.current()
+	c := s.current()
 	if c == nil {
 		return nil, errNoSwitch
 	}

@@ -56,6 +56,7 @@ type Server struct {
 	Dir     string     `json:"dir"`
 	Socket  string     `json:"socket"` // the agent's local API
 	NvidPID int        `json:"nvid_pid"`
+	Args    []string   `json:"nvid_args"` // how nvid was started, for restarts
 }
 
 // Workload is one lab workload: a network namespace with one interface.

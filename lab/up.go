@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -249,13 +250,57 @@ func makeServer(ctx context.Context, cfg *Config, st *State, n int, nvid string)
 		"--peer-listen", netip.AddrPortFrom(sv.DataIP, PeerPort).String(),
 		"--etcd", strings.Join(st.Directory.Endpoints, ","),
 	}
-	args = append(args, cfg.AgentArgs...)
-	pid, err := spawn(sv.Netns, filepath.Join(sv.Dir, "nvid.log"), nvid, args...)
+	args = append(append([]string{nvid}, args...), cfg.AgentArgs...)
+	st.Servers[idx].Args = args
+	pid, err := spawn(sv.Netns, filepath.Join(sv.Dir, "nvid.log"), args[0], args[1:]...)
 	if err != nil {
 		return err
 	}
 	st.Servers[idx].NvidPID = pid
 	return st.save()
+}
+
+// RestartAgent kills a server's nvid the way a crash would (SIGKILL, no
+// cleanup) and starts it again with the same flags, returning when it is
+// ready. Its bridge keeps forwarding meanwhile; the new agent adopts the
+// flows it finds.
+func RestartAgent(ctx context.Context, prefix, server string) error {
+	if err := Preflight(); err != nil {
+		return err
+	}
+	unlock, err := lock(prefix)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, err := Load(prefix)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(st.Servers, func(s Server) bool { return s.Name == server })
+	if i < 0 {
+		_, err := st.Server(server)
+		return err
+	}
+	sv := &st.Servers[i]
+	if len(sv.Args) == 0 {
+		return fmt.Errorf("server %s: the lab state does not say how its agent was started", server)
+	}
+	if alive(sv.NvidPID) {
+		_ = syscall.Kill(sv.NvidPID, syscall.SIGKILL)
+		for j := 0; j < 100 && alive(sv.NvidPID); j++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	pid, err := spawn(sv.Netns, filepath.Join(sv.Dir, "nvid.log"), sv.Args[0], sv.Args[1:]...)
+	if err != nil {
+		return err
+	}
+	sv.NvidPID = pid
+	if err := st.save(); err != nil {
+		return err
+	}
+	return waitAgent(ctx, *sv)
 }
 
 // startOVS runs the server's own ovsdb-server and ovs-vswitchd inside its

@@ -60,6 +60,7 @@ const (
 	prioKeyReply  = 40
 	prioPunt      = 100
 	prioNoise     = 10
+	prioAskAgent  = 1 // above the table miss: overlapping flows of one priority match in no defined order
 	prioTableMiss = 0
 )
 
@@ -161,7 +162,7 @@ func BaseFlows(b Bridge) []*openflow.FlowMod {
 	fs = append(fs,
 		flow(SessionOut, prioNoise, base, []openflow.Field{ipv4, openflow.IPv4DstPrefix(netip.MustParsePrefix("224.0.0.0/4"))}),
 		flow(SessionOut, prioNoise, base, []openflow.Field{ipv4, openflow.IPv4Dst(netip.MustParseAddr("255.255.255.255"))}),
-		flow(SessionOut, prioTableMiss, base, []openflow.Field{ipv4}, b.punt()...),
+		flow(SessionOut, prioAskAgent, base, []openflow.Field{ipv4}, b.punt()...),
 		flow(SessionOut, prioTableMiss, base, nil),
 	)
 	// Session-in: traffic to a key with no session left is dropped rather

@@ -510,3 +510,55 @@ func TestBridgeValidate(t *testing.T) {
 		t.Fatalf("local port as uplink: %v", err)
 	}
 }
+
+// TestNoAmbiguousFlows: two flows of one table and one priority that can
+// match the same packet match it in no defined order (Open vSwitch picks
+// one). Every such pair in a full pipeline must be disjoint: some field both
+// match on must disagree under both masks.
+func TestNoAmbiguousFlows(t *testing.T) {
+	wl2 := Workload{OFPort: 11, MAC: mustMAC("02:aa:00:00:00:09"), IP: netip.MustParseAddr("10.1.0.9")}
+	flows := append(BaseFlows(brA), WorkloadFlows(wlC)...)
+	flows = append(flows, WorkloadFlows(wl2)...)
+	local := localSession(session.TCP)
+	local.Port = 81 // one tuple is either a local or a cross-server session, never both
+	for _, s := range []session.Session{clientHalf(session.TCP), clientHalf(session.UDP), local} {
+		fms, err := SessionFlows(brA, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		flows = append(flows, fms...)
+	}
+	flows = append(flows, Deny(brA, wlC.OFPort, session.Tuple{Proto: session.TCP, Client: ipC, Server: netip.MustParseAddr("10.2.0.2"), Port: 5432}), Punt(brA, ipB))
+	for i, a := range flows {
+		for _, b := range flows[i+1:] {
+			if a.TableID != b.TableID || a.Priority != b.Priority {
+				continue
+			}
+			if !disjoint(a.Match, b.Match) {
+				t.Errorf("table %s priority %d: %s and %s can match the same packet", Table(a.TableID), a.Priority, a.Match, b.Match)
+			}
+		}
+	}
+}
+
+func disjoint(a, b openflow.Match) bool {
+	for _, fa := range a.Fields {
+		fb, ok := b.Lookup(fa.ID())
+		if !ok || len(fa.Value) != len(fb.Value) {
+			continue
+		}
+		for i := range fa.Value {
+			m := byte(0xff)
+			if fa.Mask != nil {
+				m &= fa.Mask[i]
+			}
+			if fb.Mask != nil {
+				m &= fb.Mask[i]
+			}
+			if fa.Value[i]&m != fb.Value[i]&m {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -145,6 +145,15 @@ func labCommands() []command {
 				return o.print(st, []string{"KIND", "NAME", "NETNS", "ADDRESS", "STATUS"}, rows)
 			},
 		},
+		{
+			name: "restart-agent", args: "SERVER", help: "kill a server's nvid as a crash would and start it again; its sessions live on",
+			run: func(e *env, _ *flag.FlagSet, args []string) error {
+				if err := wantArgs(args, 1, "SERVER"); err != nil {
+					return err
+				}
+				return lab.RestartAgent(e.ctx, e.lab, args[0])
+			},
+		},
 		group("workload", "add and remove lab workloads (network namespaces)", []command{
 			{
 				name: "add", args: "NAME", help: "create a workload: a network namespace NAME plugged into a server's bridge",
