@@ -4,7 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"os"
+
+	"nvi/internal/pcap"
 )
 
 // ipPacket is what the underlay checks need of one captured IPv4 packet.
@@ -19,46 +20,23 @@ type ipPacket struct {
 // (Linux cooked headers, v1 or v2). It is strict: a file it cannot read is
 // an error, never an empty, passing capture.
 func readPcap(path string) ([]ipPacket, error) {
-	b, err := os.ReadFile(path)
+	link, recs, err := pcap.Read(path)
 	if err != nil {
 		return nil, err
 	}
-	if len(b) < 24 {
-		return nil, fmt.Errorf("pcap %s: %d bytes, no header", path, len(b))
-	}
-	var bo binary.ByteOrder
-	switch binary.LittleEndian.Uint32(b) {
-	case 0xa1b2c3d4, 0xa1b23c4d:
-		bo = binary.LittleEndian
-	case 0xd4c3b2a1, 0x4d3cb2a1:
-		bo = binary.BigEndian
-	default:
-		return nil, fmt.Errorf("pcap %s: bad magic", path)
-	}
-	link := bo.Uint32(b[20:])
 	var hdr, protoOff int
 	switch link {
-	case 113: // LINUX_SLL
+	case pcap.LinkLinuxSLL:
 		hdr, protoOff = 16, 14
-	case 276: // LINUX_SLL2
+	case pcap.LinkLinuxSLL2:
 		hdr, protoOff = 20, 0
-	case 1: // Ethernet
+	case pcap.LinkEthernet:
 		hdr, protoOff = 14, 12
 	default:
 		return nil, fmt.Errorf("pcap %s: link type %d not handled", path, link)
 	}
 	var out []ipPacket
-	for off := 24; off < len(b); {
-		if off+16 > len(b) {
-			return nil, fmt.Errorf("pcap %s: truncated record header", path)
-		}
-		incl := int(bo.Uint32(b[off+8:]))
-		off += 16
-		if incl > len(b)-off {
-			return nil, fmt.Errorf("pcap %s: truncated record", path)
-		}
-		rec := b[off : off+incl]
-		off += incl
+	for _, rec := range recs {
 		if len(rec) < hdr+20 || binary.BigEndian.Uint16(rec[protoOff:]) != 0x0800 {
 			continue
 		}

@@ -1,51 +1,23 @@
 package packet
 
 import (
-	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
+
+	"nvi/internal/pcap"
 )
 
-// readPcap returns the frames of a classic libpcap file (microsecond or
-// nanosecond, either byte order), the format tcpdump -w writes.
+// readPcap returns the frames of an Ethernet capture.
 func readPcap(path string) ([][]byte, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
+	link, frames, err := pcap.Read(path)
+	if err == nil && link != pcap.LinkEthernet {
+		err = fmt.Errorf("%s: link type %d, want ethernet", path, link)
 	}
-	if len(data) < 24 {
-		return nil, fmt.Errorf("%s: %d bytes, no pcap header", path, len(data))
-	}
-	var bo binary.ByteOrder
-	switch binary.LittleEndian.Uint32(data) {
-	case 0xa1b2c3d4, 0xa1b23c4d:
-		bo = binary.LittleEndian
-	case 0xd4c3b2a1, 0x4d3cb2a1:
-		bo = binary.BigEndian
-	default:
-		return nil, fmt.Errorf("%s: not a pcap file", path)
-	}
-	if lt := bo.Uint32(data[20:]); lt != 1 {
-		return nil, fmt.Errorf("%s: link type %d, want 1 (ethernet)", path, lt)
-	}
-	var frames [][]byte
-	for p := data[24:]; len(p) > 0; {
-		if len(p) < 16 {
-			return nil, fmt.Errorf("%s: truncated record header", path)
-		}
-		n := int(bo.Uint32(p[8:]))
-		if n > len(p)-16 {
-			return nil, fmt.Errorf("%s: truncated record", path)
-		}
-		frames = append(frames, p[16:16+n:16+n])
-		p = p[16+n:]
-	}
-	return frames, nil
+	return frames, err
 }
 
 // capture returns copies of the frames captured in testdata/capture.pcap

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"net/netip"
 	"strconv"
@@ -9,8 +10,78 @@ import (
 	"nvi/directory"
 )
 
-func tenantCommands() []command {
+// parseRef reads "TENANT/NAME", naming what NAME is in its errors.
+func parseRef(kind, s string) (tenant, name string, err error) {
+	tenant, name, ok := strings.Cut(s, "/")
+	if !ok {
+		return "", "", usagef("%q is not of the form TENANT/%s", s, strings.ToUpper(kind))
+	}
+	if err := directory.ValidateName("tenant", tenant); err != nil {
+		return "", "", err
+	}
+	return tenant, name, directory.ValidateName(kind, name)
+}
+
+// listCmd makes a command that prints records as a table or as JSON.
+func listCmd[T any](name, args, help string, flags func(*flag.FlagSet), header []string,
+	fetch func(e *env, s *directory.Store, args []string) ([]T, error), row func(T) []string) command {
 	var o output
+	return command{
+		name: name, args: args, help: help,
+		flags: func(fs *flag.FlagSet) {
+			o.register(fs)
+			if flags != nil {
+				flags(fs)
+			}
+		},
+		run: func(e *env, _ *flag.FlagSet, args []string) error {
+			o.w = e.stdout
+			if err := o.check(); err != nil {
+				return err
+			}
+			s, err := e.directory()
+			if err != nil {
+				return err
+			}
+			items, err := fetch(e, s, args)
+			if err != nil {
+				return err
+			}
+			if items == nil {
+				items = []T{}
+			}
+			rows := make([][]string, 0, len(items))
+			for _, it := range items {
+				rows = append(rows, row(it))
+			}
+			return o.print(items, header, rows)
+		},
+	}
+}
+
+// deleteCmd makes a command that deletes the record TENANT/NAME.
+func deleteCmd(kind, help string, del func(s *directory.Store, ctx context.Context, tenant, name string) error) command {
+	arg := "TENANT/" + strings.ToUpper(kind)
+	return command{
+		name: "delete", args: arg, help: help,
+		run: func(e *env, _ *flag.FlagSet, args []string) error {
+			if err := wantArgs(args, 1, arg); err != nil {
+				return err
+			}
+			t, n, err := parseRef(kind, args[0])
+			if err != nil {
+				return err
+			}
+			s, err := e.directory()
+			if err != nil {
+				return err
+			}
+			return del(s, e.ctx, t, n)
+		},
+	}
+}
+
+func tenantCommands() []command {
 	return []command{
 		{
 			name: "create", args: "TENANT", help: "create a tenant",
@@ -26,28 +97,9 @@ func tenantCommands() []command {
 				return err
 			},
 		},
-		{
-			name: "list", help: "list tenants", flags: o.register,
-			run: func(e *env, _ *flag.FlagSet, args []string) error {
-				o.w = e.stdout
-				if err := o.check(); err != nil {
-					return err
-				}
-				s, err := e.directory()
-				if err != nil {
-					return err
-				}
-				ts, err := s.Tenants(e.ctx)
-				if err != nil {
-					return err
-				}
-				var rows [][]string
-				for _, t := range ts {
-					rows = append(rows, []string{t.Name})
-				}
-				return o.print(ts, []string{"TENANT"}, rows)
-			},
-		},
+		listCmd("list", "", "list tenants", nil, []string{"TENANT"},
+			func(e *env, s *directory.Store, _ []string) ([]directory.Tenant, error) { return s.Tenants(e.ctx) },
+			func(t directory.Tenant) []string { return []string{t.Name} }),
 		{
 			name: "delete", args: "TENANT", help: "delete a tenant that has no networks",
 			run: func(e *env, _ *flag.FlagSet, args []string) error {
@@ -65,11 +117,7 @@ func tenantCommands() []command {
 }
 
 func netCommands() []command {
-	var (
-		o       output
-		cidr    string
-		gateway string
-	)
+	var cidr, gateway string
 	return []command{
 		{
 			name: "create", args: "TENANT/NET", help: "create a network (and its tenant, if new)",
@@ -81,7 +129,7 @@ func netCommands() []command {
 				if err := wantArgs(args, 1, "TENANT/NET"); err != nil {
 					return err
 				}
-				t, n, err := directory.ParseNetRef(args[0])
+				t, n, err := parseRef("net", args[0])
 				if err != nil {
 					return err
 				}
@@ -106,57 +154,22 @@ func netCommands() []command {
 				return err
 			},
 		},
-		{
-			name: "list", args: "[TENANT]", help: "list networks", flags: o.register,
-			run: func(e *env, _ *flag.FlagSet, args []string) error {
-				o.w = e.stdout
-				if err := o.check(); err != nil {
-					return err
-				}
+		listCmd("list", "[TENANT]", "list networks", nil, []string{"TENANT", "NETWORK", "CIDR", "GATEWAY"},
+			func(e *env, s *directory.Store, args []string) ([]directory.Network, error) {
 				if len(args) > 1 {
-					return usagef("want at most one TENANT")
+					return nil, usagef("want at most one TENANT")
 				}
-				s, err := e.directory()
-				if err != nil {
-					return err
-				}
-				ns, err := s.Networks(e.ctx, strings.Join(args, ""))
-				if err != nil {
-					return err
-				}
-				var rows [][]string
-				for _, n := range ns {
-					rows = append(rows, []string{n.Tenant, n.Name, n.CIDR.String(), n.Gateway.String()})
-				}
-				return o.print(ns, []string{"TENANT", "NETWORK", "CIDR", "GATEWAY"}, rows)
+				return s.Networks(e.ctx, strings.Join(args, ""))
 			},
-		},
-		{
-			name: "delete", args: "TENANT/NET", help: "delete a network that has no endpoints",
-			run: func(e *env, _ *flag.FlagSet, args []string) error {
-				if err := wantArgs(args, 1, "TENANT/NET"); err != nil {
-					return err
-				}
-				t, n, err := directory.ParseNetRef(args[0])
-				if err != nil {
-					return err
-				}
-				s, err := e.directory()
-				if err != nil {
-					return err
-				}
-				return s.DeleteNetwork(e.ctx, t, n)
-			},
-		},
+			func(n directory.Network) []string {
+				return []string{n.Tenant, n.Name, n.CIDR.String(), n.Gateway.String()}
+			}),
+		deleteCmd("net", "delete a network that has no endpoints", (*directory.Store).DeleteNetwork),
 	}
 }
 
 func endpointCommands() []command {
-	var (
-		o                             output
-		netRef, server, ip, mac, ifid string
-		tenant                        string
-	)
+	var netRef, server, ip, mac, ifid, tenant string
 	return []command{
 		{
 			name: "create", args: "TENANT/NAME",
@@ -172,14 +185,14 @@ func endpointCommands() []command {
 				if err := wantArgs(args, 1, "TENANT/NAME"); err != nil {
 					return err
 				}
-				t, name, err := directory.ParseNetRef(args[0])
+				t, name, err := parseRef("endpoint", args[0])
 				if err != nil {
 					return err
 				}
 				if netRef == "" || server == "" {
 					return usagef("--net and --server are required")
 				}
-				if nt, nn, err := directory.ParseNetRef(netRef); err == nil {
+				if nt, nn, ok := strings.Cut(netRef, "/"); ok {
 					if nt != t {
 						return usagef("--net %s belongs to tenant %s, not %s", netRef, nt, t)
 					}
@@ -202,63 +215,30 @@ func endpointCommands() []command {
 				if err != nil {
 					return err
 				}
-				o.w, o.format = e.stdout, "table"
+				o := output{format: "table", w: e.stdout}
 				return o.print(got, endpointHeader, [][]string{endpointRow(got)})
 			},
 		},
-		{
-			name: "list", help: "list endpoints",
-			flags: func(fs *flag.FlagSet) {
-				o.register(fs)
+		listCmd("list", "", "list endpoints",
+			func(fs *flag.FlagSet) {
 				fs.StringVar(&tenant, "tenant", "", "only this tenant")
 				fs.StringVar(&server, "server", "", "only this server")
 				fs.StringVar(&netRef, "net", "", "only this network (TENANT/NET)")
 			},
-			run: func(e *env, _ *flag.FlagSet, args []string) error {
-				o.w = e.stdout
-				if err := o.check(); err != nil {
-					return err
-				}
+			endpointHeader,
+			func(e *env, s *directory.Store, _ []string) ([]directory.Endpoint, error) {
 				f := directory.Filter{Tenant: tenant, Server: server}
 				if netRef != "" {
-					t, n, err := directory.ParseNetRef(netRef)
+					t, n, err := parseRef("net", netRef)
 					if err != nil {
-						return err
+						return nil, err
 					}
 					f.Tenant, f.Network = t, n
 				}
-				s, err := e.directory()
-				if err != nil {
-					return err
-				}
-				eps, err := s.Endpoints(e.ctx, f)
-				if err != nil {
-					return err
-				}
-				var rows [][]string
-				for _, ep := range eps {
-					rows = append(rows, endpointRow(ep))
-				}
-				return o.print(eps, endpointHeader, rows)
+				return s.Endpoints(e.ctx, f)
 			},
-		},
-		{
-			name: "delete", args: "TENANT/NAME", help: "delete an endpoint record",
-			run: func(e *env, _ *flag.FlagSet, args []string) error {
-				if err := wantArgs(args, 1, "TENANT/NAME"); err != nil {
-					return err
-				}
-				t, name, err := directory.ParseNetRef(args[0])
-				if err != nil {
-					return err
-				}
-				s, err := e.directory()
-				if err != nil {
-					return err
-				}
-				return s.DeleteEndpoint(e.ctx, t, name)
-			},
-		},
+			endpointRow),
+		deleteCmd("endpoint", "delete an endpoint record", (*directory.Store).DeleteEndpoint),
 	}
 }
 

@@ -117,34 +117,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func topCommands() []command {
-	var o output
 	return []command{
 		group("tenant", "create, list and delete tenants", tenantCommands()),
 		group("net", "create, list and delete networks", netCommands()),
 		group("endpoint", "create, list and delete endpoints", endpointCommands()),
-		{
-			name: "servers", help: "list the servers registered in the directory",
-			flags: o.register,
-			run: func(e *env, _ *flag.FlagSet, args []string) error {
-				o.w = e.stdout
-				if err := o.check(); err != nil {
-					return err
-				}
-				s, err := e.directory()
-				if err != nil {
-					return err
-				}
-				svs, err := s.Servers(e.ctx)
-				if err != nil {
-					return err
-				}
-				var rows [][]string
-				for _, sv := range svs {
-					rows = append(rows, []string{sv.Name, sv.DataIP.String(), sv.DataMAC, sv.Site, sv.Role, sv.AgentAddr})
-				}
-				return o.print(svs, []string{"NAME", "DATA IP", "DATA MAC", "SITE", "ROLE", "AGENT"}, rows)
-			},
-		},
+		listCmd("servers", "", "list the servers registered in the directory", nil,
+			[]string{"NAME", "DATA IP", "DATA MAC", "SITE", "ROLE", "AGENT"},
+			func(e *env, s *directory.Store, _ []string) ([]directory.Server, error) { return s.Servers(e.ctx) },
+			func(sv directory.Server) []string {
+				return []string{sv.Name, sv.DataIP.String(), sv.DataMAC, sv.Site, sv.Role, sv.AgentAddr}
+			}),
 		sessionsCommand(),
 		group("lab", "run a cloud of NVI servers on this machine", labCommands()),
 	}
