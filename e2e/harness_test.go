@@ -64,8 +64,14 @@ func (r result) String() string {
 
 // sh runs a command with a deadline and returns everything about it.
 func sh(ctx context.Context, env []string, name string, args ...string) result {
+	return shIn(ctx, env, "", name, args...)
+}
+
+// shIn is sh with stdin.
+func shIn(ctx context.Context, env []string, stdin string, name string, args ...string) result {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -115,18 +115,7 @@ func (l *Lab) tcp(from, to Workload, port int, msg string) (string, error) {
 func (l *Lab) sendTCP(from Workload, ip string, port int, msg string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", from.Name, "nc", "-N", "-w", "3", ip, fmt.Sprint(port))
-	cmd.Stdin = strings.NewReader(msg)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{Out: out.String(), Err: errb.String()}
-	if ee, ok := err.(*exec.ExitError); ok {
-		r.Code = ee.ExitCode()
-	} else if err != nil {
-		r.Code = -1
-	}
-	return r
+	return shIn(ctx, nil, msg, "ip", "netns", "exec", from.Name, "nc", "-N", "-w", "3", ip, fmt.Sprint(port))
 }
 
 // udp sends one datagram and returns what the receiver got, waiting at most
@@ -137,9 +126,7 @@ func (l *Lab) udp(from, to Workload, port int, msg string, timeout time.Duration
 	l.listening(to.Name, "udp", port)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", from.Name, "nc", "-u", "-w", "1", to.IP, fmt.Sprint(port))
-	cmd.Stdin = strings.NewReader(msg)
-	_ = cmd.Run()
+	shIn(ctx, nil, msg, "ip", "netns", "exec", from.Name, "nc", "-u", "-w", "1", to.IP, fmt.Sprint(port))
 	srv.wait(timeout)
 	srv.stop()
 	return srv.out.String()
