@@ -45,6 +45,8 @@ type entry struct {
 	created    time.Time
 	peerName   string
 	remoteName string // the remote workload's endpoint name
+	// How long the setup's two slow steps took, for the log.
+	handshake, install time.Duration
 }
 
 func (e *entry) involves(l *local) bool {
@@ -98,6 +100,10 @@ func (a *Agent) fromWorkload(port uint32, f *packet.Frame) {
 		}
 		t.Port = f.L4Dst()
 	case session.ICMP:
+		if f.IsICMPError() {
+			a.errorFromWorkload(l, f)
+			return
+		}
 		switch f.ICMPType() {
 		case packet.ICMPEchoRequest:
 			if t.Server == l.net.Gateway {
@@ -114,7 +120,7 @@ func (a *Agent) fromWorkload(port uint32, f *packet.Frame) {
 			ok := e != nil && e.state == established
 			a.mu.Unlock()
 			if ok {
-				a.forwardEcho(e, f, false)
+				a.forwardEcho(e, f, false, port)
 			}
 			return
 		default:
@@ -177,7 +183,7 @@ func (a *Agent) submit(l *local, t session.Tuple, frame []byte) {
 		if t.Proto == session.ICMP {
 			f, err := packet.Parse(frame)
 			if err == nil {
-				a.forwardEcho(e, &f, true)
+				a.forwardEcho(e, &f, true, l.ofport)
 			}
 			return
 		}
@@ -232,11 +238,12 @@ func (a *Agent) establish(e *entry, l *local) {
 	e.held = nil
 	a.mu.Unlock()
 	a.log.Info("session established", "session", e.s.Tuple.String(), "role", e.s.Role, "key", e.s.Key,
-		"peer", e.peerName, "setup", time.Since(start).Round(time.Microsecond))
+		"peer", e.peerName, "setup", time.Since(start).Round(time.Microsecond),
+		"handshake", e.handshake.Round(time.Microsecond), "install", e.install.Round(time.Microsecond))
 	for _, fr := range held {
 		if e.s.Proto == session.ICMP {
 			if f, err := packet.Parse(fr); err == nil {
-				a.forwardEcho(e, &f, true)
+				a.forwardEcho(e, &f, true, e.heldPort)
 			}
 			continue
 		}
@@ -290,7 +297,9 @@ func (a *Agent) agree(ctx context.Context, e *entry, l *local) error {
 		return err
 	}
 	// The peer installs its half first and answers after its barrier.
+	start := time.Now()
 	err = pc.Accept(ctx, api.AcceptRequest{From: a.cfg.Name, Tuple: t, Key: key})
+	e.handshake = time.Since(start)
 	if err != nil {
 		if api.CodeOf(err) == api.CodeDenied || api.CodeOf(err) == api.CodeNotFound {
 			err = fmt.Errorf("%w by %s: %v", errRefused, peer.Name, err)
@@ -324,6 +333,8 @@ func (a *Agent) agreeLocal(ctx context.Context, e *entry, srv directory.Endpoint
 // installHalf puts this server's half of a session on the bridge and waits
 // for the barrier: two flows for TCP and UDP, the peer's punt flow for ICMP.
 func (a *Agent) installHalf(ctx context.Context, e *entry) error {
+	start := time.Now()
+	defer func() { e.install = time.Since(start) }()
 	a.mu.Lock()
 	br := a.br
 	s := e.s
@@ -405,54 +416,133 @@ func (a *Agent) abandon(e *entry, l *local, err error) {
 	a.log.Warn("session setup failed", "session", e.s.Tuple.String(), "err", err)
 }
 
-// forwardEcho carries one ICMP echo of an established session.
-func (a *Agent) forwardEcho(e *entry, f *packet.Frame, toServer bool) {
+// forwardEcho carries one ICMP echo of an established session; in is the
+// port it arrived on.
+func (a *Agent) forwardEcho(e *entry, f *packet.Frame, toServer bool, in uint32) {
+	a.slowForward(e, f, in, func(br pipeline.Bridge, s session.Session) (uint32, error) {
+		return pipeline.TranslateEcho(br, s, f, toServer)
+	})
+}
+
+// forwardError carries an ICMP error about one of a session's packets.
+func (a *Agent) forwardError(e *entry, f *packet.Frame, towardClient bool, in uint32) {
+	a.slowForward(e, f, in, func(br pipeline.Bridge, s session.Session) (uint32, error) {
+		return pipeline.TranslateError(br, s, f, towardClient)
+	})
+}
+
+// slowForward translates a frame of an established session in software and
+// sends it on; it counts as the session's activity.
+func (a *Agent) slowForward(e *entry, f *packet.Frame, in uint32, translate func(pipeline.Bridge, session.Session) (uint32, error)) {
 	a.mu.Lock()
 	br, s := a.br, e.s
 	e.act.Touch(time.Now())
 	a.mu.Unlock()
-	in := s.Local.OFPort
-	if s.Role == session.RoleServer && toServer || s.Role == session.RoleClient && !toServer {
-		in = br.Uplink
-	} else if s.Role == session.RoleLocal && !toServer {
-		in = s.Remote.OFPort
-	}
-	out, err := pipeline.TranslateEcho(br, s, f, toServer)
+	out, err := translate(br, s)
 	if err != nil {
-		a.log.Warn("cannot translate echo", "err", err)
+		a.log.Warn("cannot translate a slow-path packet", "session", s.Tuple.String(), "err", err)
 		return
 	}
 	if err := a.sendOut(in, out, f.Bytes()); err != nil {
-		a.log.Debug("cannot send echo", "err", err)
+		a.log.Debug("cannot send a slow-path packet", "err", err)
 	}
 }
 
-// fromPeer handles ICMP that a peer server sent us (punt flows send it
-// here): an echo of one of our ICMP sessions, or the host's own traffic,
-// which is passed to the host untouched.
+// fromPeer handles ICMP that reached the agent from the underlay (punt
+// flows send it here): an echo of one of our ICMP sessions, an error about
+// one of our sessions' packets, or the host's own traffic, which is passed
+// to the host untouched.
 func (a *Agent) fromPeer(f *packet.Frame) {
-	if f.EthType() == packet.EtherTypeIPv4 && f.IPProto() == uint8(session.ICMP) {
-		w := wireKey{peer: f.IPv4Src(), proto: session.ICMP, key: f.ICMPID()}
-		toServer := false
-		switch f.ICMPType() {
-		case packet.ICMPEchoRequest:
-			w.role, toServer = session.RoleServer, true
-		case packet.ICMPEchoReply:
-			w.role = session.RoleClient
-		}
-		a.mu.Lock()
-		e := a.byWire[w]
-		ok := e != nil && e.state == established && (f.ICMPType() == packet.ICMPEchoRequest || f.ICMPType() == packet.ICMPEchoReply)
-		a.mu.Unlock()
-		if ok {
-			a.forwardEcho(e, f, toServer)
-			return
-		}
-	}
 	a.mu.Lock()
 	uplink := a.br.Uplink
 	a.mu.Unlock()
+	if f.EthType() == packet.EtherTypeIPv4 && f.IPProto() == uint8(session.ICMP) {
+		if f.IsICMPError() {
+			if e, toward := a.sessionOfWireError(f); e != nil {
+				a.forwardError(e, f, toward, uplink)
+				return
+			}
+		} else if e, toServer := a.sessionOfWireEcho(f); e != nil {
+			a.forwardEcho(e, f, toServer, uplink)
+			return
+		}
+	}
 	_ = a.sendOut(uplink, openflow.PortLocal, f.Bytes())
+}
+
+// establishedByWire returns the established session named by w, or nil.
+func (a *Agent) establishedByWire(w wireKey) *entry {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if e := a.byWire[w]; e != nil && e.state == established {
+		return e
+	}
+	return nil
+}
+
+// sessionOfWireEcho finds the session of an echo from a peer: the key is
+// the echo identifier.
+func (a *Agent) sessionOfWireEcho(f *packet.Frame) (e *entry, toServer bool) {
+	w := wireKey{peer: f.IPv4Src(), proto: session.ICMP, key: f.ICMPID()}
+	switch f.ICMPType() {
+	case packet.ICMPEchoRequest:
+		w.role, toServer = session.RoleServer, true
+	case packet.ICMPEchoReply:
+		w.role = session.RoleClient
+	default:
+		return nil, false
+	}
+	return a.establishedByWire(w), toServer
+}
+
+// sessionOfWireError finds the session of an ICMP error that quotes a
+// packet this server sent to a peer: to the key if we are the client (the
+// error travels toward our client), from the key if we are the server.
+func (a *Agent) sessionOfWireError(f *packet.Frame) (e *entry, towardClient bool) {
+	proto := session.Proto(f.InnerProto())
+	var src, dst uint16
+	switch proto {
+	case session.TCP, session.UDP:
+		src, dst = f.InnerL4Src(), f.InnerL4Dst()
+	case session.ICMP:
+		src, dst = f.InnerICMPID(), f.InnerICMPID()
+	default:
+		return nil, false
+	}
+	peer := f.InnerIPv4Dst()
+	if e := a.establishedByWire(wireKey{peer: peer, proto: proto, key: dst, role: session.RoleClient}); e != nil {
+		return e, true
+	}
+	return a.establishedByWire(wireKey{peer: peer, proto: proto, key: src, role: session.RoleServer}), false
+}
+
+// errorFromWorkload handles an ICMP error a local workload sent about a
+// packet it received: from the session's client (the error goes back to
+// the server) or from its server (back to the client).
+func (a *Agent) errorFromWorkload(l *local, f *packet.Frame) {
+	for _, towardClient := range []bool{true, false} {
+		t, ok := pipeline.QuotedTuple(f, towardClient)
+		if !ok {
+			return
+		}
+		t.Tenant = l.ep.Tenant
+		a.mu.Lock()
+		e := a.sessions[t]
+		// The reporting workload must be the end the quoted packet went to.
+		reporter := session.Endpoint{}
+		if e != nil {
+			reporter = e.s.ClientEnd()
+			if towardClient {
+				reporter = e.s.ServerEnd()
+			}
+		}
+		ok = e != nil && e.state == established && reporter.OFPort == l.ofport
+		a.mu.Unlock()
+		if ok {
+			a.forwardError(e, f, towardClient, l.ofport)
+			return
+		}
+	}
 }
 
 func (a *Agent) answerGatewayPing(l *local, f *packet.Frame) {

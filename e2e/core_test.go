@@ -77,6 +77,27 @@ func TestCore(t *testing.T) {
 			}
 		}
 	})
+	t.Run("closed ports answer across servers: TCP reset, ICMP port unreachable", func(t *testing.T) {
+		r := l.in(w1.Name, 10*time.Second, "nc", "-v", "-w", "3", w3.IP, "8099")
+		if r.Code == 0 || !strings.Contains(r.Err, "refused") {
+			t.Errorf("tcp to a closed port: %s", r)
+		}
+		dump := l.start(w1.Name, "tcpdump", "-l", "-i", "eth0", "-nn", "icmp")
+		eventually(t, 10*time.Second, "tcpdump started", func() error {
+			if !strings.Contains(dump.err.String(), "listening on") {
+				return fmt.Errorf("not yet")
+			}
+			return nil
+		})
+		want := fmt.Sprintf("%s > %s: ICMP %s udp port 9099 unreachable", w3.IP, w1.IP, w3.IP)
+		eventually(t, 10*time.Second, "the port unreachable came back translated", func() error {
+			l.in(w1.Name, 5*time.Second, "sh", "-c", "echo knock | nc -u -w 1 "+w3.IP+" 9099")
+			if !strings.Contains(dump.out.String(), want) {
+				return fmt.Errorf("w1 saw %q, want %q", dump.out.String(), want)
+			}
+			return nil
+		})
+	})
 	t.Run("the gateway answers pings", func(t *testing.T) {
 		if r := l.ping(w1, "10.1.0.1"); r.Code != 0 {
 			t.Fatalf("ping gateway: %s", r)

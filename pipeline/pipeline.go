@@ -8,7 +8,8 @@
 //	table 10 spoof-guard    a workload may send only with its own MAC and IP
 //	table 20 arp-responder  every ARP request is answered by flows, with the gateway MAC
 //	table 30 session-out    workload traffic: session flows, drops, else punt to the agent
-//	table 40 session-in     uplink traffic: session flows, else pass to the host
+//	table 40 session-in     uplink traffic: session flows, ICMP errors and a peer's echoes
+//	                        to the agent, else pass to the host
 package pipeline
 
 import (
@@ -59,6 +60,7 @@ const (
 	prioStray     = 50
 	prioKeyReply  = 40
 	prioPunt      = 100
+	prioICMPError = 110
 	prioNoise     = 10
 	prioAskAgent  = 1 // above the table miss: overlapping flows of one priority match in no defined order
 	prioTableMiss = 0
@@ -179,8 +181,21 @@ func BaseFlows(b Bridge) []*openflow.FlowMod {
 		flow(SessionIn, prioKeyReply, base, []openflow.Field{ipv4, openflow.IPProto(17), openflow.IPv4Dst(b.DataIP), openflow.UDPSrcMasked(b.Keys.Base, b.Keys.Mask)}, apply(output(openflow.PortLocal))),
 		flow(SessionIn, prioTableMiss, base, nil, apply(output(openflow.PortLocal))),
 	)
+	// ICMP errors to this server may be about a session's packets: the
+	// agent translates those and hands the rest to the host.
+	for _, typ := range []uint8{icmpDestUnreachable, icmpTimeExceeded} {
+		fs = append(fs, flow(SessionIn, prioICMPError, base,
+			[]openflow.Field{openflow.InPort(b.Uplink), ipv4, openflow.IPProto(1), openflow.IPv4Dst(b.DataIP), openflow.ICMPv4Type(typ)},
+			b.punt()...))
+	}
 	return fs
 }
+
+// ICMP error types that can quote a session's packet.
+const (
+	icmpDestUnreachable = 3
+	icmpTimeExceeded    = 11
+)
 
 // PuntMeter is the meter that keeps packet-ins to a rate the agent can take.
 func PuntMeter(b Bridge, packetsPerSecond, burst uint32) *openflow.MeterMod {

@@ -562,3 +562,81 @@ func disjoint(a, b openflow.Match) bool {
 	}
 	return false
 }
+
+// TestTranslateError follows an ICMP error through both agents' slow paths:
+// S's kernel refuses C's datagram; C must see "port unreachable" from S about
+// the datagram it sent, in its own addresses, with every checksum right.
+func TestTranslateError(t *testing.T) {
+	const sport = 41000
+	c, s := clientHalf(session.UDP), serverHalf(session.UDP)
+	// The datagram as S received it.
+	orig := frame(t, session.UDP, GatewayMAC, macS, ipC, ipS, sport, 80, []byte("knock"))
+	of, _ := packet.Parse(orig)
+	unreach := packet.ICMPError{Type: 3, Code: 3}
+	errFrame, err := packet.BuildICMPError(packet.Header{EthSrc: macS, EthDst: GatewayMAC, Src: ipS, Dst: ipC}, unreach, of.L3())
+	if err != nil {
+		t.Fatal(err)
+	}
+	type quoted struct {
+		outSrc, outDst, inSrc, inDst netip.Addr
+		inSport, inDport             uint16
+		port                         uint32
+	}
+	step := func(br Bridge, ss session.Session, fr []byte, toward bool, w quoted) []byte {
+		t.Helper()
+		f, err := packet.Parse(fr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := TranslateError(br, ss, &f, toward)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := packet.Verify(f.Bytes()); err != nil {
+			t.Fatalf("translated error is broken: %v", err)
+		}
+		got := quoted{f.IPv4Src(), f.IPv4Dst(), f.InnerIPv4Src(), f.InnerIPv4Dst(), f.InnerL4Src(), f.InnerL4Dst(), out}
+		if got != w {
+			t.Fatalf("translated error\n got  %+v\n want %+v", got, w)
+		}
+		return f.Bytes()
+	}
+	// Is it the error's tuple? QuotedTuple finds the session at B.
+	ef, _ := packet.Parse(errFrame)
+	if tu, ok := QuotedTuple(&ef, true); !ok || tu.Client != ipC || tu.Server != ipS || tu.Port != 80 || tu.Proto != session.UDP {
+		t.Fatalf("quoted tuple at B: %+v %v", tu, ok)
+	}
+	// B sends it over the underlay, quoting the datagram as the underlay carried it...
+	wire := step(brB, s, errFrame, true, quoted{ipB, ipA, ipA, ipB, sport, key, brB.Uplink})
+	// ... and A gives it back to C in C's terms.
+	step(brA, c, wire, true, quoted{ipS, ipC, ipC, ipS, sport, 80, wlC.OFPort})
+
+	// The other way: C refuses S's reply.
+	reply := frame(t, session.UDP, GatewayMAC, macC, ipS, ipC, 80, sport, []byte("late"))
+	rf, _ := packet.Parse(reply)
+	errFrame, err = packet.BuildICMPError(packet.Header{EthSrc: macC, EthDst: GatewayMAC, Src: ipC, Dst: ipS}, unreach, rf.L3())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ef, _ = packet.Parse(errFrame)
+	if tu, ok := QuotedTuple(&ef, false); !ok || tu.Client != ipC || tu.Server != ipS || tu.Port != 80 {
+		t.Fatalf("quoted tuple at A: %+v %v", tu, ok)
+	}
+	wire = step(brA, c, errFrame, false, quoted{ipA, ipB, ipB, ipA, key, sport, brA.Uplink})
+	step(brB, s, wire, false, quoted{ipC, ipS, ipS, ipC, 80, sport, wlS.OFPort})
+
+	// A router on the underlay keeps its own address: traceroute and
+	// path-MTU discovery see the real hop.
+	router := netip.MustParseAddr("192.0.2.254")
+	onWire := frame(t, session.UDP, macA, macB, ipA, ipB, sport, key, []byte("big"))
+	wf, _ := packet.Parse(onWire)
+	fragNeeded, err := packet.BuildICMPError(packet.Header{EthSrc: macB, EthDst: macA, Src: router, Dst: ipA},
+		packet.ICMPError{Type: 3, Code: 4, MTU: 1400}, wf.L3())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := step(brA, c, fragNeeded, true, quoted{router, ipC, ipC, ipS, sport, 80, wlC.OFPort})
+	if f, _ := packet.Parse(out); f.ICMPNextHopMTU() != 1400 {
+		t.Fatalf("next-hop MTU became %d", f.ICMPNextHopMTU())
+	}
+}

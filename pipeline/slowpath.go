@@ -73,3 +73,112 @@ func GatewayEchoReply(req *packet.Frame) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// QuotedTuple reads which session an ICMP error is about, from the datagram
+// it quotes, as seen at a workload of this server: the quoted datagram was
+// sent to the workload that now reports the error (inner destination) by
+// the other end (inner source). It returns the session's tuple (tenant
+// left empty) and whether the quoted datagram travelled from client to
+// server — then the error travels toward the client.
+//
+// For the quoted datagram S:P -> C:p (a reply) the tuple is C -> S:P; for
+// C:p -> S:P it is the same tuple, and both are tried by the caller.
+func QuotedTuple(f *packet.Frame, quotedToServer bool) (session.Tuple, bool) {
+	if !f.IsICMPError() {
+		return session.Tuple{}, false
+	}
+	p := session.Proto(f.InnerProto())
+	t := session.Tuple{Proto: p}
+	src, dst := f.InnerIPv4Src(), f.InnerIPv4Dst()
+	var srcPort, dstPort uint16
+	switch p {
+	case session.TCP, session.UDP:
+		srcPort, dstPort = f.InnerL4Src(), f.InnerL4Dst()
+	case session.ICMP:
+		srcPort, dstPort = f.InnerICMPID(), f.InnerICMPID()
+	default:
+		return session.Tuple{}, false
+	}
+	if quotedToServer {
+		t.Client, t.Server, t.Port = src, dst, dstPort
+	} else {
+		t.Client, t.Server, t.Port = dst, src, srcPort
+	}
+	return t, true
+}
+
+// TranslateError rewrites an ICMP error about a packet of session s —
+// destination or port unreachable, fragmentation needed, time exceeded —
+// outer header and quoted datagram alike, so that each end sees the error
+// about the packet it sent, in its own addresses: path-MTU discovery and
+// "connection refused" work across NVI as they would on one wire.
+// towardClient says which way the error travels (it quotes a packet that
+// went from client to server). An error that arrives from the underlay
+// keeps its outer source unless it came from the peer server itself: a
+// router's error stays the router's, so traceroute shows the real hops.
+func TranslateError(b Bridge, s session.Session, f *packet.Frame, towardClient bool) (uint32, error) {
+	if !f.IsICMPError() {
+		return 0, fmt.Errorf("pipeline: not an ICMP error")
+	}
+	cl, sv := s.ClientEnd(), s.ServerEnd()
+	// leaving: this server sends the error to its peer.
+	leaving := s.Role == session.RoleServer && towardClient || s.Role == session.RoleClient && !towardClient
+	var steps []error
+	do := func(err error) { steps = append(steps, err) }
+	// setQuoted sets the quoted datagram's server-side port (or echo id):
+	// its destination when it went to the server, its source otherwise.
+	setQuoted := func(v uint16) {
+		switch {
+		case s.Proto == session.ICMP:
+			do(f.SetInnerICMPID(v))
+		case towardClient:
+			do(f.SetInnerL4Dst(v))
+		default:
+			do(f.SetInnerL4Src(v))
+		}
+	}
+	var out uint32
+	switch {
+	case s.Role == session.RoleLocal:
+		to := sv
+		if towardClient {
+			to = cl
+		}
+		do(f.SetEthSrc(GatewayMAC))
+		do(f.SetEthDst(to.MAC))
+		out = to.OFPort
+	case leaving:
+		do(f.SetEthSrc(b.DataMAC))
+		do(f.SetEthDst(s.Peer.NextHop))
+		do(f.SetIPv4Src(b.DataIP))
+		do(f.SetIPv4Dst(s.Peer.IP))
+		// The quoted datagram as it was on the underlay: peer to us.
+		do(f.SetInnerIPv4Src(s.Peer.IP))
+		do(f.SetInnerIPv4Dst(b.DataIP))
+		setQuoted(s.Key)
+		out = b.Uplink
+	default:
+		// Arriving: the quoted datagram was ours, sent to the peer; give it
+		// back the workloads' addresses.
+		to, from := sv, cl
+		if towardClient {
+			to, from = cl, sv
+		}
+		do(f.SetEthSrc(GatewayMAC))
+		do(f.SetEthDst(to.MAC))
+		if f.IPv4Src() == s.Peer.IP {
+			do(f.SetIPv4Src(from.IP))
+		}
+		do(f.SetIPv4Dst(to.IP))
+		do(f.SetInnerIPv4Src(to.IP))
+		do(f.SetInnerIPv4Dst(from.IP))
+		setQuoted(s.Port)
+		out = to.OFPort
+	}
+	for _, err := range steps {
+		if err != nil {
+			return 0, fmt.Errorf("pipeline: translating an ICMP error of %s: %w", s.Tuple, err)
+		}
+	}
+	return out, nil
+}
