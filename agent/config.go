@@ -126,11 +126,3 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
-
-// PeerAddr is where other agents reach this one.
-func (c *Config) PeerAddr() string {
-	if c.PeerListen == "" {
-		return ""
-	}
-	return c.PeerListen
-}

@@ -6,7 +6,6 @@ import (
 	"hash/fnv"
 	"net/netip"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -156,13 +155,4 @@ func RemoveWorkload(ctx context.Context, prefix, name string) error {
 		}
 	}
 	return st.save()
-}
-
-// ServerIndex turns "s3" into 3.
-func ServerIndex(name string) (int, error) {
-	n, err := strconv.Atoi(strings.TrimPrefix(name, "s"))
-	if err != nil || !strings.HasPrefix(name, "s") || n < 1 {
-		return 0, fmt.Errorf("server name %q: want s1, s2, ...", name)
-	}
-	return n, nil
 }
