@@ -32,6 +32,7 @@ const (
 	FeatureSession  Feature = 3 // the two flows of one session
 	FeatureDeny     Feature = 4 // short-lived drops for denied or unresolvable destinations
 	FeaturePunt     Feature = 5 // ICMP from one peer server, sent to the agent's slow path
+	FeaturePortMap  Feature = 6 // a workload port exposed on the server's address
 )
 
 func (f Feature) String() string {
@@ -46,6 +47,8 @@ func (f Feature) String() string {
 		return "deny"
 	case FeaturePunt:
 		return "punt"
+	case FeaturePortMap:
+		return "portmap"
 	}
 	return fmt.Sprintf("feature%d", uint8(f))
 }

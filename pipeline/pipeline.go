@@ -7,15 +7,21 @@
 //	table 0  classifier     uplink -> session-in, host -> uplink, workload -> spoof-guard
 //	table 10 spoof-guard    a workload may send only with its own MAC and IP
 //	table 20 arp-responder  every ARP request is answered by flows, with the gateway MAC
-//	table 30 session-out    workload traffic: session flows, drops, else punt to the agent
-//	table 40 session-in     uplink traffic: session flows, ICMP errors and a peer's echoes
-//	                        to the agent, else pass to the host
+//	table 30 session-out    workload traffic: session flows, drops, port-map replies;
+//	                        to the tenant's networks: conntrack, then table 35;
+//	                        anywhere else: egress, source-NATed to the server's address
+//	table 35 ask-agent      punt to the agent, conntrack state attached
+//	table 40 session-in     uplink traffic: session flows, port maps, egress replies
+//	                        through conntrack to table 45, ICMP errors and a peer's
+//	                        echoes to the agent, else pass to the host
+//	table 45 egress-in      un-NATed egress replies to their workload, else the host
 package pipeline
 
 import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"nvi/openflow"
 	"nvi/session"
@@ -30,11 +36,13 @@ const (
 	SpoofGuard   Table = 10
 	ARPResponder Table = 20
 	SessionOut   Table = 30
+	AskAgent     Table = 35
 	SessionIn    Table = 40
+	EgressIn     Table = 45
 )
 
 // Tables lists every table in pipeline order.
-var Tables = []Table{Classifier, SpoofGuard, ARPResponder, SessionOut, SessionIn}
+var Tables = []Table{Classifier, SpoofGuard, ARPResponder, SessionOut, AskAgent, SessionIn, EgressIn}
 
 func (t Table) String() string {
 	switch t {
@@ -46,25 +54,61 @@ func (t Table) String() string {
 		return "arp-responder"
 	case SessionOut:
 		return "session-out"
+	case AskAgent:
+		return "ask-agent"
 	case SessionIn:
 		return "session-in"
+	case EgressIn:
+		return "egress-in"
 	}
 	return fmt.Sprintf("table%d", uint8(t))
 }
 
 // Flow priorities, highest first.
 const (
-	prioSession   = 200
-	prioDeny      = 150
-	prioEndpoint  = 100
-	prioStray     = 50
-	prioKeyReply  = 40
-	prioPunt      = 100
-	prioICMPError = 110
-	prioNoise     = 10
-	prioAskAgent  = 1 // above the table miss: overlapping flows of one priority match in no defined order
-	prioTableMiss = 0
+	prioSession     = 200
+	prioPortMap     = 150 // in session-in
+	prioDeny        = 150 // in session-out
+	prioPortMapRply = 120
+	prioICMPError   = 110
+	prioEndpoint    = 100
+	prioPunt        = 100
+	prioEgressEcho  = 90
+	prioEgressReply = 60
+	prioStray       = 50
+	prioKeyReply    = 40
+	prioNoise       = 10
+	prioTenantNet   = 3 // a workload's traffic to its tenant's networks: ask the agent
+	prioEgress      = 2 // everything else it sends: out to the world
+	prioAskAgent    = 1 // above the table miss: overlapping flows of one priority match in no defined order
+	prioTableMiss   = 0
 )
+
+// EgressZone is the conntrack zone of egress NAT. Tenant zones start at 1,
+// so no tenant's connections ever share it.
+const EgressZone = 0
+
+// Egress NAT takes source ports 28672-32767 on the server's data address:
+// below Linux's ephemeral range, so the host's own connections never pick
+// one, and a value/mask pair, so one flow sends their replies back through
+// conntrack.
+const (
+	NATPortBase uint16 = 0x7000
+	NATPortMask uint16 = 0xf000
+)
+
+// internalPrefix holds one address per workload port, which a workload's
+// egress traffic carries between the workload and the NAT. Two tenants may
+// give their workloads the same address; their ports always differ, so
+// conntrack tells their connections apart. No frame on any wire or in any
+// workload ever carries these addresses.
+var internalPrefix = netip.MustParsePrefix("100.127.0.0/16")
+
+// InternalAddr is the per-port address of a workload's egress traffic.
+func InternalAddr(ofport uint32) netip.Addr {
+	b := internalPrefix.Addr().As4()
+	return netip.AddrFrom4([4]byte{b[0], b[1], byte(ofport >> 8), byte(ofport)})
+}
 
 // GatewayMAC is the MAC of every network's virtual gateway. Workloads resolve
 // every address to it, so a workload that moves between servers finds the
@@ -79,6 +123,10 @@ type Bridge struct {
 	Keys        session.KeyRange // ports reserved for session keys
 	PuntMeter   uint32           // meter that rate-limits packet-ins
 	DenyTimeout uint16           // seconds a drop flow lives
+	// RouterMAC is the underlay router's MAC, where egress traffic and port
+	// map replies go; nil when the server has no way out, which turns
+	// egress off.
+	RouterMAC net.HardwareAddr
 }
 
 // Validate checks that b can be used to build flows.
@@ -101,6 +149,8 @@ type Workload struct {
 	OFPort uint32
 	MAC    net.HardwareAddr
 	IP     netip.Addr
+	Zone   uint16         // its tenant's conntrack zone
+	Nets   []netip.Prefix // its tenant's networks: traffic there asks the agent
 }
 
 func flow(t Table, prio uint16, c Cookie, match []openflow.Field, ins ...openflow.Instruction) *openflow.FlowMod {
@@ -126,6 +176,27 @@ func gotoTable(t Table) openflow.Instruction {
 }
 
 func output(port uint32) openflow.Action { return openflow.ActionOutput{Port: port} }
+
+// ct sends the packet through conntrack in zone: committing it, and/or
+// continuing in table (else the pipeline goes on with the next action), and
+// with nat when given (an empty NXNat undoes the NAT of an existing
+// connection).
+func ct(commit bool, zone uint16, table Table, nat *openflow.NXNat) openflow.Action {
+	a := openflow.NXConntrack{ZoneImm: zone, RecircTable: openflow.NXCtRecircNone}
+	if commit {
+		a.Flags |= openflow.NXCtCommit
+	}
+	if table != noTable {
+		a.RecircTable = uint8(table)
+	}
+	if nat != nil {
+		a.Actions = []openflow.Action{*nat}
+	}
+	return a
+}
+
+// noTable tells ct not to continue in another table.
+const noTable Table = 0xff
 
 func set(f openflow.Field) openflow.Action { return openflow.ActionSetField{Field: f} }
 
@@ -166,6 +237,8 @@ func BaseFlows(b Bridge) []*openflow.FlowMod {
 		flow(SessionOut, prioNoise, base, []openflow.Field{ipv4, openflow.IPv4Dst(netip.MustParseAddr("255.255.255.255"))}),
 		flow(SessionOut, prioAskAgent, base, []openflow.Field{ipv4}, b.punt()...),
 		flow(SessionOut, prioTableMiss, base, nil),
+		flow(AskAgent, prioAskAgent, base, []openflow.Field{ipv4}, b.punt()...),
+		flow(AskAgent, prioTableMiss, base, nil),
 	)
 	// Session-in: traffic to a key with no session left is dropped rather
 	// than handed to the host; everything else is the host's.
@@ -181,6 +254,18 @@ func BaseFlows(b Bridge) []*openflow.FlowMod {
 		flow(SessionIn, prioKeyReply, base, []openflow.Field{ipv4, openflow.IPProto(17), openflow.IPv4Dst(b.DataIP), openflow.UDPSrcMasked(b.Keys.Base, b.Keys.Mask)}, apply(output(openflow.PortLocal))),
 		flow(SessionIn, prioTableMiss, base, nil, apply(output(openflow.PortLocal))),
 	)
+	// Egress replies come back to a NAT port: conntrack undoes the NAT and
+	// table 45 hands them to their workload. Host traffic that happens to
+	// use such a port passes conntrack unchanged and reaches the host.
+	if b.RouterMAC != nil {
+		unNAT := apply(ct(false, EgressZone, EgressIn, &openflow.NXNat{}))
+		fs = append(fs,
+			flow(SessionIn, prioEgressReply, base, []openflow.Field{ipv4, openflow.IPProto(6), openflow.IPv4Dst(b.DataIP), openflow.TCPDstMasked(NATPortBase, NATPortMask)}, unNAT),
+			flow(SessionIn, prioEgressReply, base, []openflow.Field{ipv4, openflow.IPProto(17), openflow.IPv4Dst(b.DataIP), openflow.UDPDstMasked(NATPortBase, NATPortMask)}, unNAT),
+			flow(SessionIn, prioEgressEcho, base, []openflow.Field{ipv4, openflow.IPProto(1), openflow.IPv4Dst(b.DataIP), openflow.ICMPv4Type(0)}, unNAT),
+		)
+	}
+	fs = append(fs, flow(EgressIn, prioTableMiss, base, nil, apply(output(openflow.PortLocal))))
 	// ICMP errors to this server may be about a session's packets: the
 	// agent translates those and hands the rest to the host.
 	for _, typ := range []uint8{icmpDestUnreachable, icmpTimeExceeded} {
@@ -209,12 +294,15 @@ func PuntMeter(b Bridge, packetsPerSecond, burst uint32) *openflow.MeterMod {
 
 // WorkloadFlows admit one workload: its port is classified, it may send only
 // with its own MAC and IPv4 address, and its ARP requests are answered by
-// flows (so resolution keeps working while the agent restarts).
-func WorkloadFlows(w Workload) []*openflow.FlowMod {
+// flows (so resolution keeps working while the agent restarts). Its traffic
+// to its tenant's networks that no session carries goes through conntrack
+// to the agent, which so learns whether a packet answers a connection made
+// earlier; its traffic anywhere else leaves as the server's (egress).
+func WorkloadFlows(b Bridge, w Workload) []*openflow.FlowMod {
 	c := EndpointCookie(w.OFPort)
 	in := openflow.InPort(w.OFPort)
 	mac := openflow.EthSrc(w.MAC)
-	return []*openflow.FlowMod{
+	fs := []*openflow.FlowMod{
 		flow(Classifier, prioEndpoint, c, []openflow.Field{in}, gotoTable(SpoofGuard)),
 		flow(SpoofGuard, prioEndpoint, c, []openflow.Field{in, mac, ipv4, openflow.IPv4Src(w.IP)}, gotoTable(SessionOut)),
 		flow(SpoofGuard, prioEndpoint, c, []openflow.Field{in, mac, arp, openflow.ARPSpa(w.IP), openflow.ARPSha(w.MAC)}, gotoTable(ARPResponder)),
@@ -232,6 +320,27 @@ func WorkloadFlows(w Workload) []*openflow.FlowMod {
 			output(openflow.PortInPort),
 		)),
 	}
+	for _, n := range w.Nets {
+		fs = append(fs, flow(SessionOut, prioTenantNet, c, []openflow.Field{in, ipv4, openflow.IPv4DstPrefix(n)},
+			apply(ct(false, w.Zone, AskAgent, nil))))
+	}
+	if b.RouterMAC != nil {
+		internal := InternalAddr(w.OFPort)
+		fs = append(fs,
+			flow(SessionOut, prioEgress, c, []openflow.Field{in, ipv4}, apply(
+				set(openflow.IPv4Src(internal)),
+				ct(true, EgressZone, noTable, &openflow.NXNat{
+					Flags: openflow.NXNatSrc, IPv4Min: b.DataIP, IPv4Max: b.DataIP,
+					ProtoMin: NATPortBase, ProtoMax: NATPortBase | ^NATPortMask,
+				}),
+				set(openflow.EthSrc(b.DataMAC)), set(openflow.EthDst(b.RouterMAC)),
+				output(b.Uplink))),
+			flow(EgressIn, prioEndpoint, c, []openflow.Field{ipv4, openflow.IPv4Dst(internal)}, apply(
+				set(openflow.EthSrc(GatewayMAC)), set(openflow.EthDst(w.MAC)),
+				set(openflow.IPv4Dst(w.IP)), output(w.OFPort))),
+		)
+	}
+	return fs
 }
 
 // DeleteByCookie removes every flow whose cookie matches c under mask.
@@ -283,16 +392,24 @@ func SessionFlows(b Bridge, s session.Session) ([]*openflow.FlowMod, error) {
 	toClient := func(in uint32) []openflow.Field {
 		return []openflow.Field{openflow.InPort(in), ipv4, openflow.IPv4Src(sv.IP), openflow.IPv4Dst(cl.IP), proto, src(s.Port)}
 	}
+	// The server workload's end tracks its connections in the tenant's
+	// zone, so that after a session idled out the agent still knows a
+	// packet the server sends as the answer of an allowed connection.
+	track := []openflow.Action{}
+	if s.Role != session.RoleClient {
+		track = append(track, ct(true, s.Zone, noTable, nil))
+	}
 	deliver := func(to session.Endpoint, rewrites ...openflow.Action) openflow.Instruction {
 		as := append([]openflow.Action{set(openflow.EthSrc(GatewayMAC)), set(openflow.EthDst(to.MAC))}, rewrites...)
+		as = append(as, track...)
 		return apply(append(as, output(to.OFPort))...)
 	}
 	// Out of this server: the frame becomes a plain server-to-server packet.
 	toPeer := func(l4 openflow.Field) openflow.Instruction {
-		return apply(
+		return apply(append(slices.Clone(track),
 			set(openflow.EthSrc(b.DataMAC)), set(openflow.EthDst(s.Peer.NextHop)),
 			set(openflow.IPv4Src(b.DataIP)), set(openflow.IPv4Dst(s.Peer.IP)),
-			set(l4), output(b.Uplink))
+			set(l4), output(b.Uplink))...)
 	}
 	// Into this server from the peer, as the underlay carries it.
 	fromPeer := func(l4 openflow.Field) []openflow.Field {
@@ -352,4 +469,49 @@ func Deny(b Bridge, from uint32, t session.Tuple) *openflow.FlowMod {
 	f := flow(SessionOut, prioDeny, DenyCookie(from), m)
 	f.HardTimeout = b.DenyTimeout
 	return f
+}
+
+// PortMap exposes a workload's port on the server's data address.
+type PortMap struct {
+	Proto      session.Proto
+	Port       uint16 // on the server's data address
+	Target     Workload
+	TargetPort uint16
+}
+
+// PortMapCookie names a port map's flows.
+func PortMapCookie(p session.Proto, port uint16) Cookie {
+	return FeatureCookie(FeaturePortMap) | Cookie(protoCodes[p])<<16 | Cookie(port)
+}
+
+// PortMapFlows expose pm.Target's port: what reaches the server's address
+// on pm.Port goes to the workload with the client's address unchanged, and
+// the workload's answers leave from the server's address and pm.Port. The
+// answers to its tenant's networks are not port-map traffic: they keep
+// asking the agent, as any of the workload's tenant traffic does.
+func PortMapFlows(b Bridge, pm PortMap) ([]*openflow.FlowMod, error) {
+	if !pm.Proto.HasPorts() {
+		return nil, fmt.Errorf("pipeline: port maps are for tcp and udp, not %s", pm.Proto)
+	}
+	if b.RouterMAC == nil {
+		return nil, fmt.Errorf("pipeline: a port map needs the underlay router (--underlay-gateway)")
+	}
+	c := PortMapCookie(pm.Proto, pm.Port)
+	src, dst := l4(pm.Proto)
+	proto := openflow.IPProto(uint8(pm.Proto))
+	w := pm.Target
+	fromW := []openflow.Field{openflow.InPort(w.OFPort), ipv4, openflow.IPv4Src(w.IP), proto, src(pm.TargetPort)}
+	fs := []*openflow.FlowMod{
+		flow(SessionIn, prioPortMap, c, []openflow.Field{openflow.InPort(b.Uplink), ipv4, openflow.IPv4Dst(b.DataIP), proto, dst(pm.Port)}, apply(
+			set(openflow.EthSrc(GatewayMAC)), set(openflow.EthDst(w.MAC)),
+			set(openflow.IPv4Dst(w.IP)), set(dst(pm.TargetPort)), output(w.OFPort))),
+		flow(SessionOut, prioPortMapRply, c, fromW, apply(
+			set(openflow.IPv4Src(b.DataIP)), set(src(pm.Port)),
+			set(openflow.EthSrc(b.DataMAC)), set(openflow.EthDst(b.RouterMAC)), output(b.Uplink))),
+	}
+	for _, n := range w.Nets {
+		fs = append(fs, flow(SessionOut, prioPortMapRply+1, c, append(slices.Clone(fromW), openflow.IPv4DstPrefix(n)),
+			apply(ct(false, w.Zone, AskAgent, nil))))
+	}
+	return fs, nil
 }

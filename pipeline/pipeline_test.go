@@ -58,7 +58,7 @@ func clientHalf(p session.Proto) session.Session {
 
 func serverHalf(p session.Proto) session.Session {
 	return session.Session{
-		Tuple: tuple(p), Role: session.RoleServer, Key: key,
+		Tuple: tuple(p), Role: session.RoleServer, Key: key, Zone: 7,
 		Local:  session.Endpoint{IP: ipS, MAC: macS, OFPort: wlS.OFPort},
 		Remote: session.Endpoint{IP: ipC},
 		Peer:   session.Peer{Name: "a", IP: ipA, NextHop: macA},
@@ -67,7 +67,7 @@ func serverHalf(p session.Proto) session.Session {
 
 func localSession(p session.Proto) session.Session {
 	return session.Session{
-		Tuple: tuple(p), Role: session.RoleLocal,
+		Tuple: tuple(p), Role: session.RoleLocal, Zone: 7,
 		Local:  session.Endpoint{IP: ipC, MAC: macC, OFPort: wlC.OFPort},
 		Remote: session.Endpoint{IP: ipS, MAC: macS, OFPort: wlS.OFPort},
 	}
@@ -90,15 +90,15 @@ func TestSessionFlows(t *testing.T) {
 		}},
 		{"B in/out, udp", brB, serverHalf(session.UDP), [][3]string{
 			{"session-in", "in_port=1,udp,nw_src=192.0.2.1,nw_dst=192.0.2.2,udp_dst=61447",
-				"set_field:02:00:00:4e:56:49->eth_src,set_field:02:aa:00:00:00:03->eth_dst,set_field:10.1.0.2->ip_src,set_field:10.1.0.3->ip_dst,set_field:80->udp_dst,output:20"},
+				"set_field:02:00:00:4e:56:49->eth_src,set_field:02:aa:00:00:00:03->eth_dst,set_field:10.1.0.2->ip_src,set_field:10.1.0.3->ip_dst,set_field:80->udp_dst,ct(commit,zone=7),output:20"},
 			{"session-out", "in_port=20,udp,nw_src=10.1.0.3,nw_dst=10.1.0.2,udp_src=80",
-				"set_field:02:00:c0:00:02:02->eth_src,set_field:02:00:c0:00:02:01->eth_dst,set_field:192.0.2.2->ip_src,set_field:192.0.2.1->ip_dst,set_field:61447->udp_src,output:1"},
+				"ct(commit,zone=7),set_field:02:00:c0:00:02:02->eth_src,set_field:02:00:c0:00:02:01->eth_dst,set_field:192.0.2.2->ip_src,set_field:192.0.2.1->ip_dst,set_field:61447->udp_src,output:1"},
 		}},
 		{"same server, MACs only", brA, localSession(session.TCP), [][3]string{
 			{"session-out", "in_port=10,tcp,nw_src=10.1.0.2,nw_dst=10.1.0.3,tcp_dst=80",
-				"set_field:02:00:00:4e:56:49->eth_src,set_field:02:aa:00:00:00:03->eth_dst,output:20"},
+				"set_field:02:00:00:4e:56:49->eth_src,set_field:02:aa:00:00:00:03->eth_dst,ct(commit,zone=7),output:20"},
 			{"session-out", "in_port=20,tcp,nw_src=10.1.0.3,nw_dst=10.1.0.2,tcp_src=80",
-				"set_field:02:00:00:4e:56:49->eth_src,set_field:02:aa:00:00:00:02->eth_dst,output:10"},
+				"set_field:02:00:00:4e:56:49->eth_src,set_field:02:aa:00:00:00:02->eth_dst,ct(commit,zone=7),output:10"},
 		}},
 	}
 	for _, tt := range tests {
@@ -210,8 +210,8 @@ func sameSession(a, b session.Session) bool {
 // pipelines and the session installed.
 func bridges(t *testing.T, p session.Proto) (*flowsim.Switch, *flowsim.Switch) {
 	t.Helper()
-	a := append(BaseFlows(brA), WorkloadFlows(wlC)...)
-	b := append(BaseFlows(brB), WorkloadFlows(wlS)...)
+	a := append(BaseFlows(brA), WorkloadFlows(brA, wlC)...)
+	b := append(BaseFlows(brB), WorkloadFlows(brB, wlS)...)
 	if p.HasPorts() {
 		ca, err := SessionFlows(brA, clientHalf(p))
 		if err != nil {
@@ -319,7 +319,7 @@ func TestLocalTranslation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sw, err := flowsim.New(append(append(BaseFlows(brA), WorkloadFlows(wlC)...), append(WorkloadFlows(wlS), fms...)...)...)
+	sw, err := flowsim.New(append(append(BaseFlows(brA), WorkloadFlows(brA, wlC)...), append(WorkloadFlows(brB, wlS), fms...)...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,7 +373,7 @@ func TestBasePipeline(t *testing.T) {
 
 func TestDenyFlowDrops(t *testing.T) {
 	tu := tuple(session.TCP)
-	sw, err := flowsim.New(append(append(BaseFlows(brA), WorkloadFlows(wlC)...), Deny(brA, wlC.OFPort, tu))...)
+	sw, err := flowsim.New(append(append(BaseFlows(brA), WorkloadFlows(brA, wlC)...), Deny(brA, wlC.OFPort, tu))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,7 +394,7 @@ func TestDenyFlowDrops(t *testing.T) {
 // with the gateway MAC; its own address is not answered; forged ARP is
 // dropped.
 func TestARPResponder(t *testing.T) {
-	sw, err := flowsim.New(append(BaseFlows(brA), WorkloadFlows(wlC)...)...)
+	sw, err := flowsim.New(append(BaseFlows(brA), WorkloadFlows(brA, wlC)...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -516,9 +516,18 @@ func TestBridgeValidate(t *testing.T) {
 // one). Every such pair in a full pipeline must be disjoint: some field both
 // match on must disagree under both masks.
 func TestNoAmbiguousFlows(t *testing.T) {
-	wl2 := Workload{OFPort: 11, MAC: mustMAC("02:aa:00:00:00:09"), IP: netip.MustParseAddr("10.1.0.9")}
-	flows := append(BaseFlows(brA), WorkloadFlows(wlC)...)
-	flows = append(flows, WorkloadFlows(wl2)...)
+	br := withWay(brA)
+	wl2 := tenantWorkload(Workload{OFPort: 11, MAC: mustMAC("02:aa:00:00:00:09"), IP: netip.MustParseAddr("10.1.0.9")})
+	wl2.Nets = append(wl2.Nets, netip.MustParsePrefix("10.2.0.0/24"))
+	flows := append(BaseFlows(br), WorkloadFlows(br, tenantWorkload(wlC))...)
+	flows = append(flows, WorkloadFlows(br, wl2)...)
+	for _, p := range []uint16{8080, 8081} {
+		pm, err := PortMapFlows(br, PortMap{Proto: session.TCP, Port: p, Target: wl2, TargetPort: p - 8000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		flows = append(flows, pm...)
+	}
 	local := localSession(session.TCP)
 	local.Port = 81 // one tuple is either a local or a cross-server session, never both
 	for _, s := range []session.Session{clientHalf(session.TCP), clientHalf(session.UDP), local} {
@@ -638,5 +647,134 @@ func TestTranslateError(t *testing.T) {
 	out := step(brA, c, fragNeeded, true, quoted{router, ipC, ipC, ipS, sport, 80, wlC.OFPort})
 	if f, _ := packet.Parse(out); f.ICMPNextHopMTU() != 1400 {
 		t.Fatalf("next-hop MTU became %d", f.ICMPNextHopMTU())
+	}
+}
+
+var (
+	routerMAC = mustMAC("02:00:c0:00:02:fe")
+	webNet    = netip.MustParsePrefix("10.1.0.0/24")
+	outside   = netip.MustParseAddr("203.0.113.9")
+)
+
+// withWay gives a bridge a router, which turns egress and port maps on.
+func withWay(b Bridge) Bridge { b.RouterMAC = routerMAC; return b }
+
+func tenantWorkload(w Workload) Workload { w.Zone, w.Nets = 7, []netip.Prefix{webNet}; return w }
+
+// TestReplyAfterSessionEnded: the server's end tracks connections, so once
+// a session's flows are gone, a packet the server sends in answer reaches
+// the agent marked as a reply of an established connection, and a packet
+// that starts something new does not.
+func TestReplyAfterSessionEnded(t *testing.T) {
+	s := tenantWorkload(wlS)
+	half := serverHalf(session.TCP)
+	fms, err := SessionFlows(brB, half)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sw, err := flowsim.New(append(append(BaseFlows(brB), WorkloadFlows(brB, s)...), fms...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const sport = 40500
+	pl := []byte("x")
+	one(t, sw, brB.Uplink, frame(t, session.TCP, macA, macB, ipA, ipB, sport, key, pl), want{wlS.OFPort, GatewayMAC, macS, ipC, ipS, sport, 80}, pl)
+	sw.Delete(uint64(SessionCookie(half)), uint64(FullMask)) // the session idled out
+	res, err := sw.Run(wlS.OFPort, frame(t, session.TCP, macS, GatewayMAC, ipS, ipC, 80, sport, pl))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Punted || res.CtState&openflow.CtStateRpl == 0 || res.CtState&openflow.CtStateEst == 0 {
+		t.Fatalf("the server's answer: punted %v with ct_state %#x, want a punt marked est+rpl", res.Punted, res.CtState)
+	}
+	res, _ = sw.Run(wlS.OFPort, frame(t, session.TCP, macS, GatewayMAC, ipS, ipC, 5000, 22, pl))
+	if !res.Punted || res.CtState&openflow.CtStateNew == 0 {
+		t.Fatalf("a new connection from the server: punted %v with ct_state %#x, want new", res.Punted, res.CtState)
+	}
+}
+
+// TestEgress: traffic to outside every tenant network leaves with the
+// server's address and a NAT port; the answer comes back to the workload.
+// Two tenants' workloads with one address never mix up their answers.
+func TestEgress(t *testing.T) {
+	br := withWay(brA)
+	c := tenantWorkload(wlC)
+	twin := tenantWorkload(Workload{OFPort: 11, MAC: mustMAC("02:bb:00:00:00:02"), IP: ipC}) // same address, other tenant
+	twin.Zone = 8
+	sw, err := flowsim.New(append(append(BaseFlows(br), WorkloadFlows(br, c)...), WorkloadFlows(br, twin)...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl := []byte("GET /")
+	const sport = 43000
+	run := func(w Workload) uint16 {
+		t.Helper()
+		res, err := sw.Run(w.OFPort, frame(t, session.TCP, w.MAC, GatewayMAC, ipC, outside, sport, 443, pl))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Outputs) != 1 || res.Outputs[0].Port != br.Uplink {
+			t.Fatalf("egress: %+v", res)
+		}
+		f, _ := packet.Parse(res.Outputs[0].Frame)
+		if err := packet.Verify(f.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		if f.IPv4Src() != br.DataIP || f.IPv4Dst() != outside || f.L4Src()&NATPortMask != NATPortBase || f.L4Dst() != 443 ||
+			!bytes.Equal(f.EthSrc(), br.DataMAC) || !bytes.Equal(f.EthDst(), routerMAC) {
+			t.Fatalf("egress left as %s:%d -> %s:%d, %s -> %s", f.IPv4Src(), f.L4Src(), f.IPv4Dst(), f.L4Dst(), f.EthSrc(), f.EthDst())
+		}
+		return f.L4Src()
+	}
+	natC, natTwin := run(c), run(twin)
+	if natC == natTwin {
+		t.Fatalf("both workloads got NAT port %d", natC)
+	}
+	for _, tc := range []struct {
+		w   Workload
+		nat uint16
+	}{{c, natC}, {twin, natTwin}} {
+		one(t, sw, br.Uplink, frame(t, session.TCP, routerMAC, br.DataMAC, outside, br.DataIP, 443, tc.nat, pl),
+			want{tc.w.OFPort, GatewayMAC, tc.w.MAC, outside, ipC, 443, sport}, pl)
+	}
+	// The tenant's own networks are not egress: they ask the agent.
+	res, _ := sw.Run(c.OFPort, frame(t, session.TCP, macC, GatewayMAC, ipC, netip.MustParseAddr("10.1.0.77"), sport, 80, pl))
+	if !res.Punted || len(res.Outputs) != 0 {
+		t.Fatalf("traffic to the tenant's network: %+v", res)
+	}
+	// Host traffic on a NAT port that conntrack does not know reaches the host untouched.
+	host := frame(t, session.UDP, routerMAC, br.DataMAC, outside, br.DataIP, 53, NATPortBase+9, pl)
+	res, _ = sw.Run(br.Uplink, host)
+	if len(res.Outputs) != 1 || res.Outputs[0].Port != openflow.PortLocal || !bytes.Equal(res.Outputs[0].Frame, host) {
+		t.Fatalf("host traffic on a NAT port: %+v", res)
+	}
+}
+
+// TestPortMap: a client outside reaches an exposed workload port at the
+// server's address; the workload sees the client's real address, and its
+// answer leaves from the exposed address and port.
+func TestPortMap(t *testing.T) {
+	br := withWay(brB)
+	s := tenantWorkload(wlS)
+	pm, err := PortMapFlows(br, PortMap{Proto: session.TCP, Port: 8080, Target: s, TargetPort: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sw, err := flowsim.New(append(append(BaseFlows(br), WorkloadFlows(br, s)...), pm...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl := []byte("hello")
+	one(t, sw, br.Uplink, frame(t, session.TCP, routerMAC, br.DataMAC, outside, br.DataIP, 5555, 8080, pl),
+		want{s.OFPort, GatewayMAC, macS, outside, ipS, 5555, 80}, pl)
+	one(t, sw, s.OFPort, frame(t, session.TCP, macS, GatewayMAC, ipS, outside, 80, 5555, pl),
+		want{br.Uplink, br.DataMAC, routerMAC, br.DataIP, outside, 8080, 5555}, pl)
+	// Its answers inside the tenant are tenant traffic, not port-map traffic.
+	res, _ := sw.Run(s.OFPort, frame(t, session.TCP, macS, GatewayMAC, ipS, ipC, 80, 5555, pl))
+	if !res.Punted || len(res.Outputs) != 0 {
+		t.Fatalf("tenant traffic from the mapped port: %+v", res)
+	}
+	if _, err := PortMapFlows(brB, PortMap{Proto: session.TCP, Port: 8080, Target: s, TargetPort: 80}); err == nil {
+		t.Error("a port map without a router was accepted")
 	}
 }

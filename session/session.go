@@ -150,6 +150,7 @@ type Peer struct {
 // and Remote the server, both on this server, and Key and Peer are unused.
 type Session struct {
 	Tuple
+	Zone   uint16   `json:"zone,omitempty"` // the tenant's conntrack zone
 	Role   Role     `json:"role"`
 	Local  Endpoint `json:"local"`
 	Remote Endpoint `json:"remote"`

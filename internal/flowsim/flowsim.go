@@ -17,14 +17,32 @@ import (
 	"nvi/packet"
 )
 
-// Switch is a flow table set.
+// Switch is a flow table set, with a small connection tracker.
 type Switch struct {
 	tables map[uint8][]*openflow.FlowMod
+	conns  map[connKey]*conn // by original direction
+	nats   map[connKey]connKey
+	// ctState is the state conntrack gave the frame being run.
+	ctState uint32
 }
+
+// connKey is a connection's 5-tuple in one conntrack zone.
+type connKey struct {
+	zone             uint16
+	proto            uint8
+	src, dst         netip.Addr
+	srcPort, dstPort uint16
+}
+
+func (k connKey) reverse() connKey {
+	return connKey{k.zone, k.proto, k.dst, k.src, k.dstPort, k.srcPort}
+}
+
+type conn struct{}
 
 // New makes a switch holding flows (all FlowAdd).
 func New(flows ...*openflow.FlowMod) (*Switch, error) {
-	s := &Switch{tables: map[uint8][]*openflow.FlowMod{}}
+	s := &Switch{tables: map[uint8][]*openflow.FlowMod{}, conns: map[connKey]*conn{}, nats: map[connKey]connKey{}}
 	return s, s.Add(flows...)
 }
 
@@ -46,6 +64,14 @@ func (s *Switch) Add(flows ...*openflow.FlowMod) error {
 	return nil
 }
 
+// Delete removes every flow whose cookie matches c under mask, as a
+// non-strict OpenFlow delete does. Conntrack state stays.
+func (s *Switch) Delete(c, mask uint64) {
+	for t, fs := range s.tables {
+		s.tables[t] = slices.DeleteFunc(fs, func(f *openflow.FlowMod) bool { return f.Cookie&mask == c&mask })
+	}
+}
+
 // Output is one copy of the frame leaving the switch.
 type Output struct {
 	Port  uint32
@@ -61,12 +87,14 @@ type Result struct {
 	Dropped bool     // no output and no punt
 	Punted  bool     // sent to the controller
 	Meter   uint32   // meter applied, if any
+	CtState uint32   // conntrack state when it was punted (0: never tracked)
 }
 
 // Run sends frame into the switch on port inPort. The frame is copied.
 func (s *Switch) Run(inPort uint32, frame []byte) (Result, error) {
 	b := slices.Clone(frame)
 	var res Result
+	s.ctState = 0
 	table := uint8(0)
 	for hops := 0; hops < 32; hops++ {
 		f, err := packet.Parse(b)
@@ -86,7 +114,19 @@ func (s *Switch) Run(inPort uint32, frame []byte) (Result, error) {
 		for _, ins := range fl.Instructions {
 			switch ins := ins.(type) {
 			case openflow.InstructionApplyActions:
-				for _, a := range ins.Actions {
+				for i, a := range ins.Actions {
+					if ct, ok := a.(openflow.NXConntrack); ok {
+						if err := s.track(ct, &f); err != nil {
+							return res, err
+						}
+						if ct.RecircTable != openflow.NXCtRecircNone {
+							if i != len(ins.Actions)-1 {
+								return res, errors.New("flowsim: actions after ct(table=...) not simulated")
+							}
+							next = int(ct.RecircTable)
+						}
+						continue
+					}
 					if err := s.act(a, inPort, &f, &res); err != nil {
 						return res, err
 					}
@@ -113,7 +153,7 @@ func (s *Switch) Run(inPort uint32, frame []byte) (Result, error) {
 
 func (s *Switch) lookup(table uint8, inPort uint32, f *packet.Frame) (*openflow.FlowMod, error) {
 	for _, fl := range s.tables[table] {
-		ok, err := matches(fl.Match, inPort, f)
+		ok, err := matches(fl.Match, inPort, s.ctState, f)
 		if err != nil {
 			return nil, fmt.Errorf("flowsim: table %d priority %d: %w", table, fl.Priority, err)
 		}
@@ -130,6 +170,7 @@ func (s *Switch) act(a openflow.Action, inPort uint32, f *packet.Frame, res *Res
 		switch a.Port {
 		case openflow.PortController:
 			res.Punted = true
+			res.CtState = s.ctState
 		case openflow.PortInPort:
 			res.Outputs = append(res.Outputs, Output{Port: inPort, Frame: slices.Clone(f.Bytes()), Path: slices.Clone(res.Path)})
 		default:
@@ -145,7 +186,7 @@ func (s *Switch) act(a openflow.Action, inPort uint32, f *packet.Frame, res *Res
 		if a.SrcOfs != 0 || a.DstOfs != 0 {
 			return fmt.Errorf("flowsim: partial register moves are not simulated")
 		}
-		v, ok := get(f, inPort, a.Src)
+		v, ok := get(f, inPort, s.ctState, a.Src)
 		if !ok {
 			return fmt.Errorf("flowsim: move from %v: field absent", a.Src)
 		}
@@ -158,7 +199,7 @@ func (s *Switch) act(a openflow.Action, inPort uint32, f *packet.Frame, res *Res
 }
 
 // get reads a field from the frame as a Field value.
-func get(f *packet.Frame, inPort uint32, id openflow.FieldID) (openflow.Field, bool) {
+func get(f *packet.Frame, inPort uint32, ctState uint32, id openflow.FieldID) (openflow.Field, bool) {
 	ip := f.EthType() == packet.EtherTypeIPv4
 	arp := f.EthType() == packet.EtherTypeARP
 	proto := uint8(0)
@@ -203,6 +244,8 @@ func get(f *packet.Frame, inPort uint32, id openflow.FieldID) (openflow.Field, b
 		return openflow.ARPSha(f.ARPSHA()), arp
 	case openflow.IDARPTha:
 		return openflow.ARPTha(f.ARPTHA()), arp
+	case openflow.IDCtState:
+		return openflow.CtState(ctState, ^uint32(0)), true
 	}
 	return openflow.Field{}, false
 }
@@ -210,9 +253,9 @@ func get(f *packet.Frame, inPort uint32, id openflow.FieldID) (openflow.Field, b
 // matches applies OpenFlow's rule: every field present must equal the
 // frame's under its mask; a field whose prerequisites the frame lacks does
 // not match.
-func matches(m openflow.Match, inPort uint32, f *packet.Frame) (bool, error) {
+func matches(m openflow.Match, inPort, ctState uint32, f *packet.Frame) (bool, error) {
 	for _, want := range m.Fields {
-		have, ok := get(f, inPort, want.ID())
+		have, ok := get(f, inPort, ctState, want.ID())
 		if !ok {
 			if _, known := openflow.FieldSize(want.ID()); !known || !simulated[want.ID()] {
 				return false, fmt.Errorf("match on %v not simulated", want.ID())
@@ -241,6 +284,84 @@ var simulated = map[openflow.FieldID]bool{
 	openflow.IDTCPSrc: true, openflow.IDTCPDst: true, openflow.IDUDPSrc: true, openflow.IDUDPDst: true,
 	openflow.IDICMPv4Type: true, openflow.IDICMPv4Code: true,
 	openflow.IDARPOp: true, openflow.IDARPSpa: true, openflow.IDARPTpa: true, openflow.IDARPSha: true, openflow.IDARPTha: true,
+	openflow.IDCtState: true,
+}
+
+// track runs the connection tracker: it sets the conntrack state the rest
+// of the pipeline sees, commits connections, and applies source NAT on
+// commit and its reversal on an empty nat() — enough of Open vSwitch's
+// conntrack for NVI's flows, deterministic (NAT takes the lowest port).
+func (s *Switch) track(ct openflow.NXConntrack, f *packet.Frame) error {
+	if ct.ZoneSrc != (openflow.FieldID{}) {
+		return errors.New("flowsim: ct zones from fields not simulated")
+	}
+	if f.EthType() != packet.EtherTypeIPv4 {
+		s.ctState = openflow.CtStateTrk | openflow.CtStateInv
+		return nil
+	}
+	k := connKey{zone: ct.ZoneImm, proto: f.IPProto(), src: f.IPv4Src(), dst: f.IPv4Dst()}
+	hasPorts := f.L4() != nil && (k.proto == packet.ProtoTCP || k.proto == packet.ProtoUDP)
+	if hasPorts {
+		k.srcPort, k.dstPort = f.L4Src(), f.L4Dst()
+	} else if k.proto == packet.ProtoICMP && f.L4() != nil && !f.IsICMPError() {
+		k.srcPort, k.dstPort = f.ICMPID(), f.ICMPID()
+	}
+	var nat *openflow.NXNat
+	for _, a := range ct.Actions {
+		if n, ok := a.(openflow.NXNat); ok {
+			nat = &n
+		}
+	}
+	switch {
+	case s.conns[k] != nil:
+		s.ctState = openflow.CtStateTrk | openflow.CtStateEst
+	case s.conns[k.reverse()] != nil:
+		s.ctState = openflow.CtStateTrk | openflow.CtStateEst | openflow.CtStateRpl
+	default:
+		s.ctState = openflow.CtStateTrk | openflow.CtStateNew
+	}
+	if orig, ok := s.nats[k]; ok && nat != nil && nat.Flags == 0 {
+		// A reply to a NATed connection: give it back its original
+		// destination.
+		if err := f.SetIPv4Dst(orig.src); err != nil {
+			return err
+		}
+		if hasPorts {
+			return f.SetL4Dst(orig.srcPort)
+		}
+		return nil
+	}
+	if ct.Flags&openflow.NXCtCommit == 0 || s.ctState&openflow.CtStateNew == 0 {
+		return nil
+	}
+	s.conns[k] = &conn{}
+	if nat == nil || nat.Flags&openflow.NXNatSrc == 0 {
+		return nil
+	}
+	translated := k
+	translated.src = nat.IPv4Min
+	if err := f.SetIPv4Src(nat.IPv4Min); err != nil {
+		return err
+	}
+	if hasPorts {
+		// The lowest port in the range that no connection to the same
+		// destination uses yet.
+		port := nat.ProtoMin
+		for ; port < nat.ProtoMax; port++ {
+			try := translated
+			try.srcPort = port
+			if s.conns[try] == nil {
+				break
+			}
+		}
+		translated.srcPort = port
+		if err := f.SetL4Src(port); err != nil {
+			return err
+		}
+	}
+	s.nats[translated.reverse()] = k
+	s.conns[translated] = &conn{}
+	return nil
 }
 
 // set writes a field into the frame; the packet package keeps checksums
