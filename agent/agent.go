@@ -129,6 +129,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.sw.waitConnected(ctx); err != nil {
 		return err
 	}
+	a.findRouter(ctx)
 	if err := a.register(ctx); err != nil {
 		return err
 	}
@@ -203,11 +204,33 @@ func (a *Agent) setupBridge(ctx context.Context) error {
 	}
 	a.br.Uplink = uint32(port)
 	if a.cfg.ConfigIP {
-		if err := configureDataIP(ctx, a.cfg.Bridge, a.cfg.DataIP); err != nil {
+		if err := configureDataIP(ctx, a.cfg.Bridge, a.cfg.DataIP, a.cfg.Gateway); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// findRouter resolves the underlay router once the bridge forwards the
+// host's traffic, and then turns on what needs it: egress and port maps.
+func (a *Agent) findRouter(ctx context.Context) {
+	if !a.cfg.Gateway.IsValid() {
+		return
+	}
+	mac, err := resolveNeighbour(ctx, a.cfg.Gateway)
+	if err != nil {
+		a.log.Warn("underlay router unresolved: no egress and no port maps", "gateway", a.cfg.Gateway, "err", err)
+		return
+	}
+	a.mu.Lock()
+	a.br.RouterMAC = mac
+	br := a.br
+	a.mu.Unlock()
+	a.log.Info("underlay router", "gateway", a.cfg.Gateway, "mac", mac.String())
+	msgs := append(flowMods(pipeline.BaseFlows(br)...), a.knownFlows(br)...)
+	if err := a.sw.apply(ctx, msgs...); err != nil {
+		a.log.Warn("cannot install egress flows", "err", err)
+	}
 }
 
 // uplinkPort is the OpenFlow port the agent asks for the uplink.
@@ -289,6 +312,13 @@ func (a *Agent) ready() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.registered && a.sw != nil && a.sw.connected()
+}
+
+// bridge returns the facts the flows depend on.
+func (a *Agent) bridge() pipeline.Bridge {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.br
 }
 
 // peer returns a client for a peer agent.

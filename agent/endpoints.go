@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
 	"nvi/api"
@@ -22,10 +23,12 @@ type local struct {
 	mac    net.HardwareAddr
 	ofport uint32
 	iface  string
+	zone   uint16         // its tenant's conntrack zone
+	nets   []netip.Prefix // its tenant's networks
 }
 
 func (l *local) workload() pipeline.Workload {
-	return pipeline.Workload{OFPort: l.ofport, MAC: l.mac, IP: l.ep.IP}
+	return pipeline.Workload{OFPort: l.ofport, MAC: l.mac, IP: l.ep.IP, Zone: l.zone, Nets: l.nets}
 }
 
 func (l *local) endpoint() session.Endpoint {
@@ -125,7 +128,7 @@ func (a *Agent) bind(ctx context.Context, iface string, ofport uint32, ifaceID s
 	a.locals[ofport] = l
 	a.byAddr[addrKey{ep.Tenant, ep.IP}] = l
 	a.mu.Unlock()
-	if err := a.sw.apply(ctx, flowMods(pipeline.WorkloadFlows(l.workload())...)...); err != nil && !errors.Is(err, errNoSwitch) {
+	if err := a.sw.apply(ctx, flowMods(pipeline.WorkloadFlows(a.bridge(), l.workload())...)...); err != nil && !errors.Is(err, errNoSwitch) {
 		return fmt.Errorf("installing flows: %w", err)
 	}
 	l.ep.Port = ofport

@@ -9,17 +9,23 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"time"
 
 	"nvi/directory"
 )
 
 // configureDataIP puts the server's data address on the bridge's local port,
-// where the host's own traffic enters and leaves the bridge.
-func configureDataIP(ctx context.Context, dev string, addr netip.Prefix) error {
-	for _, args := range [][]string{
+// where the host's own traffic enters and leaves the bridge, and routes the
+// host through the underlay router when there is one.
+func configureDataIP(ctx context.Context, dev string, addr netip.Prefix, gateway netip.Addr) error {
+	steps := [][]string{
 		{"addr", "replace", addr.String(), "dev", dev},
 		{"link", "set", "dev", dev, "up"},
-	} {
+	}
+	if gateway.IsValid() {
+		steps = append(steps, []string{"route", "replace", "default", "via", gateway.String(), "dev", dev})
+	}
+	for _, args := range steps {
 		if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
 			return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 		}
@@ -64,6 +70,28 @@ func (a *Agent) nextHop(peer directory.Server) (net.HardwareAddr, error) {
 		return nil, fmt.Errorf("underlay gateway %s: %w", a.cfg.Gateway, err)
 	}
 	return mac, nil
+}
+
+// resolveNeighbour finds a neighbour's MAC, making the kernel resolve it if
+// it has not yet (a datagram to the discard port does).
+func resolveNeighbour(ctx context.Context, ip netip.Addr) (net.HardwareAddr, error) {
+	var err error
+	for i := 0; i < 30; i++ {
+		var mac net.HardwareAddr
+		if mac, err = neighbourMAC(ip); err == nil {
+			return mac, nil
+		}
+		if c, derr := net.Dial("udp", netip.AddrPortFrom(ip, 9).String()); derr == nil {
+			_, _ = c.Write([]byte{0})
+			c.Close()
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil, err
 }
 
 // neighbourMAC reads the kernel's ARP table.

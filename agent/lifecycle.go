@@ -180,7 +180,7 @@ func (a *Agent) knownFlows(br pipeline.Bridge) []openflow.Message {
 	defer a.mu.Unlock()
 	var msgs []openflow.Message
 	for _, l := range a.locals {
-		msgs = append(msgs, flowMods(pipeline.WorkloadFlows(l.workload())...)...)
+		msgs = append(msgs, flowMods(pipeline.WorkloadFlows(br, l.workload())...)...)
 	}
 	for _, e := range a.sessions {
 		if e.state != established || !e.s.Proto.HasPorts() {

@@ -84,6 +84,7 @@ type State struct {
 	RunDir    string     `json:"run_dir"`
 	Subnet    string     `json:"subnet"`
 	Underlay  string     `json:"underlay"`
+	Internet  string     `json:"internet"`
 	Directory Directory  `json:"directory"`
 	Servers   []Server   `json:"servers"`
 	Workloads []Workload `json:"workloads"`

@@ -130,6 +130,50 @@ func makeUnderlay(ctx context.Context, cfg *Config, st *State) error {
 			return err
 		}
 	}
+	return makeInternet(ctx, cfg, st)
+}
+
+// InternetNet is the lab's stand-in for the internet: a namespace beyond
+// the underlay, reached through the underlay switch, which routes.
+var InternetNet = netip.MustParsePrefix("203.0.113.0/24")
+
+// InternetNetns names the internet namespace.
+func InternetNetns(prefix string) string { return prefix + "-internet" }
+
+// InternetAddr is the internet host's address in the lab.
+var InternetAddr = hostAddr(InternetNet, 2)
+
+// makeInternet puts a host beyond the underlay (a TEST-NET-3 address) and
+// makes the underlay switch its router, so that workloads can reach outside
+// and be reached from outside through their servers' addresses.
+func makeInternet(ctx context.Context, cfg *Config, st *State) error {
+	st.Internet = InternetNetns(cfg.Prefix)
+	if err := st.save(); err != nil {
+		return err
+	}
+	if netnsExists(st.Internet) {
+		return fmt.Errorf("network namespace %s already exists (a lab left over? run 'nvictl lab down')", st.Internet)
+	}
+	cfg.logf("internet: namespace %s at %s, routed by the underlay switch", st.Internet, InternetAddr)
+	router := netip.PrefixFrom(hostAddr(InternetNet, 1), InternetNet.Bits()).String()
+	steps := [][]string{
+		{"ip", "netns", "add", st.Internet},
+		{"ip", "netns", "exec", st.Internet, "ip", "link", "set", "lo", "up"},
+		{"ip", "link", "add", "wan0", "netns", st.Underlay, "type", "veth", "peer", "name", "eth0", "netns", st.Internet},
+		{"ip", "netns", "exec", st.Underlay, "ip", "addr", "add", router, "dev", "wan0"},
+		{"ip", "netns", "exec", st.Underlay, "ip", "link", "set", "wan0", "up"},
+		{"ip", "netns", "exec", st.Underlay, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"},
+		{"ip", "netns", "exec", st.Internet, "ip", "addr", "add", netip.PrefixFrom(InternetAddr, InternetNet.Bits()).String(), "dev", "eth0"},
+		{"ip", "netns", "exec", st.Internet, "ip", "link", "set", "eth0", "up"},
+		{"ip", "netns", "exec", st.Internet, "ip", "route", "add", "default", "via", hostAddr(InternetNet, 1).String()},
+		{"ip", "netns", "exec", st.Underlay, "ethtool", "-K", "wan0", "tx", "off"},
+		{"ip", "netns", "exec", st.Internet, "ethtool", "-K", "eth0", "tx", "off"},
+	}
+	for _, s := range steps {
+		if _, err := run(ctx, s[0], s[1:]...); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -248,6 +292,7 @@ func makeServer(ctx context.Context, cfg *Config, st *State, n int, nvid string)
 		"--ovs-rundir", sv.Dir,
 		"--socket", sv.Socket,
 		"--peer-listen", netip.AddrPortFrom(sv.DataIP, PeerPort).String(),
+		"--underlay-gateway", lastHost(cfg.Subnet).String(),
 		"--etcd", strings.Join(st.Directory.Endpoints, ","),
 	}
 	args = append(append([]string{nvid}, args...), cfg.AgentArgs...)

@@ -49,7 +49,7 @@ func AddWorkload(ctx context.Context, prefix string, spec WorkloadSpec) (w Workl
 	if !workloadRe.MatchString(spec.Name) {
 		return w, fmt.Errorf("workload name %q: want 1-31 lowercase letters, digits, '-', '_' or '.'", spec.Name)
 	}
-	if spec.Name == UnderlayNetns(prefix) || regexp.MustCompile(`^`+prefix+`-s[0-9]+$`).MatchString(spec.Name) {
+	if spec.Name == UnderlayNetns(prefix) || spec.Name == InternetNetns(prefix) || regexp.MustCompile(`^`+prefix+`-s[0-9]+$`).MatchString(spec.Name) {
 		return w, fmt.Errorf("workload name %q is the name of one of the lab's own namespaces", spec.Name)
 	}
 	unlock, err := lock(prefix)
