@@ -36,6 +36,7 @@ type Agent struct {
 	locals     map[uint32]*local  // bound workloads by OpenFlow port
 	byAddr     map[addrKey]*local // ... by tenant and address
 	sessions   map[session.Tuple]*entry
+	tenants    map[string]*tenant
 	byWire     map[wireKey]*entry // cross-server sessions as the underlay names them
 	punts      map[netip.Addr]int // ICMP sessions per peer, for the punt flow
 	keys       *session.KeyPool
@@ -70,6 +71,7 @@ func New(cfg Config) (*Agent, error) {
 		locals:   map[uint32]*local{},
 		byAddr:   map[addrKey]*local{},
 		sessions: map[session.Tuple]*entry{},
+		tenants:  map[string]*tenant{},
 		byWire:   map[wireKey]*entry{},
 		punts:    map[netip.Addr]int{},
 		keys:     session.NewKeyPool(cfg.KeyRange, cfg.KeyRest),

@@ -119,7 +119,11 @@ func (a *Agent) bind(ctx context.Context, iface string, ofport uint32, ifaceID s
 	if err != nil {
 		return fmt.Errorf("endpoint %s: bad MAC %q", ep.Ref(), ep.MAC)
 	}
-	l := &local{ep: ep, net: nw, mac: mac, ofport: ofport, iface: iface}
+	ten, err := a.tenantOf(ctx, ep.Tenant)
+	if err != nil {
+		return err
+	}
+	l := &local{ep: ep, net: nw, mac: mac, ofport: ofport, iface: iface, zone: ten.zone, nets: ten.nets}
 	a.mu.Lock()
 	if other := a.byAddr[addrKey{ep.Tenant, ep.IP}]; other != nil && other.ofport != ofport {
 		a.mu.Unlock()

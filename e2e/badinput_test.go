@@ -201,8 +201,8 @@ func TestBadInput(t *testing.T) {
 		var st struct {
 			Directory struct{ PID int } `json:"directory"`
 		}
-		if err := json.Unmarshal([]byte(l.must("lab", "status", "-o", "json")), &st); err != nil || st.Directory.PID == 0 {
-			t.Fatalf("no directory pid in the lab state: %v", err)
+		if l.state(&st); st.Directory.PID == 0 {
+			t.Fatalf("no directory pid in the lab state")
 		}
 		w3 := l.workload(n("w3"), "s2", "acme/web")
 		if err := syscall.Kill(st.Directory.PID, syscall.SIGSTOP); err != nil {

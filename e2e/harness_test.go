@@ -166,7 +166,10 @@ func (l *Lab) workload(name, server, net string, extra ...string) Workload {
 	// Workload namespaces are global: prefix them with the lab's.
 	args := append([]string{"lab", "workload", "add", name, "--server", server, "--net", net}, extra...)
 	l.must(args...)
-	st := l.state()
+	var st struct {
+		Workloads []struct{ Name, Server, IP string }
+	}
+	l.state(&st)
 	for _, w := range st.Workloads {
 		if w.Name == name {
 			return Workload{Name: name, Server: server, IP: w.IP}
@@ -176,17 +179,12 @@ func (l *Lab) workload(name, server, net string, extra ...string) Workload {
 	return Workload{}
 }
 
-type labState struct {
-	Workloads []struct{ Name, Server, IP string }
-}
-
-func (l *Lab) state() labState {
+// state reads the lab's state into v.
+func (l *Lab) state(v any) {
 	l.t.Helper()
-	var st labState
-	if err := json.Unmarshal([]byte(l.must("lab", "status", "-o", "json")), &st); err != nil {
+	if err := json.Unmarshal([]byte(l.must("lab", "status", "-o", "json")), v); err != nil {
 		l.t.Fatalf("lab status: %v", err)
 	}
-	return st
 }
 
 // Session is a session as nvictl lists it.

@@ -320,10 +320,7 @@ func WorkloadFlows(b Bridge, w Workload) []*openflow.FlowMod {
 			output(openflow.PortInPort),
 		)),
 	}
-	for _, n := range w.Nets {
-		fs = append(fs, flow(SessionOut, prioTenantNet, c, []openflow.Field{in, ipv4, openflow.IPv4DstPrefix(n)},
-			apply(ct(false, w.Zone, AskAgent, nil))))
-	}
+	fs = append(fs, TenantNetFlows(w)...)
 	if b.RouterMAC != nil {
 		internal := InternalAddr(w.OFPort)
 		fs = append(fs,
@@ -469,6 +466,18 @@ func Deny(b Bridge, from uint32, t session.Tuple) *openflow.FlowMod {
 	f := flow(SessionOut, prioDeny, DenyCookie(from), m)
 	f.HardTimeout = b.DenyTimeout
 	return f
+}
+
+// TenantNetFlows send a workload's traffic toward its tenant's networks,
+// when no session carries it, through conntrack to the agent.
+func TenantNetFlows(w Workload) []*openflow.FlowMod {
+	var fs []*openflow.FlowMod
+	for _, n := range w.Nets {
+		fs = append(fs, flow(SessionOut, prioTenantNet, EndpointCookie(w.OFPort),
+			[]openflow.Field{openflow.InPort(w.OFPort), ipv4, openflow.IPv4DstPrefix(n)},
+			apply(ct(false, w.Zone, AskAgent, nil))))
+	}
+	return fs
 }
 
 // PortMap exposes a workload's port on the server's data address.
