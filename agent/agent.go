@@ -15,7 +15,6 @@ import (
 	"nvi/directory"
 	"nvi/ovsdb"
 	"nvi/pipeline"
-	"nvi/policy"
 	"nvi/session"
 )
 
@@ -28,7 +27,6 @@ type Agent struct {
 	ovs   *ovsdb.Client
 	dir   *directory.Store
 	cache *directory.Cache
-	pol   policy.Policy
 	sw    *switchConn // the OpenFlow connection to our bridge
 
 	mu         sync.Mutex

@@ -53,7 +53,7 @@ func (a *Agent) teardown(ctx context.Context, e *entry, reason string, notify bo
 	a.log.Info("session ended", "session", s.Tuple.String(), "role", s.Role, "key", s.Key, "reason", reason)
 	for _, fr := range next {
 		if f, err := packet.Parse(fr); err == nil {
-			a.fromWorkload(port, &f)
+			a.fromWorkload(port, &f, 0)
 		}
 	}
 }
@@ -287,7 +287,7 @@ func (a *Agent) adoptOne(ctx context.Context, br pipeline.Bridge, fs []pipeline.
 	if l == nil || s.Role == session.RoleLocal && rl == nil {
 		return nil, errNotBound
 	}
-	s.Tenant = l.ep.Tenant
+	s.Tenant, s.Zone = l.ep.Tenant, l.zone
 	e := &entry{s: s, state: established, created: time.Now(), act: session.NewActivity(time.Now())}
 	if s.Role == session.RoleLocal {
 		e.remoteName = rl.ep.Name

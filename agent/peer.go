@@ -7,7 +7,6 @@ import (
 
 	"nvi/api"
 	"nvi/directory"
-	"nvi/policy"
 	"nvi/session"
 )
 
@@ -51,7 +50,9 @@ func (p peerService) Accept(ctx context.Context, req api.AcceptRequest) error {
 	if sl == nil {
 		return api.Errorf(api.CodeNotFound, "no endpoint %s of tenant %s is bound on %s", t.Server, t.Tenant, a.cfg.Name)
 	}
-	if v := a.pol.Decide(policy.Request{From: subjectOf(client), To: sl.subject(), Proto: t.Proto, Port: t.Port}); !v.Allow {
+	if v, err := a.decide(ctx, subjectOf(client), sl.subject(), t); err != nil {
+		return apiError(err)
+	} else if !v.Allow {
 		return api.Errorf(api.CodeDenied, "policy: %s", v.Reason)
 	}
 	hop, err := a.nextHop(peer)
@@ -59,7 +60,7 @@ func (p peerService) Accept(ctx context.Context, req api.AcceptRequest) error {
 		return api.Errorf(api.CodeUnavailable, "%v", err)
 	}
 	s := session.Session{
-		Tuple: t, Role: session.RoleServer, Key: req.Key,
+		Tuple: t, Role: session.RoleServer, Key: req.Key, Zone: sl.zone,
 		Local:  sl.endpoint(),
 		Remote: session.Endpoint{IP: t.Client},
 		Peer:   session.Peer{Name: peer.Name, IP: peer.DataIP, NextHop: hop},
@@ -67,7 +68,11 @@ func (p peerService) Accept(ctx context.Context, req api.AcceptRequest) error {
 	e := &entry{s: s, state: establishing, created: time.Now(), peerName: peer.Name, remoteName: client.Name}
 
 	a.mu.Lock()
-	if old := a.sessions[t]; old != nil {
+	if old := a.sessions[t]; old != nil && old.reopening && old.state == establishing {
+		// The answer to our own Reopen: the held reply packets wait in it.
+		old.s, old.peerName, old.remoteName = s, e.peerName, e.remoteName
+		e = old
+	} else if old != nil {
 		if old.state == established && old.s.Role == session.RoleServer && old.s.Key == req.Key && old.s.Peer.IP == peer.DataIP {
 			a.mu.Unlock()
 			return nil // a retry of a setup we already completed
@@ -94,11 +99,52 @@ func (p peerService) Accept(ctx context.Context, req api.AcceptRequest) error {
 		_ = a.removeHalf(context.Background(), s)
 		return api.Errorf(api.CodeUnavailable, "installing flows: %v", err)
 	}
+	a.established(e)
+	return nil
+}
+
+// Reopen sets up, as its client's agent, a session that the server's end
+// saw answered after it idled out. Everything is checked as for a new
+// session: the caller must host the server workload, and policy must allow
+// the client to reach it now.
+func (p peerService) Reopen(ctx context.Context, req api.ReopenRequest) error {
+	a := p.a
+	t := req.Tuple
+	if !t.Proto.HasPorts() {
+		return api.Errorf(api.CodeInvalid, "only tcp and udp sessions are reopened")
+	}
+	if a.cache == nil {
+		return api.Errorf(api.CodeUnavailable, "the directory is not connected yet")
+	}
+	srv, err := a.cache.LookupEndpoint(ctx, t.Tenant, t.Server)
+	if err != nil {
+		return apiError(err)
+	}
+	if srv.Server != req.From {
+		return api.Errorf(api.CodeDenied, "%s (%s) lives on %s, not on %s", srv.Ref(), t.Server, srv.Server, req.From)
+	}
 	a.mu.Lock()
-	e.state = established
-	e.act = session.NewActivity(time.Now())
+	l := a.byAddr[addrKey{t.Tenant, t.Client}]
+	var e *entry
+	if l != nil && a.sessions[t] == nil {
+		e = &entry{s: session.Session{Tuple: t, Local: l.endpoint()}, state: establishing, heldPort: l.ofport, created: time.Now()}
+		a.sessions[t] = e
+	}
 	a.mu.Unlock()
-	a.log.Info("session accepted", "session", t.String(), "key", req.Key, "peer", peer.Name)
+	switch {
+	case l == nil:
+		return api.Errorf(api.CodeNotFound, "no endpoint %s of tenant %s is bound on %s", t.Client, t.Tenant, a.cfg.Name)
+	case e == nil:
+		return nil // a session for it exists or is being made already
+	}
+	if err := a.agree(ctx, e, l); err != nil {
+		a.abandon(e, l, err)
+		if errors.Is(err, errRefused) {
+			return api.Errorf(api.CodeDenied, "%v", err)
+		}
+		return api.Errorf(api.CodeUnavailable, "%v", err)
+	}
+	a.established(e)
 	return nil
 }
 

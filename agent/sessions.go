@@ -47,6 +47,12 @@ type entry struct {
 	remoteName string // the remote workload's endpoint name
 	// How long the setup's two slow steps took, for the log.
 	handshake, install time.Duration
+	// reopening: this server holds the server workload, which answered in
+	// a connection after the session idled out; the client's agent is
+	// asked to set the session up again. replyPort is the client port the
+	// answer went to.
+	reopening bool
+	replyPort uint16
 }
 
 func (e *entry) involves(l *local) bool {
@@ -81,11 +87,23 @@ func (a *Agent) handlePacketIn(pi *openflow.PacketIn) {
 		a.fromPeer(&f)
 		return
 	}
-	a.fromWorkload(port, &f)
+	var ct uint32
+	if st, ok := pi.Match.Lookup(openflow.IDCtState); ok {
+		ct = uint32(st.Uint())
+	}
+	a.fromWorkload(port, &f, ct)
+}
+
+// answersEarlier reports whether conntrack saw the packet as the reply of
+// a connection it tracked: the server's end of a session commits every
+// connection the session carries.
+func answersEarlier(ct uint32) bool {
+	const want = openflow.CtStateTrk | openflow.CtStateEst | openflow.CtStateRpl
+	return ct&want == want
 }
 
 // fromWorkload handles a packet a local workload sent that no flow matched.
-func (a *Agent) fromWorkload(port uint32, f *packet.Frame) {
+func (a *Agent) fromWorkload(port uint32, f *packet.Frame, ct uint32) {
 	a.mu.Lock()
 	l := a.locals[port]
 	a.mu.Unlock()
@@ -129,11 +147,19 @@ func (a *Agent) fromWorkload(port uint32, f *packet.Frame) {
 	default:
 		return
 	}
-	if t.Proto.HasPorts() && a.isReply(session.Tuple{Tenant: t.Tenant, Proto: t.Proto, Client: t.Server, Server: t.Client, Port: f.L4Src()}) {
-		// The reverse direction of a session this workload serves: its
-		// flows exist, the switch's cache just has not caught up with them.
-		a.resubmit(port, f.Bytes())
-		return
+	if t.Proto.HasPorts() {
+		reversed := session.Tuple{Tenant: t.Tenant, Proto: t.Proto, Client: t.Server, Server: t.Client, Port: f.L4Src()}
+		if a.isReply(reversed) {
+			// The reverse direction of a session this workload serves: its
+			// flows exist, the switch's cache just has not caught up.
+			a.resubmit(port, f.Bytes())
+			return
+		}
+		if answersEarlier(ct) {
+			// The server answers in a connection whose session idled out.
+			a.reopen(l, reversed, t.Port, f.Bytes())
+			return
+		}
 	}
 	a.submit(l, t, f.Bytes())
 }
@@ -225,12 +251,17 @@ var errRefused = errors.New("refused")
 func (a *Agent) establish(e *entry, l *local) {
 	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.SetupTimeout)
 	defer cancel()
-	start := time.Now()
-	err := a.agree(ctx, e, l)
-	if err != nil {
+	if err := a.agree(ctx, e, l); err != nil {
 		a.abandon(e, l, err)
 		return
 	}
+	a.established(e)
+}
+
+// established marks a session agreed and installed, and releases the
+// packets it held.
+func (a *Agent) established(e *entry) {
+	start := e.created
 	a.mu.Lock()
 	e.state = established
 	e.act = session.NewActivity(time.Now())
@@ -263,7 +294,10 @@ func (a *Agent) agree(ctx context.Context, e *entry, l *local) error {
 	if err != nil {
 		return err
 	}
-	v := a.pol.Decide(policy.Request{From: l.subject(), To: subjectOf(srv), Proto: t.Proto, Port: t.Port})
+	v, err := a.decide(ctx, l.subject(), subjectOf(srv), t)
+	if err != nil {
+		return err
+	}
 	if !v.Allow {
 		return fmt.Errorf("%w by policy: %s", errRefused, v.Reason)
 	}
@@ -286,7 +320,7 @@ func (a *Agent) agree(ctx context.Context, e *entry, l *local) error {
 	a.mu.Lock()
 	key, err := a.keys.Allocate(peer.DataIP, t.Proto, time.Now())
 	if err == nil {
-		e.s.Role, e.s.Key = session.RoleClient, key
+		e.s.Role, e.s.Key, e.s.Zone = session.RoleClient, key, l.zone
 		e.s.Remote = session.Endpoint{IP: srv.IP}
 		e.s.Peer = session.Peer{Name: peer.Name, IP: peer.DataIP, NextHop: hop}
 		e.peerName = peer.Name
@@ -320,7 +354,7 @@ func (a *Agent) agreeLocal(ctx context.Context, e *entry, srv directory.Endpoint
 	a.mu.Lock()
 	rl := a.byAddr[addrKey{srv.Tenant, srv.IP}]
 	if rl != nil {
-		e.s.Role = session.RoleLocal
+		e.s.Role, e.s.Zone = session.RoleLocal, rl.zone
 		e.s.Remote = rl.endpoint()
 	}
 	a.mu.Unlock()
@@ -408,7 +442,12 @@ func (a *Agent) abandon(e *entry, l *local, err error) {
 	a.mu.Unlock()
 	if errors.Is(err, errRefused) {
 		a.log.Info("session refused", "session", e.s.Tuple.String(), "reason", err)
-		if err := a.sw.send(pipeline.Deny(br, l.ofport, e.s.Tuple)); err != nil {
+		drop := e.s.Tuple
+		if e.reopening {
+			// What keeps coming is the server's answer.
+			drop.Client, drop.Server, drop.Port = drop.Server, drop.Client, e.replyPort
+		}
+		if err := a.sw.send(pipeline.Deny(br, l.ofport, drop)); err != nil {
 			a.log.Warn("cannot install drop flow", "err", err)
 		}
 		return
@@ -551,4 +590,101 @@ func (a *Agent) answerGatewayPing(l *local, f *packet.Frame) {
 		return
 	}
 	_ = a.sendOut(l.ofport, l.ofport, reply)
+}
+
+// decide asks the tenant's policy.
+func (a *Agent) decide(ctx context.Context, from, to policy.Subject, t session.Tuple) (policy.Verdict, error) {
+	pol, err := a.policyOf(ctx, t.Tenant)
+	if err != nil {
+		return policy.Verdict{}, err
+	}
+	return pol.Decide(policy.Request{From: from, To: to, Proto: t.Proto, Port: t.Port}), nil
+}
+
+// reopen handles a packet a local server workload sent in answer in a
+// connection whose session idled out (conntrack remembers the connection):
+// the session t is made again — by this agent if the client is local, else
+// by the client's agent, asked to — and the answer is held until it exists.
+// Policy decides on t as for any new session, so a connection whose
+// session policy now refuses stays cut.
+func (a *Agent) reopen(l *local, t session.Tuple, replyPort uint16, frame []byte) {
+	a.mu.Lock()
+	if e := a.sessions[t]; e != nil {
+		if e.state != established && len(e.held) < maxHeld && e.heldPort == l.ofport {
+			e.held = append(e.held, frame)
+		}
+		a.mu.Unlock()
+		return
+	}
+	e := &entry{
+		s:     session.Session{Tuple: t, Local: l.endpoint()},
+		state: establishing, held: [][]byte{frame}, heldPort: l.ofport,
+		created: time.Now(), reopening: true, replyPort: replyPort,
+	}
+	a.sessions[t] = e
+	a.mu.Unlock()
+	go a.reopenSession(e, l)
+}
+
+func (a *Agent) reopenSession(e *entry, l *local) {
+	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.SetupTimeout)
+	defer cancel()
+	if err := a.reopenVia(ctx, e, l); err != nil {
+		a.abandon(e, l, err)
+		return
+	}
+	a.mu.Lock()
+	done := e.state == established
+	a.mu.Unlock()
+	if !done {
+		a.abandon(e, l, errors.New("the client's agent never installed the session"))
+	}
+}
+
+func (a *Agent) reopenVia(ctx context.Context, e *entry, l *local) error {
+	t := e.s.Tuple
+	client, err := a.cache.LookupEndpoint(ctx, t.Tenant, t.Client)
+	if errors.Is(err, directory.ErrNotFound) {
+		return fmt.Errorf("%w: the client %s is gone", errRefused, t.Client)
+	}
+	if err != nil {
+		return err
+	}
+	if client.Server == a.cfg.Name {
+		a.mu.Lock()
+		cl := a.byAddr[addrKey{t.Tenant, t.Client}]
+		a.mu.Unlock()
+		if cl == nil {
+			return fmt.Errorf("the client %s is not plugged in", t.Client)
+		}
+		v, err := a.decide(ctx, cl.subject(), l.subject(), t)
+		if err != nil {
+			return err
+		}
+		if !v.Allow {
+			return fmt.Errorf("%w by policy: %s", errRefused, v.Reason)
+		}
+		a.mu.Lock()
+		e.s.Role, e.s.Zone, e.s.Local, e.s.Remote = session.RoleLocal, l.zone, cl.endpoint(), l.endpoint()
+		e.remoteName = client.Name
+		a.mu.Unlock()
+		if err := a.installHalf(ctx, e); err != nil {
+			return err
+		}
+		a.established(e)
+		return nil
+	}
+	peer, err := a.cache.LookupServer(ctx, client.Server)
+	if err != nil {
+		return err
+	}
+	pc, err := a.peer(peer)
+	if err != nil {
+		return err
+	}
+	err = pc.Reopen(ctx, api.ReopenRequest{From: a.cfg.Name, Tuple: t})
+	if api.CodeOf(err) == api.CodeDenied {
+		return fmt.Errorf("%w by %s: %v", errRefused, peer.Name, err)
+	}
+	return err
 }

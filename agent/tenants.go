@@ -8,6 +8,7 @@ import (
 	"nvi/directory"
 	"nvi/openflow"
 	"nvi/pipeline"
+	"nvi/policy"
 )
 
 // tenant is what the agent keeps of a tenant it has workloads of: its
@@ -108,4 +109,9 @@ func (a *Agent) onNetworkChange(ev directory.Event) {
 // zoneOf is the tenant's conntrack zone.
 func (a *Agent) zoneOf(ctx context.Context, name string) (uint16, error) {
 	return 1, nil
+}
+
+// policyOf is the tenant's policy.
+func (a *Agent) policyOf(ctx context.Context, name string) (policy.Policy, error) {
+	return policy.Policy{}, nil
 }

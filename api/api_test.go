@@ -36,6 +36,8 @@ func (f *fakePeer) Accept(ctx context.Context, req AcceptRequest) error {
 
 func (f *fakePeer) Release(ctx context.Context, req ReleaseRequest) error { return f.err }
 
+func (f *fakePeer) Reopen(ctx context.Context, req ReopenRequest) error { return f.err }
+
 func TestPeerRoundTrip(t *testing.T) {
 	fp := &fakePeer{}
 	srv := httptest.NewServer(PeerHandler(fp, quiet))

@@ -30,16 +30,27 @@ type ReleaseRequest struct {
 	Reason string        `json:"reason"`
 }
 
+// ReopenRequest asks a client workload's agent to set its session up again
+// because the server workload answers in a connection the session carried
+// before it idled out. The client's agent re-checks policy and runs an
+// ordinary setup; it answers once the session is established.
+type ReopenRequest struct {
+	From  string        `json:"from"` // the server workload's server
+	Tuple session.Tuple `json:"tuple"`
+}
+
 // PeerService is what an agent offers other agents.
 type PeerService interface {
 	Accept(ctx context.Context, req AcceptRequest) error
 	Release(ctx context.Context, req ReleaseRequest) error
+	Reopen(ctx context.Context, req ReopenRequest) error
 }
 
 // Peer API paths.
 const (
 	pathAccept  = "/v1/sessions/accept"
 	pathRelease = "/v1/sessions/release"
+	pathReopen  = "/v1/sessions/reopen"
 )
 
 // PeerHandler serves svc.
@@ -50,6 +61,9 @@ func PeerHandler(svc PeerService, log *slog.Logger) http.Handler {
 	})
 	route(mux, log, "POST "+pathRelease, func(ctx context.Context, _ *http.Request, in ReleaseRequest) (Empty, error) {
 		return Empty{}, svc.Release(ctx, in)
+	})
+	route(mux, log, "POST "+pathReopen, func(ctx context.Context, _ *http.Request, in ReopenRequest) (Empty, error) {
+		return Empty{}, svc.Reopen(ctx, in)
 	})
 	return mux
 }
@@ -71,6 +85,11 @@ func (p *PeerClient) Accept(ctx context.Context, req AcceptRequest) error {
 // Release implements PeerService over the network.
 func (p *PeerClient) Release(ctx context.Context, req ReleaseRequest) error {
 	return p.c.call(ctx, http.MethodPost, pathRelease, req, nil)
+}
+
+// Reopen implements PeerService over the network.
+func (p *PeerClient) Reopen(ctx context.Context, req ReopenRequest) error {
+	return p.c.call(ctx, http.MethodPost, pathReopen, req, nil)
 }
 
 // Close drops idle connections.
