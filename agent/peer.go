@@ -69,8 +69,11 @@ func (p peerService) Accept(ctx context.Context, req api.AcceptRequest) error {
 
 	a.mu.Lock()
 	if old := a.sessions[t]; old != nil && old.reopening && old.state == establishing {
-		// The answer to our own Reopen: the held reply packets wait in it.
+		// The answer to our own Reopen. The held reply packets wait until
+		// the client's half exists too: reopenSession releases them when
+		// the Reopen call returns.
 		old.s, old.peerName, old.remoteName = s, e.peerName, e.remoteName
+		old.waiting, old.held = old.held, nil
 		e = old
 	} else if old != nil {
 		if old.state == established && old.s.Role == session.RoleServer && old.s.Key == req.Key && old.s.Peer.IP == peer.DataIP {

@@ -53,6 +53,7 @@ type entry struct {
 	// answer went to.
 	reopening bool
 	replyPort uint16
+	waiting   [][]byte // held answers, released once both halves exist
 }
 
 func (e *entry) involves(l *local) bool {
@@ -635,9 +636,15 @@ func (a *Agent) reopenSession(e *entry, l *local) {
 	}
 	a.mu.Lock()
 	done := e.state == established
+	waiting := e.waiting
+	e.waiting = nil
 	a.mu.Unlock()
 	if !done {
 		a.abandon(e, l, errors.New("the client's agent never installed the session"))
+		return
+	}
+	for _, fr := range waiting {
+		a.resubmit(e.heldPort, fr)
 	}
 }
 
