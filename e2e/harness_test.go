@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	bin = dir
-	build := exec.Command("go", "build", "-o", dir+"/", "nvi/cmd/nvid", "nvi/cmd/nvictl")
+	build := exec.Command("go", "build", "-o", dir+"/", "nvi/cmd/nvid", "nvi/cmd/nvictl", "nvi/cmd/nvibench")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: build:", err)
