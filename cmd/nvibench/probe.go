@@ -5,19 +5,29 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 )
 
-// runEcho answers UDP datagrams on count consecutive ports.
+// runEcho answers UDP datagrams on count consecutive ports, and with
+// --tcp TCP connections on the same ports too. With --name, every answer
+// starts with "NAME:", so that a test knows who answered.
 func runEcho(args []string) error {
 	fs := flag.NewFlagSet("echo", flag.ContinueOnError)
 	first := fs.Int("first-port", 20000, "first port")
 	count := fs.Int("count", 1, "number of ports")
+	name := fs.String("name", "", "prefix answers with NAME:")
+	withTCP := fs.Bool("tcp", false, "answer TCP connections too")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	prefix := []byte{}
+	if *name != "" {
+		prefix = []byte(*name + ":")
 	}
 	for i := 0; i < *count; i++ {
 		c, err := net.ListenUDP("udp4", &net.UDPAddr{Port: *first + i})
@@ -31,7 +41,27 @@ func runEcho(args []string) error {
 				if err != nil {
 					return
 				}
-				_, _ = c.WriteToUDP(buf[:n], from)
+				_, _ = c.WriteToUDP(append(slices.Clone(prefix), buf[:n]...), from)
+			}
+		}()
+		if !*withTCP {
+			continue
+		}
+		l, err := net.ListenTCP("tcp4", &net.TCPAddr{Port: *first + i})
+		if err != nil {
+			return err
+		}
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					_, _ = c.Write(prefix)
+					_, _ = io.Copy(c, c)
+				}()
 			}
 		}()
 	}
