@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"nvi/policy"
 )
 
 // Defaults for a [Cache].
@@ -48,13 +50,15 @@ type Cache struct {
 
 	mu        sync.RWMutex
 	servers   map[string]entry[Server]
-	networks  map[string]entry[Network]  // "tenant/name"
-	endpoints map[epAddr]entry[Endpoint] // by (tenant, ip): the packet path's question
-	epByName  map[string]epAddr          // "tenant/name" -> address, to apply watch events
-	negative  map[string]negEntry        // lookup key -> remembered "not found"
-	watching  bool                       // Run is following the watch
-	watchRev  int64                      // highest revision the watch has applied
-	lowRead   int64                      // lowest read revision cached before Run started
+	tenants   map[string]entry[Tenant]
+	networks  map[string]entry[Network]       // "tenant/name"
+	policies  map[string]entry[policy.Policy] // by tenant; modRev is the read revision
+	endpoints map[epAddr]entry[Endpoint]      // by (tenant, ip): the packet path's question
+	epByName  map[string]epAddr               // "tenant/name" -> address, to apply watch events
+	negative  map[string]negEntry             // lookup key -> remembered "not found"
+	watching  bool                            // Run is following the watch
+	watchRev  int64                           // highest revision the watch has applied
+	lowRead   int64                           // lowest read revision cached before Run started
 	subs      []func(Event)
 	flight    map[string]*flightCall
 }
@@ -88,7 +92,9 @@ func NewCache(s *Store, logger *slog.Logger, opts ...CacheOption) *Cache {
 	c := &Cache{
 		s: s, log: logger, negTTL: DefaultNegativeTTL, lookupTimeout: DefaultLookupTimeout,
 		servers:   map[string]entry[Server]{},
+		tenants:   map[string]entry[Tenant]{},
 		networks:  map[string]entry[Network]{},
+		policies:  map[string]entry[policy.Policy]{},
 		endpoints: map[epAddr]entry[Endpoint]{},
 		epByName:  map[string]epAddr{},
 		negative:  map[string]negEntry{},
@@ -102,10 +108,13 @@ func NewCache(s *Store, logger *slog.Logger, opts ...CacheOption) *Cache {
 
 // OnChange registers fn to be called, in revision order and from Run's
 // goroutine, with every change the watch reports (servers, tenants,
-// networks, endpoints, cached or not), after the cache has applied it. After a
-// Reset, fn first receives a synthesized Delete or Put for each cached entry
-// that vanished or changed during the lost history, then the Reset itself.
-// fn must not block for long: it holds up the watch.
+// networks, endpoints, policy records, port maps, cached or not), after the
+// cache has applied it: when fn hears that a tenant's policy changed,
+// LookupPolicy already reads the new one. After a Reset, fn first receives a
+// synthesized Delete or Put for each cached entry that vanished or changed
+// during the lost history (for each cached policy, a Put whose PolicyChange
+// names only the tenant: it may have changed), then the Reset itself. fn
+// must not block for long: it holds up the watch.
 func (c *Cache) OnChange(fn func(Event)) {
 	c.mu.Lock()
 	c.subs = append(c.subs, fn)
@@ -174,6 +183,25 @@ func (c *Cache) LookupServer(ctx context.Context, name string) (Server, error) {
 		func() (entry[Server], bool) { e, ok := c.servers[name]; return e, ok },
 		func(ctx context.Context) (record[Server], error) { return c.s.server(ctx, name) },
 		func(r record[Server]) { c.servers[name] = entry[Server]{r.val, r.modRev} })
+}
+
+// LookupTenant returns a tenant, with its conntrack zone.
+func (c *Cache) LookupTenant(ctx context.Context, name string) (Tenant, error) {
+	return lookup(ctx, c, "t:"+name,
+		func() (entry[Tenant], bool) { e, ok := c.tenants[name]; return e, ok },
+		func(ctx context.Context) (record[Tenant], error) { return c.s.tenant(ctx, name) },
+		func(r record[Tenant]) { c.tenants[name] = entry[Tenant]{r.val, r.modRev} })
+}
+
+// LookupPolicy returns a tenant's policy: groups, pair rules and rules, as
+// one consistent snapshot. Any change to one of the tenant's policy records
+// drops the cached copy (before OnChange subscribers hear of it), and the
+// next look-up reads the whole policy again.
+func (c *Cache) LookupPolicy(ctx context.Context, tenant string) (policy.Policy, error) {
+	return lookup(ctx, c, "p:"+tenant,
+		func() (entry[policy.Policy], bool) { e, ok := c.policies[tenant]; return e, ok },
+		func(ctx context.Context) (record[policy.Policy], error) { return c.s.policy(ctx, tenant) },
+		func(r record[policy.Policy]) { c.policies[tenant] = entry[policy.Policy]{r.val, r.modRev} })
 }
 
 // LookupNetwork returns a network.
@@ -324,6 +352,17 @@ func (c *Cache) applyOne(ev Event) {
 			delete(c.negative, "s:"+k)
 		}
 		applyTo(c.servers, k, ev, *ev.Server)
+	case ev.Tenant != nil:
+		k := ev.Tenant.Name
+		if put {
+			delete(c.negative, "t:"+k)
+			delete(c.negative, "p:"+k)
+		}
+		applyTo(c.tenants, k, ev, *ev.Tenant)
+		c.dropPolicy(k, ev.Revision) // a deleted tenant has no policy
+	case ev.Policy != nil:
+		delete(c.negative, "p:"+ev.Policy.Tenant)
+		c.dropPolicy(ev.Policy.Tenant, ev.Revision)
 	case ev.Network != nil:
 		k := ev.Network.Ref()
 		if put {
@@ -345,6 +384,14 @@ func (c *Cache) applyOne(ev Event) {
 			delete(c.endpoints, k)
 			delete(c.epByName, e.Ref())
 		}
+	}
+}
+
+// dropPolicy forgets the tenant's cached policy if it was read before rev.
+// Caller holds c.mu.
+func (c *Cache) dropPolicy(tenant string, rev int64) {
+	if e, ok := c.policies[tenant]; ok && e.modRev < rev {
+		delete(c.policies, tenant)
 	}
 }
 
@@ -387,9 +434,18 @@ func (c *Cache) reconcile(reset Event) []Event {
 		v := e.val
 		diff(c.s.k.server(name), e.modRev, Event{Server: &v})
 	}
+	for name, e := range c.tenants {
+		v := e.val
+		diff(c.s.k.tenant(name), e.modRev, Event{Tenant: &v})
+	}
 	for _, e := range c.networks {
 		v := e.val
 		diff(c.s.k.network(v.Tenant, v.Name), e.modRev, Event{Network: &v})
+	}
+	for t, e := range c.policies {
+		if e.modRev < reset.Revision {
+			changes = append(changes, Event{Kind: Put, Revision: reset.Revision, Key: c.s.k.rules(t), Policy: &PolicyChange{Tenant: t}})
+		}
 	}
 	for _, e := range c.endpoints {
 		v := e.val

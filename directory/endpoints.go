@@ -262,31 +262,37 @@ func (s *Store) UpdateEndpointPort(ctx context.Context, tenant, name string, por
 }
 
 // DeleteEndpoint deletes an endpoint together with its address (and iface)
-// index entries in one transaction, guarded by the endpoint's revision so the
-// index entries removed are certainly its own.
+// index entries and its port maps in one transaction, guarded by the
+// endpoint's revision so the index entries removed are certainly its own,
+// and by its server's port maps being unchanged so none is left behind.
 func (s *Store) DeleteEndpoint(ctx context.Context, tenant, name string) error {
-	for range casRetries {
+	if err := validateNames("tenant", tenant, "endpoint", name); err != nil {
+		return err
+	}
+	key, op := s.k.endpoint(tenant, name), "deleting endpoint "+tenant+"/"+name
+	_, err := retry(ctx, op, "it keeps changing", func() (struct{}, bool, error) {
 		r, err := s.endpoint(ctx, tenant, name)
 		if err != nil {
-			return err
+			return struct{}{}, false, err
 		}
 		e := r.val
-		key := s.k.endpoint(tenant, name)
 		ops := []clientv3.Op{clientv3.OpDelete(key), clientv3.OpDelete(s.k.addr(tenant, e.IP))}
 		if e.IfaceID != "" {
 			ops = append(ops, clientv3.OpDelete(s.k.iface(e.IfaceID)))
 		}
-		tctx, cancel := s.ctx(ctx)
-		resp, err := s.cli.Txn(tctx).If(unchanged(key, r.modRev)).Then(ops...).Commit()
-		cancel()
+		maps, rev, err := listJSON[PortMap](ctx, s, op, s.k.portMaps(e.Server))
 		if err != nil {
-			return unavailable("deleting endpoint "+e.Ref(), err)
+			return struct{}{}, false, err
 		}
-		if resp.Succeeded {
-			return nil
+		for _, m := range maps {
+			if m.Tenant == tenant && m.Endpoint == name {
+				ops = append(ops, clientv3.OpDelete(s.k.portMap(m.Server, m.Proto, m.Port)))
+			}
 		}
-	}
-	return errorf(ErrConflict, "deleting endpoint %s/%s: gave up after %d attempts: it keeps changing", tenant, name, casRetries)
+		resp, err := s.txn(ctx, op, []clientv3.Cmp{unchanged(key, r.modRev), quietSince(s.k.portMaps(e.Server), rev)}, ops, nil)
+		return struct{}{}, err == nil && resp.Succeeded, err
+	})
+	return err
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -198,3 +198,5 @@ func (c capture) WithGroup(g string) slog.Handler {
 	c.next = c.next.WithGroup(g)
 	return c
 }
+
+func withPrefix() clientv3.OpOption { return clientv3.WithPrefix() }

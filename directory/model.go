@@ -29,8 +29,16 @@ const (
 
 // Tenant is an isolated address space: two tenants may use the same CIDRs
 // and addresses.
+//
+// Zone is the tenant's Open vSwitch conntrack zone, 1..65535 and unique among
+// tenants, so that two tenants' connections with identical addresses never
+// share conntrack state. The directory allocates it when the tenant is
+// created; tenants stored before zones existed read as 0 from [Store.Tenants]
+// and get one on their first read through [Store.Tenant] (or
+// [Store.TenantZone], [Cache.LookupTenant]).
 type Tenant struct {
 	Name string `json:"name"`
+	Zone uint16 `json:"zone,omitempty"`
 }
 
 // Network is an IPv4 CIDR inside a tenant.
@@ -39,6 +47,19 @@ type Network struct {
 	Name    string       `json:"name"`
 	CIDR    netip.Prefix `json:"cidr"`    // stored masked: 10.1.0.0/24
 	Gateway netip.Addr   `json:"gateway"` // default: first host address of CIDR
+	// BlockBits is the prefix length of the address blocks servers claim
+	// in this network (see [Store.ClaimBlock]); default
+	// [ipam.DefaultBlockBits] of the CIDR, e.g. 28 for a /24.
+	BlockBits int `json:"blockBits,omitempty"`
+}
+
+// blockBits is n.BlockBits, or the default for networks stored before
+// blocks existed.
+func (n Network) blockBits() int {
+	if n.BlockBits == 0 {
+		return ipam.DefaultBlockBits(n.CIDR)
+	}
+	return n.BlockBits
 }
 
 // Ref returns "tenant/name", the form people type and [ParseNetRef] reads.
@@ -180,14 +201,16 @@ func (n Network) normalize() (_ Network, canonicalised bool, err error) {
 		canonicalised = true
 		n.CIDR = m
 	}
+	n.BlockBits = n.blockBits()
+	if err := ipam.CheckBlockBits(n.CIDR, n.BlockBits); err != nil {
+		return n, false, errorf(ErrInvalid, "network %s: %w", n.Ref(), err)
+	}
 	if !n.Gateway.IsValid() {
 		n.Gateway, _ = ipam.DefaultGateway(n.CIDR) // cannot fail: IPv4, /8../30
 		return n, canonicalised, nil
 	}
 	n.Gateway = n.Gateway.Unmap()
-	switch r := ipam.Classify(n.CIDR, netip.Addr{}, n.Gateway); r {
-	case ipam.OK:
-	default:
+	if r := ipam.Classify(n.CIDR, netip.Addr{}, n.Gateway); r != ipam.OK {
 		return n, false, errorf(ErrInvalid, "network %s gateway %s is %s %s", n.Ref(), n.Gateway, r, n.CIDR)
 	}
 	return n, canonicalised, nil

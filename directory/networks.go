@@ -2,87 +2,20 @@ package directory
 
 import (
 	"context"
+	"slices"
 	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"nvi/policy"
 )
 
-// CreateTenant creates an empty tenant. Tenants are also created implicitly
-// by CreateNetwork, so this is only needed to reserve a name ahead of time.
-func (s *Store) CreateTenant(ctx context.Context, name string) (Tenant, error) {
-	if err := ValidateName("tenant", name); err != nil {
-		return Tenant{}, err
-	}
-	t := Tenant{Name: name}
-	key := s.k.tenant(name)
-	ctx, cancel := s.ctx(ctx)
-	defer cancel()
-	resp, err := s.cli.Txn(ctx).If(absent(key)).Then(clientv3.OpPut(key, mustJSON(t))).Commit()
-	if err != nil {
-		return Tenant{}, unavailable("creating tenant "+name, err)
-	}
-	if !resp.Succeeded {
-		return Tenant{}, errorf(ErrExists, "tenant %s already exists", name)
-	}
-	return t, nil
-}
-
-// Tenant reads one tenant.
-func (s *Store) Tenant(ctx context.Context, name string) (Tenant, error) {
-	if err := ValidateName("tenant", name); err != nil {
-		return Tenant{}, err
-	}
-	r, found, err := getJSON[Tenant](ctx, s, "reading tenant "+name, s.k.tenant(name))
-	if err == nil && !found {
-		err = errorf(ErrNotFound, "tenant %s does not exist", name)
-	}
-	return r.val, err
-}
-
-// Tenants lists every tenant, sorted by name.
-func (s *Store) Tenants(ctx context.Context) ([]Tenant, error) {
-	out, _, err := listJSON[Tenant](ctx, s, "listing tenants", s.k.tenants())
-	return out, err
-}
-
-// DeleteTenant deletes a tenant that has no networks left. The emptiness
-// check is a compare inside the deleting transaction, so a network created
-// concurrently either makes the delete fail or is created after it.
-func (s *Store) DeleteTenant(ctx context.Context, name string) error {
-	if err := ValidateName("tenant", name); err != nil {
-		return err
-	}
-	key := s.k.tenant(name)
-	ctx, cancel := s.ctx(ctx)
-	defer cancel()
-	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), ">", 0),
-			clientv3.Compare(clientv3.CreateRevision(s.k.networks(name)), "=", 0).WithPrefix()).
-		Then(clientv3.OpDelete(key)).
-		Else(clientv3.OpGet(key, clientv3.WithCountOnly()),
-			clientv3.OpGet(s.k.networks(name), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithLimit(6))).
-		Commit()
-	if err != nil {
-		return unavailable("deleting tenant "+name, err)
-	}
-	if resp.Succeeded {
-		return nil
-	}
-	if resp.Responses[0].GetResponseRange().Count == 0 {
-		return errorf(ErrNotFound, "tenant %s does not exist", name)
-	}
-	var names []string
-	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
-		names = append(names, name+"/"+strings.TrimPrefix(string(kv.Key), s.k.networks(name)))
-	}
-	return errorf(ErrConflict, "tenant %s still has networks (%s); delete them first", name, listNames(names, 5))
-}
-
-// CreateNetwork stores a network, creating its tenant if needed. It refuses
-// a duplicate name and a CIDR overlapping another network of the same tenant
-// (different tenants may overlap: that is what tenants are for). The overlap
-// check is guarded by a compare on the tenant's networks, so two concurrent
-// creations cannot both slip in overlapping CIDRs.
+// CreateNetwork stores a network, creating its tenant (with a conntrack
+// zone) if needed, in one transaction. It refuses a duplicate name and a CIDR
+// overlapping another network of the same tenant (different tenants may
+// overlap: that is what tenants are for). The overlap check is guarded by a
+// compare on the tenant's networks, so two concurrent creations cannot both
+// slip in overlapping CIDRs.
 func (s *Store) CreateNetwork(ctx context.Context, n Network) (Network, error) {
 	given := n.CIDR
 	n, canonicalised, err := n.normalize()
@@ -92,36 +25,35 @@ func (s *Store) CreateNetwork(ctx context.Context, n Network) (Network, error) {
 	if canonicalised {
 		s.log.Info("directory: network CIDR had host bits set; storing it masked", "network", n.Ref(), "given", given, "stored", n.CIDR)
 	}
-	key, tkey := s.k.network(n.Tenant, n.Name), s.k.tenant(n.Tenant)
-	for range casRetries {
-		others, rev, err := listJSON[Network](ctx, s, "listing networks of tenant "+n.Tenant, s.k.networks(n.Tenant))
+	op := "creating network " + n.Ref()
+	key, tkey, nets := s.k.network(n.Tenant, n.Name), s.k.tenant(n.Tenant), s.k.networks(n.Tenant)
+	return retry(ctx, op, "the tenant's networks keep changing", func() (Network, bool, error) {
+		resp, err := s.read(ctx, op, clientv3.OpGet(nets, clientv3.WithPrefix()), clientv3.OpGet(tkey))
 		if err != nil {
-			return Network{}, err
+			return Network{}, false, err
 		}
-		for _, o := range others {
+		rev := resp.Header.Revision
+		for _, o := range decodeAll[Network](s, kvs(resp, 0)) {
 			if o.Name == n.Name {
-				return Network{}, errorf(ErrExists, "network %s already exists", n.Ref())
+				return Network{}, false, errorf(ErrExists, "network %s already exists", n.Ref())
 			}
 			if o.CIDR.Overlaps(n.CIDR) {
-				return Network{}, errorf(ErrConflict, "network %s (%s) overlaps network %s (%s) of the same tenant", n.Ref(), n.CIDR, o.Ref(), o.CIDR)
+				return Network{}, false, errorf(ErrConflict, "network %s (%s) overlaps network %s (%s) of the same tenant", n.Ref(), n.CIDR, o.Ref(), o.CIDR)
 			}
 		}
-		tctx, cancel := s.ctx(ctx)
-		resp, err := s.cli.Txn(tctx).
-			If(absent(key), quietSince(s.k.networks(n.Tenant), rev)).
-			Then(clientv3.OpPut(key, mustJSON(n)),
-				clientv3.OpTxn([]clientv3.Cmp{absent(tkey)}, []clientv3.Op{clientv3.OpPut(tkey, mustJSON(Tenant{Name: n.Tenant}))}, nil)).
-			Commit()
-		cancel()
+		tr, _, err := recordOf[Tenant](op, tkey, kvs(resp, 1), rev)
 		if err != nil {
-			return Network{}, unavailable("creating network "+n.Ref(), err)
+			return Network{}, false, err
 		}
-		if resp.Succeeded {
-			return n, nil
+		_, cmps, puts, err := s.ensureTenant(ctx, n.Tenant, tr)
+		if err != nil {
+			return Network{}, false, err
 		}
-		// Another network of the tenant changed meanwhile: re-check.
-	}
-	return Network{}, errorf(ErrConflict, "creating network %s: gave up after %d attempts: the tenant's networks keep changing", n.Ref(), casRetries)
+		// The network's put comes first: watchers see it before its tenant.
+		tresp, err := s.txn(ctx, op, append(cmps, absent(key), quietSince(nets, rev)),
+			append([]clientv3.Op{clientv3.OpPut(key, mustJSON(n))}, puts...), nil)
+		return n, err == nil && tresp.Succeeded, err
+	})
 }
 
 // Network reads one network.
@@ -158,44 +90,65 @@ func (s *Store) Networks(ctx context.Context, tenant string) ([]Network, error) 
 	return out, err
 }
 
-// DeleteNetwork deletes a network that has no endpoints left. The network's
-// endpoints are not under a key prefix of their own (endpoint names are
-// unique per tenant), so the transaction guards on "no endpoint of the
-// tenant changed since we looked" and retries if one did.
+// DeleteNetwork deletes a network that has no endpoints left and that no
+// rule names, removes it from the groups that list it, and frees its address
+// blocks, all in one transaction. The network's endpoints are not under a key
+// prefix of their own (endpoint names are unique per tenant), so the
+// transaction guards on "no endpoint, group or rule of the tenant changed
+// since we looked" and retries if one did.
+//
+// Groups are cleaned up rather than refusing the delete because a group is
+// only a set of networks; a rule is a statement someone made about this
+// network, and dropping it silently would change what it says once a
+// network of that name exists again.
 func (s *Store) DeleteNetwork(ctx context.Context, tenant, name string) error {
-	for range casRetries {
-		nr, err := s.network(ctx, tenant, name)
+	if err := ValidateName("tenant", tenant); err != nil {
+		return err
+	}
+	if err := ValidateName("network", name); err != nil {
+		return err
+	}
+	ref := tenant + "/" + name
+	op := "deleting network " + ref
+	key, eps, groups, rules := s.k.network(tenant, name), s.k.endpoints(tenant), s.k.groups(tenant), s.k.rules(tenant)
+	_, err := retry(ctx, op, "the tenant's endpoints and policy keep changing", func() (struct{}, bool, error) {
+		resp, err := s.read(ctx, op, clientv3.OpGet(key), clientv3.OpGet(eps, clientv3.WithPrefix()),
+			clientv3.OpGet(groups, clientv3.WithPrefix()), clientv3.OpGet(rules, clientv3.WithPrefix()))
 		if err != nil {
-			return err
+			return struct{}{}, false, err
 		}
-		eps, rev, err := listJSON[Endpoint](ctx, s, "listing endpoints of tenant "+tenant, s.k.endpoints(tenant))
+		rev := resp.Header.Revision
+		nr, found, err := recordOf[Network](op, key, kvs(resp, 0), rev)
 		if err != nil {
-			return err
+			return struct{}{}, false, err
+		}
+		if !found {
+			return struct{}{}, false, errorf(ErrNotFound, "network %s does not exist", ref)
 		}
 		var inUse []string
-		for _, e := range eps {
+		for _, e := range decodeAll[Endpoint](s, kvs(resp, 1)) {
 			if e.Network == name {
 				inUse = append(inUse, e.Ref())
 			}
 		}
 		if len(inUse) > 0 {
-			return errorf(ErrConflict, "network %s still has endpoints (%s); delete them first", nr.val.Ref(), listNames(inUse, 5))
+			return struct{}{}, false, errorf(ErrConflict, "network %s still has endpoints (%s); delete them first", ref, listNames(inUse, 5))
 		}
-		key := s.k.network(tenant, name)
-		tctx, cancel := s.ctx(ctx)
-		resp, err := s.cli.Txn(tctx).
-			If(unchanged(key, nr.modRev), quietSince(s.k.endpoints(tenant), rev)).
-			Then(clientv3.OpDelete(key)).
-			Commit()
-		cancel()
-		if err != nil {
-			return unavailable("deleting network "+nr.val.Ref(), err)
+		if by := namedBy(decodeAll[policy.Rule](s, kvs(resp, 3)), policy.NetworkKind, name); len(by) > 0 {
+			return struct{}{}, false, errorf(ErrConflict, "network %s is named by %s; delete the rules first", ref, listNames(by, 3))
 		}
-		if resp.Succeeded {
-			return nil
+		ops := []clientv3.Op{clientv3.OpDelete(key), clientv3.OpDelete(s.k.blocks(tenant, name), clientv3.WithPrefix())}
+		for _, g := range decodeAll[policy.Group](s, kvs(resp, 2)) {
+			if i := slices.Index(g.Networks, name); i >= 0 {
+				g.Networks = slices.Delete(g.Networks, i, i+1)
+				ops = append(ops, clientv3.OpPut(s.k.group(tenant, g.Name), mustJSON(g)))
+			}
 		}
-	}
-	return errorf(ErrConflict, "deleting network %s/%s: gave up after %d attempts: the tenant's endpoints keep changing", tenant, name, casRetries)
+		tresp, err := s.txn(ctx, op, []clientv3.Cmp{unchanged(key, nr.modRev),
+			quietSince(eps, rev), quietSince(groups, rev), quietSince(rules, rev)}, ops, nil)
+		return struct{}{}, err == nil && tresp.Succeeded, err
+	})
+	return err
 }
 
 // listNames joins up to limit names for an error message.

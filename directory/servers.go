@@ -27,6 +27,11 @@ type Registration struct {
 	mu    sync.Mutex
 	lease clientv3.LeaseID
 
+	// blockMu orders block claims against moving the blocks to a new lease,
+	// so that no claim lands under a lease the registration left behind.
+	blockMu sync.Mutex
+	blocks  map[string]struct{} // keys of the address blocks held
+
 	closeOnce sync.Once
 }
 
@@ -49,7 +54,7 @@ func (s *Store) RegisterServer(ctx context.Context, srv Server, ttl time.Duratio
 	if ttl < MinServerTTL {
 		return nil, errorf(ErrInvalid, "server %s: lease TTL %v is shorter than %v", srv.Name, ttl, MinServerTTL)
 	}
-	r := &Registration{s: s, srv: srv, ttl: ttl, log: s.log.With("server", srv.Name), done: make(chan struct{})}
+	r := &Registration{s: s, srv: srv, ttl: ttl, log: s.log.With("server", srv.Name), done: make(chan struct{}), blocks: map[string]struct{}{}}
 	if err := r.register(ctx); err != nil {
 		return nil, err
 	}
@@ -70,7 +75,11 @@ func (r *Registration) register(ctx context.Context) error {
 	return r.registerCtx(ctx)
 }
 
+// registerCtx grants a lease, puts the record under it and moves the
+// address blocks the registration holds to it.
 func (r *Registration) registerCtx(ctx context.Context) error {
+	r.blockMu.Lock()
+	defer r.blockMu.Unlock()
 	lease, err := r.s.cli.Grant(ctx, int64((r.ttl+time.Second-1)/time.Second))
 	if err != nil {
 		return unavailable("granting lease for server "+r.srv.Name, err)
@@ -83,6 +92,7 @@ func (r *Registration) registerCtx(ctx context.Context) error {
 	r.mu.Lock()
 	r.lease = lease.ID
 	r.mu.Unlock()
+	r.moveBlocks(ctx, lease.ID)
 	return nil
 }
 
@@ -159,6 +169,14 @@ func (r *Registration) retryTimeout() time.Duration { return max(r.ttl/3, 200*ti
 
 // Server returns the record as stored (with defaults filled).
 func (r *Registration) Server() Server { return r.srv }
+
+// Lease returns the lease the record (and the server's address blocks) is
+// currently kept under; it changes when the registration registers again.
+func (r *Registration) Lease() clientv3.LeaseID {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lease
+}
 
 // Close stops the keep-alive and revokes the lease, deleting the record at
 // once instead of after the TTL. It is safe to call more than once.

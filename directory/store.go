@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -18,6 +20,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+
+	"nvi/session"
 )
 
 // DefaultPrefix is where NVI keeps its records in etcd. The version segment
@@ -200,6 +204,23 @@ func (k keys) endpoint(t, n string) string         { return k.endpoints(t) + n }
 func (k keys) addrs(t string) string               { return k.prefix + "addrs/" + t + "/" }
 func (k keys) addr(t string, ip netip.Addr) string { return k.addrs(t) + ip.String() }
 func (k keys) iface(id string) string              { return k.prefix + "ifaces/" + id }
+func (k keys) zones() string                       { return k.prefix + "zones/" }
+func (k keys) zone(z uint16) string                { return k.zones() + strconv.Itoa(int(z)) }
+func (k keys) groups(t string) string              { return k.prefix + "groups/" + t + "/" }
+func (k keys) group(t, g string) string            { return k.groups(t) + g }
+func (k keys) pairs(t string) string               { return k.prefix + "pairs/" + t + "/" }
+func (k keys) pair(t, a, b string) string          { return k.pairs(t) + a + "/" + b } // a < b
+func (k keys) rules(t string) string               { return k.prefix + "rules/" + t + "/" }
+func (k keys) rule(t, id string) string            { return k.rules(t) + id }
+func (k keys) blocks(t, n string) string           { return k.prefix + "blocks/" + t + "/" + n + "/" }
+func (k keys) block(t, n string, b netip.Prefix) string {
+	return k.blocks(t, n) + b.String()
+}
+func (k keys) allPortMaps() string           { return k.prefix + "portmaps/" }
+func (k keys) portMaps(server string) string { return k.allPortMaps() + server + "/" }
+func (k keys) portMap(server string, proto session.Proto, port uint16) string {
+	return k.portMaps(server) + proto.String() + "/" + strconv.Itoa(int(port))
+}
 
 // record is a decoded etcd value plus the revisions the cache needs to order
 // it against watch events.
@@ -217,19 +238,23 @@ func getJSON[T any](ctx context.Context, s *Store, op, key string) (r record[T],
 	if err != nil {
 		return r, false, unavailable(op, err)
 	}
-	r.readRev = resp.Header.Revision
-	if len(resp.Kvs) == 0 {
+	return recordOf[T](op, key, resp.Kvs, resp.Header.Revision)
+}
+
+// recordOf decodes the result of reading one key at revision rev.
+func recordOf[T any](op, key string, kvs []*mvccpb.KeyValue, rev int64) (r record[T], found bool, err error) {
+	r.readRev = rev
+	if len(kvs) == 0 {
 		return r, false, nil
 	}
-	if err := json.Unmarshal(resp.Kvs[0].Value, &r.val); err != nil {
+	if err := json.Unmarshal(kvs[0].Value, &r.val); err != nil {
 		return r, false, fmt.Errorf("directory: %s: record at %s is corrupt: %w", op, key, err)
 	}
-	r.modRev = resp.Kvs[0].ModRevision
+	r.modRev = kvs[0].ModRevision
 	return r, true, nil
 }
 
-// listJSON reads every record under prefix, in key order. A corrupt record
-// is logged and skipped so that one bad value cannot hide all the others.
+// listJSON reads every record under prefix, in key order.
 func listJSON[T any](ctx context.Context, s *Store, op, prefix string) ([]T, int64, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
@@ -237,8 +262,14 @@ func listJSON[T any](ctx context.Context, s *Store, op, prefix string) ([]T, int
 	if err != nil {
 		return nil, 0, unavailable(op, err)
 	}
-	out := make([]T, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
+	return decodeAll[T](s, resp.Kvs), resp.Header.Revision, nil
+}
+
+// decodeAll decodes records in order. A corrupt record is logged and
+// skipped so that one bad value cannot hide all the others.
+func decodeAll[T any](s *Store, kvs []*mvccpb.KeyValue) []T {
+	out := make([]T, 0, len(kvs))
+	for _, kv := range kvs {
 		var v T
 		if err := decode(kv, &v); err != nil {
 			s.log.Warn("directory: skipping corrupt record", "key", string(kv.Key), "err", err)
@@ -246,7 +277,50 @@ func listJSON[T any](ctx context.Context, s *Store, op, prefix string) ([]T, int
 		}
 		out = append(out, v)
 	}
-	return out, resp.Header.Revision, nil
+	return out
+}
+
+// txn runs one transaction under the request timeout.
+func (s *Store) txn(ctx context.Context, op string, cmps []clientv3.Cmp, then, els []clientv3.Op) (*clientv3.TxnResponse, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(then...).Else(els...).Commit()
+	if err != nil {
+		return nil, unavailable(op, err)
+	}
+	return resp, nil
+}
+
+// read does several reads at one revision, so that what they return is a
+// consistent snapshot.
+func (s *Store) read(ctx context.Context, op string, gets ...clientv3.Op) (*clientv3.TxnResponse, error) {
+	return s.txn(ctx, op, nil, gets, nil)
+}
+
+// kvs returns the key-values of the i-th read of a transaction.
+func kvs(resp *clientv3.TxnResponse, i int) []*mvccpb.KeyValue {
+	return resp.Responses[i].GetResponseRange().GetKvs()
+}
+
+// retry runs attempt until it reports done, returns an error, or has lost
+// casRetries compare-and-swap races (then the error says op gave up because
+// why: "the tenant's rules keep changing"). Attempts after the first wait a
+// little, at random, so that creators racing for the same value spread out.
+func retry[T any](ctx context.Context, op, why string, attempt func() (T, bool, error)) (T, error) {
+	for n := range casRetries {
+		if n > 0 {
+			if err := sleepCtx(ctx, time.Duration(rand.IntN(n*2+1))*time.Millisecond); err != nil {
+				var zero T
+				return zero, errorf(ErrUnavailable, "%s: %w", op, err)
+			}
+		}
+		v, done, err := attempt()
+		if err != nil || done {
+			return v, err
+		}
+	}
+	var zero T
+	return zero, errorf(ErrConflict, "%s: gave up after %d attempts: %s", op, casRetries, why)
 }
 
 func decode(kv *mvccpb.KeyValue, v any) error { return json.Unmarshal(kv.Value, v) }
@@ -260,6 +334,11 @@ func mustJSON(v any) string {
 		return fmt.Sprintf("unencodable: %v", err)
 	}
 	return string(b)
+}
+
+// exists is the compare "key exists".
+func exists(key string) clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(key), ">", 0)
 }
 
 // absent is the compare "key does not exist".

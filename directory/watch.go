@@ -3,11 +3,14 @@ package directory
 import (
 	"context"
 	"encoding/json"
+	"strconv"
 	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"nvi/session"
 )
 
 // EventKind says what happened to a record.
@@ -35,10 +38,11 @@ func (k EventKind) String() string {
 	return "unknown"
 }
 
-// Event is one change to a server, tenant, network or endpoint record;
-// exactly one of the record pointers is set (none for Reset). For a Delete
-// the record is the last stored value when etcd still had it, and otherwise
-// only the identity that the key carries (names, no addresses).
+// Event is one change to a server, tenant, network, endpoint, policy or
+// port map record; exactly one of the record pointers is set (none for
+// Reset). For a Delete the record is the last stored value when etcd still
+// had it, and otherwise only the identity that the key carries (names, no
+// addresses).
 type Event struct {
 	Kind     EventKind
 	Revision int64  // etcd revision of the change, or of the snapshot for Reset
@@ -48,8 +52,19 @@ type Event struct {
 	Tenant   *Tenant
 	Network  *Network
 	Endpoint *Endpoint
+	Policy   *PolicyChange // one of a tenant's groups, pair rules or rules
+	PortMap  *PortMap
 
 	Snapshot []Event // Reset only: a Put for every record at Revision
+}
+
+// PolicyChange names the policy record an event is about. Consumers mostly
+// need only Tenant: whose policy to read again ([Cache.LookupPolicy] has
+// dropped its copy by the time subscribers hear of the change).
+type PolicyChange struct {
+	Tenant string
+	Kind   string // "group", "pair" or "rule"
+	Name   string // the group's name, "A/B" for a pair, the rule's ID
 }
 
 // watchRetry is the pause before re-establishing a broken watch.
@@ -57,8 +72,9 @@ const watchRetry = 500 * time.Millisecond
 
 // Watch streams changes to every record under the store's prefix, starting
 // at fromRevision (inclusive; 0 means "from now"), until ctx is done, when
-// the channel is closed. Index keys (addrs, ifaces) are not reported: they
-// mirror endpoint records.
+// the channel is closed. Index keys (addrs, ifaces, zones) are not
+// reported: they mirror other records; nor are address blocks, which concern
+// only the server holding them.
 //
 // The stream survives disconnects (the client resumes from the last
 // revision delivered) and compaction: when the revisions needed were
@@ -193,10 +209,20 @@ func (s *Store) event(kind EventKind, kv, prev *mvccpb.KeyValue) (ev Event, ok b
 	case section == "endpoints" && two:
 		ev.Endpoint = &Endpoint{Tenant: first, Name: second}
 		target = ev.Endpoint
+	case (section == "groups" || section == "pairs" || section == "rules") && two:
+		ev.Policy = &PolicyChange{Tenant: first, Kind: strings.TrimSuffix(section, "s"), Name: second}
+	case section == "portmaps" && two:
+		ev.PortMap = &PortMap{Server: first}
+		proto, port, _ := strings.Cut(second, "/")
+		ev.PortMap.Proto, _ = session.ParseProto(proto)
+		if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+			ev.PortMap.Port = uint16(n)
+		}
+		target = ev.PortMap
 	default:
 		return ev, false
 	}
-	if len(val) > 0 {
+	if len(val) > 0 && target != nil {
 		if err := json.Unmarshal(val, target); err != nil {
 			s.log.Warn("directory: corrupt record in watch", "key", key, "err", err)
 			if kind == Put {

@@ -6,10 +6,10 @@
 // It does no I/O on purpose. The directory decides what is taken (by reading
 // etcd) and claims an address with a compare-and-swap; this package only
 // computes. That split keeps the tricky edges (network and broadcast
-// addresses, exhaustion, the gateway) table-testable, and leaves room for
-// per-server address blocks later: a block is just another [Range] to search
-// with [FirstFreeIn], with the network's reservations folded into the
-// reserved predicate.
+// addresses, exhaustion, the gateway) table-testable. Per-server address
+// blocks ([Blocks], [Pool]) build on the same pieces: a block is just another
+// [Range] to search with [FirstFreeIn], with the network's reservations
+// folded into the reserved predicate.
 //
 // Only IPv4 is supported for now; every function says so with an error or a
 // [NotIPv4] reason rather than guessing.
@@ -62,11 +62,7 @@ func BroadcastAddr(p netip.Prefix) netip.Addr {
 	if checkV4(p) != nil {
 		return netip.Addr{}
 	}
-	b := NetworkAddr(p).As4()
-	hostBits := 32 - p.Bits()
-	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-	v |= uint32(uint64(1)<<hostBits - 1)
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	return fromV4(v4(NetworkAddr(p)) | uint32(uint64(1)<<(32-p.Bits())-1))
 }
 
 // DefaultGateway is the gateway NVI assumes when a network names none: the

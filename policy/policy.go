@@ -253,6 +253,10 @@ func (p Policy) Decide(r Request) Verdict {
 	return Verdict{false, fmt.Sprintf("networks %s and %s are isolated", r.From.Network, r.To.Network)}
 }
 
+// Precedence is the order of the package documentation in one line, for
+// tools that show a policy.
+const Precedence = "tenants apart > pair rules > port rules (deny beats allow) > groups > same network > isolated"
+
 // ErrConflict marks a rule that contradicts one already there.
 var ErrConflict = errors.New("conflicting rule")
 
