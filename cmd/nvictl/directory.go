@@ -22,6 +22,14 @@ func parseRef(kind, s string) (tenant, name string, err error) {
 	return tenant, name, directory.ValidateName(kind, name)
 }
 
+// oneRef reads the single argument TENANT/KIND.
+func oneRef(args []string, kind string) (tenant, name string, err error) {
+	if err := wantArgs(args, 1, "TENANT/"+strings.ToUpper(kind)); err != nil {
+		return "", "", err
+	}
+	return parseRef(kind, args[0])
+}
+
 // listCmd makes a command that prints records as a table or as JSON.
 func listCmd[T any](name, args, help string, flags func(*flag.FlagSet), header []string,
 	fetch func(e *env, s *directory.Store, args []string) ([]T, error), row func(T) []string) command {
@@ -61,14 +69,15 @@ func listCmd[T any](name, args, help string, flags func(*flag.FlagSet), header [
 
 // deleteCmd makes a command that deletes the record TENANT/NAME.
 func deleteCmd(kind, help string, del func(s *directory.Store, ctx context.Context, tenant, name string) error) command {
-	arg := "TENANT/" + strings.ToUpper(kind)
+	return refCmd("delete", kind, help, del)
+}
+
+// refCmd makes a command that acts on the record TENANT/NAME.
+func refCmd(name, kind, help string, act func(s *directory.Store, ctx context.Context, tenant, name string) error) command {
 	return command{
-		name: "delete", args: arg, help: help,
+		name: name, args: "TENANT/" + strings.ToUpper(kind), help: help,
 		run: func(e *env, _ *flag.FlagSet, args []string) error {
-			if err := wantArgs(args, 1, arg); err != nil {
-				return err
-			}
-			t, n, err := parseRef(kind, args[0])
+			t, n, err := oneRef(args, kind)
 			if err != nil {
 				return err
 			}
@@ -76,42 +85,40 @@ func deleteCmd(kind, help string, del func(s *directory.Store, ctx context.Conte
 			if err != nil {
 				return err
 			}
-			return del(s, e.ctx, t, n)
+			return act(s, e.ctx, t, n)
 		},
 	}
 }
 
 func tenantCommands() []command {
 	return []command{
-		{
-			name: "create", args: "TENANT", help: "create a tenant",
-			run: func(e *env, _ *flag.FlagSet, args []string) error {
-				if err := wantArgs(args, 1, "TENANT"); err != nil {
-					return err
-				}
-				s, err := e.directory()
-				if err != nil {
-					return err
-				}
-				_, err = s.CreateTenant(e.ctx, args[0])
-				return err
-			},
-		},
-		listCmd("list", "", "list tenants", nil, []string{"TENANT"},
+		argsCmd("create", "TENANT", "create a tenant", func(e *env, s *directory.Store, args []string) error {
+			_, err := s.CreateTenant(e.ctx, args[0])
+			return err
+		}),
+		listCmd("list", "", "list tenants and their conntrack zones", nil, []string{"TENANT", "ZONE"},
 			func(e *env, s *directory.Store, _ []string) ([]directory.Tenant, error) { return s.Tenants(e.ctx) },
-			func(t directory.Tenant) []string { return []string{t.Name} }),
-		{
-			name: "delete", args: "TENANT", help: "delete a tenant that has no networks",
-			run: func(e *env, _ *flag.FlagSet, args []string) error {
-				if err := wantArgs(args, 1, "TENANT"); err != nil {
-					return err
-				}
-				s, err := e.directory()
-				if err != nil {
-					return err
-				}
-				return s.DeleteTenant(e.ctx, args[0])
-			},
+			func(t directory.Tenant) []string { return []string{t.Name, orDash(int(t.Zone))} }),
+		argsCmd("delete", "TENANT", "delete a tenant that has no networks (and its remaining policy)", func(e *env, s *directory.Store, args []string) error {
+			return s.DeleteTenant(e.ctx, args[0])
+		}),
+	}
+}
+
+// argsCmd makes a command that takes exactly the positional arguments that
+// args names ("TENANT ID") and hands them to act with the directory.
+func argsCmd(name, args, help string, act func(e *env, s *directory.Store, args []string) error) command {
+	return command{
+		name: name, args: args, help: help,
+		run: func(e *env, _ *flag.FlagSet, pos []string) error {
+			if err := wantArgs(pos, len(strings.Fields(args)), args); err != nil {
+				return err
+			}
+			s, err := e.directory()
+			if err != nil {
+				return err
+			}
+			return act(e, s, pos)
 		},
 	}
 }
@@ -126,10 +133,7 @@ func netCommands() []command {
 				fs.StringVar(&gateway, "gateway", "", "gateway address (default: the first host address)")
 			},
 			run: func(e *env, _ *flag.FlagSet, args []string) error {
-				if err := wantArgs(args, 1, "TENANT/NET"); err != nil {
-					return err
-				}
-				t, n, err := parseRef("net", args[0])
+				t, n, err := oneRef(args, "net")
 				if err != nil {
 					return err
 				}
@@ -245,9 +249,13 @@ func endpointCommands() []command {
 var endpointHeader = []string{"TENANT", "NAME", "NETWORK", "IP", "MAC", "SERVER", "PORT", "IFACE-ID"}
 
 func endpointRow(ep directory.Endpoint) []string {
-	port := "-"
-	if ep.Port != 0 {
-		port = strconv.Itoa(int(ep.Port))
+	return []string{ep.Tenant, ep.Name, ep.Network, ep.IP.String(), ep.MAC, ep.Server, orDash(int(ep.Port)), ep.IfaceID}
+}
+
+// orDash prints a number that 0 means "none" of.
+func orDash(n int) string {
+	if n == 0 {
+		return "-"
 	}
-	return []string{ep.Tenant, ep.Name, ep.Network, ep.IP.String(), ep.MAC, ep.Server, port, ep.IfaceID}
+	return strconv.Itoa(n)
 }

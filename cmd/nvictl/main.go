@@ -1,6 +1,6 @@
-// Command nvictl is NVI's command-line client: it manages tenants, networks
-// and endpoints in the directory, shows servers and live sessions, and runs
-// the lab cloud.
+// Command nvictl is NVI's command-line client: it manages tenants, networks,
+// endpoints, policy and port maps in the directory, shows servers and live
+// sessions, and runs the lab cloud.
 package main
 
 import (
@@ -121,6 +121,17 @@ func topCommands() []command {
 		group("tenant", "create, list and delete tenants", tenantCommands()),
 		group("net", "create, list and delete networks", netCommands()),
 		group("endpoint", "create, list and delete endpoints", endpointCommands()),
+		group("group", "create, delete, fill and list groups of networks whose workloads reach each other", groupCommands()),
+		pairCmd("connect", "let two workloads of a tenant reach each other, whatever other rules say", setPair((*directory.Store).Connect)),
+		pairCmd("disconnect", "keep two workloads of a tenant apart, whatever other rules say", setPair((*directory.Store).Disconnect)),
+		group("pair", "forget pair rules", []command{
+			pairCmd("forget", "remove the pair rule of two workloads: other rules apply again", (*directory.Store).ForgetPair),
+		}),
+		group("rule", "add, list and delete rules with ports and protocols", ruleCommands()),
+		group("policy", "show a tenant's policy", []command{policyShowCmd()}),
+		exposeCmd(),
+		unexposeCmd(),
+		group("portmap", "list port maps", portMapCommands()),
 		listCmd("servers", "", "list the servers registered in the directory", nil,
 			[]string{"NAME", "DATA IP", "DATA MAC", "SITE", "ROLE", "AGENT"},
 			func(e *env, s *directory.Store, _ []string) ([]directory.Server, error) { return s.Servers(e.ctx) },
