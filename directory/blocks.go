@@ -97,7 +97,7 @@ func hasHost(n Network, b netip.Prefix) bool {
 // lease is gone: the registration is about to register again.
 func leaseLapsed(reg *Registration, err error) error {
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		return errorf(ErrUnavailable, "server %s: its lease lapsed and it is registering again; retry: %w", reg.srv.Name, err)
+		return errorf(ErrUnavailable, "server %s: its lease is gone (it lapsed and the server is registering again, or the registration was closed): %w", reg.srv.Name, err)
 	}
 	return err
 }

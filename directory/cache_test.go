@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"nvi/policy"
 )
 
 // recorder collects OnChange events.
@@ -205,7 +207,9 @@ func TestCacheReconcilesAfterCompaction(t *testing.T) {
 	stop := runCache(t, c)
 	must[Endpoint](t)(c.LookupEndpoint(ctx, "acme", a.IP))
 	must[Endpoint](t)(c.LookupEndpoint(ctx, "acme", b.IP))
+	must[policy.Policy](t)(c.LookupPolicy(ctx, "acme"))
 	stop()
+	must[policy.Group](t)(s.CreateGroup(ctx, "acme", "front"))
 
 	if err := s.DeleteEndpoint(ctx, "acme", "a"); err != nil {
 		t.Fatal(err)
@@ -223,6 +227,12 @@ func TestCacheReconcilesAfterCompaction(t *testing.T) {
 	rec.waitFor(t, "synthesized update of b", func(ev Event) bool {
 		return ev.Kind == Put && ev.Endpoint != nil && ev.Endpoint.Name == "b" && ev.Endpoint.Port == 9
 	})
+	rec.waitFor(t, "synthesized policy change", func(ev Event) bool {
+		return ev.Kind == Put && ev.Policy != nil && ev.Policy.Tenant == "acme"
+	})
+	if p := must[policy.Policy](t)(c.LookupPolicy(ctx, "acme")); len(p.Groups) != 1 {
+		t.Fatalf("policy after reconcile = %+v", p)
+	}
 	reads := c.reads.Load()
 	if e := must[Endpoint](t)(c.LookupEndpoint(ctx, "acme", b.IP)); e.Port != 9 {
 		t.Fatalf("b after reconcile = %+v", e)

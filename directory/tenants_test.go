@@ -2,6 +2,7 @@ package directory
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -69,9 +70,18 @@ func TestDeleteTenantTakesPolicy(t *testing.T) {
 	tn := must[Tenant](t)(s.CreateTenant(ctx, "acme"))
 	must[policy.Group](t)(s.CreateGroup(ctx, "acme", "front"))
 	must[policy.Rule](t)(s.AddRule(ctx, "acme", policy.Rule{Action: policy.Deny, From: policy.Selector{Kind: policy.AnyKind}, To: policy.Selector{Kind: policy.GroupKind, Name: "front"}}))
+	c := NewCache(s, testLogger(t))
+	runCache(t, c)
+	must[policy.Policy](t)(c.LookupPolicy(ctx, "acme"))
+	must[Tenant](t)(c.LookupTenant(ctx, "acme"))
 	if err := s.DeleteTenant(ctx, "acme"); err != nil {
 		t.Fatal(err)
 	}
+	eventually(t, "cached policy and tenant dropped", func() bool {
+		_, perr := c.LookupPolicy(ctx, "acme")
+		_, terr := c.LookupTenant(ctx, "acme")
+		return errors.Is(perr, ErrNotFound) && errors.Is(terr, ErrNotFound)
+	})
 	for _, prefix := range []string{s.k.groups("acme"), s.k.rules("acme"), s.k.zone(tn.Zone)} {
 		resp, err := s.Client().Get(ctx, prefix, withPrefix())
 		if err != nil || resp.Count != 0 {
