@@ -20,7 +20,10 @@ type Filter struct {
 
 // CreateEndpoint stores a workload endpoint. The network must exist and the
 // server must be registered. A zero IP asks for the lowest free host address
-// of the network; an explicit one must be usable and free.
+// of the network; an explicit one must be usable and free. A taken explicit
+// address fails with an error wrapping ErrConflict ("address 10.1.0.5 is
+// already used by acme/db"): an agent allocating from its blocks
+// ([Store.ClaimBlock]) marks it used and tries its pool's next address.
 //
 // The endpoint key, the address index and (with an IfaceID) the iface index
 // are written in ONE transaction that compares each of them absent and the
