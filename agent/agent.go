@@ -35,6 +35,10 @@ type Agent struct {
 	byAddr     map[addrKey]*local // ... by tenant and address
 	sessions   map[session.Tuple]*entry
 	tenants    map[string]*tenant
+	pools      map[netKey]*addrPool             // address blocks this server holds, per network
+	portMaps   map[portMapKey]directory.PortMap // this server's port maps
+	reg        *directory.Registration
+	ipamMu     sync.Mutex         // serialises address allocation; guards pools
 	byWire     map[wireKey]*entry // cross-server sessions as the underlay names them
 	punts      map[netip.Addr]int // ICMP sessions per peer, for the punt flow
 	keys       *session.KeyPool
@@ -70,6 +74,8 @@ func New(cfg Config) (*Agent, error) {
 		byAddr:   map[addrKey]*local{},
 		sessions: map[session.Tuple]*entry{},
 		tenants:  map[string]*tenant{},
+		pools:    map[netKey]*addrPool{},
+		portMaps: map[portMapKey]directory.PortMap{},
 		byWire:   map[wireKey]*entry{},
 		punts:    map[netip.Addr]int{},
 		keys:     session.NewKeyPool(cfg.KeyRange, cfg.KeyRest),
@@ -133,6 +139,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.register(ctx); err != nil {
 		return err
 	}
+	a.loadPortMaps(ctx)
 	wg.Add(1)
 	go func() { defer wg.Done(); a.watchInterfaces(ctx) }()
 
@@ -282,10 +289,10 @@ func (a *Agent) register(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 	for attempt := 0; ; attempt++ {
-		_, err := a.dir.RegisterServer(ctx, srv, a.cfg.LeaseTTL)
+		reg, err := a.dir.RegisterServer(ctx, srv, a.cfg.LeaseTTL)
 		if err == nil {
 			a.mu.Lock()
-			a.registered = true
+			a.registered, a.reg = true, reg
 			a.mu.Unlock()
 			a.setDirErr("")
 			a.log.Info("registered in the directory", "server", srv.Name, "data_ip", srv.DataIP, "data_mac", srv.DataMAC)

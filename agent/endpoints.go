@@ -140,6 +140,7 @@ func (a *Agent) bind(ctx context.Context, iface string, ofport uint32, ifaceID s
 		a.log.Warn("cannot record the port in the directory", "endpoint", ep.Ref(), "err", err)
 	}
 	a.log.Info("workload bound", "endpoint", ep.Ref(), "ip", ep.IP, "mac", ep.MAC, "iface", iface, "ofport", ofport)
+	a.applyPortMaps(ctx) // one may be waiting for this workload
 	return nil
 }
 
@@ -237,7 +238,13 @@ func (a *Agent) createEndpoint(ctx context.Context, req api.CreateEndpointReques
 	if ep.IfaceID == "" {
 		ep.IfaceID = req.Tenant + "/" + req.Name
 	}
-	got, err := a.dir.CreateEndpoint(ctx, ep)
+	var got directory.Endpoint
+	var err error
+	if ep.IP.IsValid() {
+		got, err = a.dir.CreateEndpoint(ctx, ep)
+	} else {
+		got, err = a.createWithAddress(ctx, ep)
+	}
 	if err != nil {
 		return api.Endpoint{}, apiError(err)
 	}
@@ -302,6 +309,7 @@ func (a *Agent) deleteEndpoint(ctx context.Context, tenant, name string) error {
 	if err := a.dir.DeleteEndpoint(ctx, tenant, name); err != nil {
 		return apiError(err)
 	}
+	a.addressFreed(ep)
 	a.log.Info("endpoint deleted", "endpoint", ep.Ref())
 	return nil
 }

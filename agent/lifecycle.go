@@ -117,7 +117,8 @@ func (a *Agent) expire(ctx context.Context) {
 // onDirectoryChange ends sessions whose other end went away: a server whose
 // lease expired, an endpoint deleted or moved.
 func (a *Agent) onDirectoryChange(ev directory.Event) {
-	a.onNetworkChange(ev)
+	a.onTenantChange(ev)
+	a.onPortMapChange(ev)
 	var doomed []*entry
 	notify := true
 	a.mu.Lock()
@@ -178,7 +179,6 @@ func (a *Agent) peerGone(name string) {
 // beyond the base pipeline: workloads, established sessions, punts.
 func (a *Agent) knownFlows(br pipeline.Bridge) []openflow.Message {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	var msgs []openflow.Message
 	for _, l := range a.locals {
 		msgs = append(msgs, flowMods(pipeline.WorkloadFlows(br, l.workload())...)...)
@@ -194,7 +194,8 @@ func (a *Agent) knownFlows(br pipeline.Bridge) []openflow.Message {
 	for peer := range a.punts {
 		msgs = append(msgs, pipeline.Punt(br, peer))
 	}
-	return msgs
+	a.mu.Unlock()
+	return append(msgs, a.portMapFlows(br)...)
 }
 
 // adoptSessions takes over session flows found on the bridge that the agent

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 
@@ -9,6 +10,7 @@ import (
 	"nvi/openflow"
 	"nvi/pipeline"
 	"nvi/policy"
+	"nvi/session"
 )
 
 // tenant is what the agent keeps of a tenant it has workloads of: its
@@ -99,19 +101,94 @@ func (a *Agent) tenantNetsChanged(ctx context.Context, name string) {
 	}
 }
 
-// onNetworkChange is the directory's word that a network came or went.
-func (a *Agent) onNetworkChange(ev directory.Event) {
-	if ev.Network != nil && (ev.Kind == directory.Put || ev.Kind == directory.Delete) {
+// onTenantChange is the directory's word that a network or a policy of a
+// tenant changed.
+func (a *Agent) onTenantChange(ev directory.Event) {
+	switch {
+	case ev.Network != nil && (ev.Kind == directory.Put || ev.Kind == directory.Delete):
 		go a.tenantNetsChanged(a.ctx, ev.Network.Tenant)
+	case ev.Policy != nil:
+		go a.policyChanged(a.ctx, ev.Policy.Tenant)
 	}
 }
 
-// zoneOf is the tenant's conntrack zone.
+// zoneOf is the tenant's conntrack zone, which the directory hands out.
 func (a *Agent) zoneOf(ctx context.Context, name string) (uint16, error) {
-	return 1, nil
+	t, err := a.cache.LookupTenant(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	if t.Zone == 0 {
+		return 0, fmt.Errorf("tenant %s has no conntrack zone", name)
+	}
+	return t.Zone, nil
 }
 
-// policyOf is the tenant's policy.
+// policyOf is the tenant's policy, from the directory's cache: served from
+// memory, and kept current by its watch.
 func (a *Agent) policyOf(ctx context.Context, name string) (policy.Policy, error) {
-	return policy.Policy{}, nil
+	return a.cache.LookupPolicy(ctx, name)
+}
+
+// policyChanged applies a tenant's new policy to live traffic: sessions it
+// no longer allows end at both ends, and drop flows go, so that what it now
+// allows connects on its next packet. Both agents of a session do this on
+// their own; whichever comes first tears the session down.
+func (a *Agent) policyChanged(ctx context.Context, name string) {
+	pol, err := a.policyOf(ctx, name)
+	if err != nil {
+		a.log.Warn("cannot read the tenant's new policy", "tenant", name, "err", err)
+		return
+	}
+	type check struct {
+		e          *entry
+		from, to   policy.Subject
+		needRemote netip.Addr
+	}
+	var checks []check
+	a.mu.Lock()
+	for _, e := range a.sessions {
+		if e.s.Tenant != name || e.state != established {
+			continue
+		}
+		c := check{e: e}
+		switch e.s.Role {
+		case session.RoleLocal:
+			cl, sv := a.byAddr[addrKey{name, e.s.Client}], a.byAddr[addrKey{name, e.s.Server}]
+			if cl == nil || sv == nil {
+				continue
+			}
+			c.from, c.to = cl.subject(), sv.subject()
+		case session.RoleClient:
+			if l := a.byAddr[addrKey{name, e.s.Client}]; l != nil {
+				c.from, c.needRemote = l.subject(), e.s.Server
+			}
+		case session.RoleServer:
+			if l := a.byAddr[addrKey{name, e.s.Server}]; l != nil {
+				c.to, c.needRemote = l.subject(), e.s.Client
+			}
+		}
+		checks = append(checks, c)
+	}
+	a.mu.Unlock()
+	for _, c := range checks {
+		if c.needRemote.IsValid() {
+			ep, err := a.cache.LookupEndpoint(ctx, name, c.needRemote)
+			if err != nil {
+				continue // the directory will say when it goes
+			}
+			if c.from.Name == "" {
+				c.from = subjectOf(ep)
+			} else {
+				c.to = subjectOf(ep)
+			}
+		}
+		if v := pol.Decide(policy.Request{From: c.from, To: c.to, Proto: c.e.s.Proto, Port: c.e.s.Port}); !v.Allow {
+			go a.teardown(ctx, c.e, "policy: "+v.Reason, true)
+		}
+	}
+	if err := a.sw.apply(ctx, pipeline.DeleteByCookie(pipeline.FeatureCookie(pipeline.FeatureDeny), pipeline.FeatureMask)); err != nil {
+		a.log.Warn("cannot remove drop flows after a policy change", "err", err)
+	}
+	a.log.Info("policy applied to live sessions", "tenant", name, "checked", len(checks))
 }

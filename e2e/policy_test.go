@@ -48,8 +48,9 @@ func (l *Lab) reach(from, to member, p probe) bool {
 }
 
 // table tries every ordered pair with every probe, in parallel, and
-// compares with what pol decides; it returns the number of checks.
-func (l *Lab) table(t *testing.T, ms []member, pols map[string]policy.Policy) int {
+// compares with what pol decides; it returns the number of checks and how
+// many the policy allows.
+func (l *Lab) table(t *testing.T, ms []member, pols map[string]policy.Policy) (int, map[string]bool) {
 	t.Helper()
 	type check struct {
 		from, to member
@@ -71,6 +72,15 @@ func (l *Lab) table(t *testing.T, ms []member, pols map[string]policy.Policy) in
 			}
 		}
 	}
+	allowed := map[string]bool{}
+	for _, c := range checks {
+		if c.want {
+			allowed[fmt.Sprintf("%s->%s %s/%d", c.from.Name, c.to.Name, c.p.proto, c.p.port)] = true
+		}
+	}
+	if len(allowed) == 0 || len(allowed) == len(checks) {
+		t.Fatalf("a truth table that allows %d of %d checks tells nothing", len(allowed), len(checks))
+	}
 	var mu sync.Mutex
 	var wrong []string
 	var wg sync.WaitGroup
@@ -91,7 +101,7 @@ func (l *Lab) table(t *testing.T, ms []member, pols map[string]policy.Policy) in
 	for _, w := range wrong {
 		t.Error(w)
 	}
-	return len(checks)
+	return len(checks), allowed
 }
 
 // TestPolicyTruthTable: three servers, two tenants with an overlapping
@@ -146,8 +156,8 @@ func TestPolicyTruthTable(t *testing.T) {
 		},
 	}
 	pols := map[string]policy.Policy{"acme": acme, "globex": {}}
-	checks := l.table(t, ms, pols)
-	t.Logf("round 1: %d checks", checks)
+	checks, allowed1 := l.table(t, ms, pols)
+	t.Logf("round 1: %d checks, %d allowed", checks, len(allowed1))
 	if t.Failed() {
 		return
 	}
@@ -163,7 +173,9 @@ func TestPolicyTruthTable(t *testing.T) {
 	l.must("group", "remove", "acme/back", "ops")
 	l.must("pair", "forget", "acme/"+n("w2"), "acme/"+n("d1"))
 	l.must("disconnect", "acme/"+n("w1"), "acme/"+n("o1"))
-	acme.Rules = acme.Rules[1:]
+	l.must("rule", "add", "acme", "--allow", "--from", "net:ops", "--to", "net:web", "--port", "udp/53")
+	acme.Rules = append(acme.Rules[1:], policy.Rule{ID: "r3", Action: policy.Allow, From: sel(policy.NetworkKind, "ops"),
+		To: sel(policy.NetworkKind, "web"), Ports: policy.Ports{Proto: session.UDP, First: 53, Last: 53}})
 	acme.Groups[0].Networks = []string{"db"}
 	acme.Pairs = []policy.Pair{{A: n("w1"), B: n("o1"), Connect: false}}
 	pols["acme"] = acme
@@ -183,8 +195,23 @@ func TestPolicyTruthTable(t *testing.T) {
 			}
 		}
 	}
-	checks = l.table(t, ms, pols)
-	t.Logf("round 2, after the policy change: %d checks; sessions before it: %v", checks, before)
+	checks, allowed2 := l.table(t, ms, pols)
+	revoked, granted := 0, 0
+	for k := range allowed1 {
+		if !allowed2[k] {
+			revoked++
+		}
+	}
+	for k := range allowed2 {
+		if !allowed1[k] {
+			granted++
+		}
+	}
+	if revoked == 0 || granted == 0 {
+		t.Fatalf("the policy change revoked %d and granted %d of the checks: it should do both", revoked, granted)
+	}
+	t.Logf("round 2, after the policy change: %d checks, %d allowed (%d revoked, %d newly granted); sessions before it: %v",
+		checks, len(allowed2), revoked, granted, before)
 }
 
 func memberByIP(ms []member, tenant, ip string) (member, bool) {
