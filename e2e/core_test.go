@@ -155,6 +155,18 @@ func TestCore(t *testing.T) {
 				t.Errorf("a session toward the other network exists: %+v", s)
 			}
 		}
+		// A flood toward the refused peer costs a handful of packet-ins:
+		// the drop flow takes it, not the agent.
+		before := l.packetIns("s1")
+		l.in(w1.Name, 30*time.Second, "ping", "-f", "-c", "3000", "-w", "3", d1.IP)
+		l.in(w1.Name, 30*time.Second, "sh", "-c", "for i in $(seq 1 300); do echo x; done | nc -u -w 1 "+d1.IP+" 6000")
+		// Those that arrive before the drop flow is in (a few ms of the
+		// flood) reach the agent; the rest do not.
+		got := l.packetIns("s1") - before
+		if got > 100 {
+			t.Errorf("a flood of 3,300 packets toward a refused peer cost %d packet-ins", got)
+		}
+		t.Logf("a flood of 3,300 packets toward a refused peer cost %d packet-ins", got)
 	})
 	t.Run("underlay carries only server addresses, full size, no tunnels", func(t *testing.T) {
 		pkts, err := readPcap(capt.stop())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -168,8 +169,35 @@ func netCommands() []command {
 			func(n directory.Network) []string {
 				return []string{n.Tenant, n.Name, n.CIDR.String(), n.Gateway.String()}
 			}),
+		listCmd("blocks", "TENANT/NET", "list the address blocks servers hold in a network", nil, []string{"BLOCK", "SERVER"},
+			func(e *env, s *directory.Store, args []string) ([]netBlock, error) {
+				if err := wantArgs(args, 1, "TENANT/NET"); err != nil {
+					return nil, err
+				}
+				t, n, err := parseRef("net", args[0])
+				if err != nil {
+					return nil, err
+				}
+				held, err := s.Blocks(e.ctx, t, n)
+				if err != nil {
+					return nil, err
+				}
+				out := make([]netBlock, 0, len(held))
+				for b, srv := range held {
+					out = append(out, netBlock{b, srv})
+				}
+				slices.SortFunc(out, func(x, y netBlock) int { return x.Block.Addr().Compare(y.Block.Addr()) })
+				return out, nil
+			},
+			func(b netBlock) []string { return []string{b.Block.String(), b.Server} }),
 		deleteCmd("net", "delete a network that has no endpoints", (*directory.Store).DeleteNetwork),
 	}
+}
+
+// netBlock is an address block and the server that holds it.
+type netBlock struct {
+	Block  netip.Prefix `json:"block"`
+	Server string       `json:"server"`
 }
 
 func endpointCommands() []command {
