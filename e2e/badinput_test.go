@@ -74,6 +74,25 @@ func TestBadInput(t *testing.T) {
 			noWorkload(t, n(x))
 		}
 	})
+	t.Run("policy and port maps", func(t *testing.T) {
+		expect(t, l.mustFail("group", "add", "nope/g", "web"), "nope")
+		expect(t, l.mustFail("group", "create", "acme/g1"+strings.Repeat("x", 70)), "longer than 63")
+		l.must("group", "create", "acme/front")
+		expect(t, l.mustFail("group", "add", "acme/front", "missing"), "missing")
+		expect(t, l.mustFail("connect", "acme/"+w1.Name, "acme/ghost"), "ghost")
+		expect(t, l.mustFail("connect", "acme/"+w1.Name, "globex/"+w2.Name), "tenant")
+		expect(t, l.mustFail("rule", "add", "acme", "--allow", "--from", "net:web", "--to", "net:web", "--port", "tcp/99999"), "tcp/99999")
+		expect(t, l.mustFail("rule", "add", "acme", "--allow", "--from", "web", "--to", "net:web"), "net:NAME")
+		expect(t, l.mustFail("rule", "add", "acme", "--allow", "--from", "net:nowhere", "--to", "net:web"), "nowhere")
+		l.must("rule", "add", "acme", "--allow", "--from", "net:web", "--to", "net:web", "--port", "udp/53")
+		expect(t, l.mustFail("rule", "add", "acme", "--deny", "--from", "net:web", "--to", "net:web", "--port", "udp/53"), "conflict")
+		expect(t, l.mustFail("expose", "acme/"+w1.Name, "--port", "tcp/8080"), "8080")
+		expect(t, l.mustFail("expose", "acme/"+w1.Name, "--port", "tcp/62000:80"), "62000")
+		expect(t, l.mustFail("expose", "acme/ghost", "--port", "tcp/8080:80"), "ghost")
+		if out := l.must("rule", "list", "acme"); strings.Count(out, "udp/53") != 1 {
+			t.Errorf("refused rules left something behind:\n%s", out)
+		}
+	})
 	t.Run("lab commands without root", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

@@ -16,9 +16,16 @@ func TestServerSpeaksAfterIdle(t *testing.T) {
 	const idle = 3 * time.Second
 	l := newLab(t, 2, "--idle-timeout", idle.String())
 	l.must("net", "create", "acme/web", "--cidr", "10.1.0.0/24")
+	l.must("net", "create", "acme/db", "--cidr", "10.2.0.0/24")
+	// web may open connections to db's port 9100; db may open none to web,
+	// so only conntrack can let the server's late answer through.
+	l.must("rule", "add", "acme", "--allow", "--from", "net:web", "--to", "net:db", "--port", "tcp/9100")
 	n := func(s string) string { return l.Prefix + "-" + s }
 	c := l.workload(n("c"), "s1", "acme/web")
-	s := l.workload(n("s"), "s2", "acme/web")
+	s := l.workload(n("s"), "s2", "acme/db")
+	if r := l.in(s.Name, 10*time.Second, "nc", "-z", "-w", "2", c.IP, "22"); r.Code == 0 {
+		t.Fatal("db opened a connection to web: the policy does not hold")
+	}
 
 	l.start(s.Name, "sh", "-c", "(sleep 12; echo late news) | nc -l 9100")
 	l.listening(s.Name, "tcp", 9100)
