@@ -66,6 +66,18 @@ bold "Different networks are isolated: web1 cannot reach db1"
 db1=$($nvictl endpoint list --net acme/db -o json | sed -n 's/.*"ip": "\(.*\)".*/\1/p' | head -1)
 if ip netns exec web1 ping -c 2 -W 1 "$db1" >/dev/null; then echo "UNEXPECTED: web1 reached db1"; else echo "web1 -> db1 ($db1): no answer, as policy says"; fi
 
+bold "Policy: allow web to reach db with ICMP only, and see it apply at once"
+run $nvictl rule add acme --allow --from net:web --to net:db --port icmp
+run ip netns exec web1 ping -c 2 -i 0.2 "$db1"
+run $nvictl policy show acme
+
+bold "Outside: egress with the server's address, and a port exposed on a server"
+run ip netns exec web1 ping -c 2 -i 0.2 203.0.113.2
+ip netns exec web2 sh -c 'echo "hello from web2" | nc -l 80' >/dev/null &
+sleep 0.3
+run $nvictl expose acme/web2 --port tcp/8080:80
+run sh -c "ip netns exec nvi-internet nc -w 2 198.18.0.2 8080 </dev/null"
+
 bold "Live sessions: 20 TCP connections made one session; ICMP is keyed by echo id"
 run $nvictl sessions --server s1
 run $nvictl sessions --server s2
@@ -78,7 +90,7 @@ kill -INT $capture; wait $capture 2>/dev/null || true; capture=""
 echo "a sample of session traffic (directory and agent API traffic left out):"
 run sh -c "tcpdump -r $pcap -nn 'ip and not port 2379 and not port 7470' 2>/dev/null | head -12"
 total=$(tcpdump -r "$pcap" -nn 2>/dev/null | wc -l)
-workload=$(tcpdump -r "$pcap" -nn 'net 10.0.0.0/8' 2>/dev/null | wc -l)
+workload=$(tcpdump -r "$pcap" -nn 'net 10.0.0.0/8' 2>/dev/null | wc -l)  # the internet host is not a workload
 tunnels=$(tcpdump -r "$pcap" -nn 'udp port 4789 or udp port 6081 or ip proto 47 or ip proto 4' 2>/dev/null | wc -l)
 full=$(tcpdump -r "$pcap" -nn -v 'ip[2:2] = 1500' 2>/dev/null | grep -c 'length 1500' || true)
 echo "packets: $total; naming a workload address: $workload; VXLAN/Geneve/GRE/IP-in-IP: $tunnels; 1500-byte IP packets: $full"
