@@ -99,7 +99,9 @@ func runBench(args []string) error {
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		_ = exec.CommandContext(cctx, b.nvictl, "lab", "down").Run()
+		down := exec.CommandContext(cctx, b.nvictl, "lab", "down")
+		down.Env = append(os.Environ(), "NVI_LAB="+prefix)
+		_ = down.Run()
 	}()
 	fmt.Fprintln(os.Stderr, "nvibench: bringing up a two-server lab...")
 	steps := [][]string{
