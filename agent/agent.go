@@ -38,9 +38,10 @@ type Agent struct {
 	pools      map[netKey]*addrPool             // address blocks this server holds, per network
 	portMaps   map[portMapKey]directory.PortMap // this server's port maps
 	reg        *directory.Registration
-	ipamMu     sync.Mutex         // serialises address allocation; guards pools
-	byWire     map[wireKey]*entry // cross-server sessions as the underlay names them
-	punts      map[netip.Addr]int // ICMP sessions per peer, for the punt flow
+	waiting    map[string]waitingPort // labelled ports whose endpoint is not recorded yet, by iface-id
+	ipamMu     sync.Mutex             // serialises address allocation; guards pools
+	byWire     map[wireKey]*entry     // cross-server sessions as the underlay names them
+	punts      map[netip.Addr]int     // ICMP sessions per peer, for the punt flow
 	keys       *session.KeyPool
 	peers      map[string]*api.PeerClient
 	registered bool
@@ -76,6 +77,7 @@ func New(cfg Config) (*Agent, error) {
 		tenants:  map[string]*tenant{},
 		pools:    map[netKey]*addrPool{},
 		portMaps: map[portMapKey]directory.PortMap{},
+		waiting:  map[string]waitingPort{},
 		byWire:   map[wireKey]*entry{},
 		punts:    map[netip.Addr]int{},
 		keys:     session.NewKeyPool(cfg.KeyRange, cfg.KeyRest),

@@ -78,6 +78,7 @@ func (a *Agent) onInterface(ctx context.Context, ev ovsdb.InterfaceEvent) {
 		a.adoptSessions(ctx, true)
 		return
 	case ovsdb.Removed:
+		a.forgetWaiting(ev.Old.ExternalIDs[ifaceIDKey])
 		a.unbindPort(ctx, uint32(max(ev.Old.OFPort, 0)), "port removed")
 		return
 	}
@@ -87,12 +88,57 @@ func (a *Agent) onInterface(ctx context.Context, ev ovsdb.InterfaceEvent) {
 		(ev.Old.OFPort != st.OFPort || ev.Old.ExternalIDs[ifaceIDKey] != id) {
 		a.unbindPort(ctx, uint32(ev.Old.OFPort), "port relabelled")
 	}
+	if ev.Kind == ovsdb.Modified && ev.Old.ExternalIDs[ifaceIDKey] != id {
+		a.forgetWaiting(ev.Old.ExternalIDs[ifaceIDKey])
+	}
 	if id == "" || st.OFPort <= 0 {
 		return
 	}
 	if err := a.bind(ctx, st.Name, uint32(st.OFPort), id); err != nil {
-		a.log.Warn("cannot bind port", "iface", st.Name, "ofport", st.OFPort, "iface_id", id, "err", err)
+		// A hypervisor may plug a port before anyone recorded its
+		// endpoint: it waits, and binds when the record appears.
+		a.mu.Lock()
+		a.waiting[id] = waitingPort{st.Name, uint32(st.OFPort)}
+		a.mu.Unlock()
+		a.log.Warn("port not bound; waiting for its endpoint", "iface", st.Name, "ofport", st.OFPort, "iface_id", id, "err", err)
 	}
+}
+
+// waitingPort is a labelled port whose endpoint could not be bound yet.
+type waitingPort struct {
+	iface  string
+	ofport uint32
+}
+
+func (a *Agent) forgetWaiting(id string) {
+	if id == "" {
+		return
+	}
+	a.mu.Lock()
+	delete(a.waiting, id)
+	a.mu.Unlock()
+}
+
+// onEndpointRecord binds a waiting port when its endpoint is recorded (or
+// moved to this server).
+func (a *Agent) onEndpointRecord(ev directory.Event) {
+	ep := ev.Endpoint
+	if ev.Kind != directory.Put || ep == nil || ep.Server != a.cfg.Name || ep.IfaceID == "" {
+		return
+	}
+	a.mu.Lock()
+	w, ok := a.waiting[ep.IfaceID]
+	a.mu.Unlock()
+	if !ok {
+		return
+	}
+	go func() {
+		if err := a.bind(a.ctx, w.iface, w.ofport, ep.IfaceID); err != nil {
+			a.log.Warn("cannot bind waiting port", "iface", w.iface, "iface_id", ep.IfaceID, "err", err)
+			return
+		}
+		a.forgetWaiting(ep.IfaceID)
+	}()
 }
 
 // bind makes a port a workload's: the workload's flows go in, and the

@@ -118,6 +118,7 @@ func (a *Agent) expire(ctx context.Context) {
 // lease expired, an endpoint deleted or moved.
 func (a *Agent) onDirectoryChange(ev directory.Event) {
 	a.onTenantChange(ev)
+	a.onEndpointRecord(ev)
 	a.onPortMapChange(ev)
 	var doomed []*entry
 	notify := true

@@ -21,6 +21,7 @@ import (
 var bin string
 
 func TestMain(m *testing.M) {
+	tapVMMain()
 	if os.Geteuid() != 0 {
 		if os.Getenv("NVI_REQUIRE_E2E") != "" {
 			fmt.Fprintln(os.Stderr, "e2e: these tests need root (network namespaces, Open vSwitch)")
@@ -65,6 +66,13 @@ func (r result) String() string {
 // sh runs a command with a deadline and returns everything about it.
 func sh(ctx context.Context, env []string, name string, args ...string) result {
 	return shIn(ctx, env, "", name, args...)
+}
+
+// sh2 runs a command with a minute's deadline.
+func sh2(args ...string) result {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return sh(ctx, nil, args[0], args[1:]...)
 }
 
 // shIn is sh with stdin.
