@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"nvi/api"
+	"nvi/directory"
 	"nvi/pipeline"
 )
 
@@ -45,8 +46,67 @@ func (s localService) AttachEndpoint(ctx context.Context, req api.AttachRequest)
 	return s.a.attachEndpoint(ctx, req)
 }
 
+// DeleteEndpoint also removes ports still labelled with the endpoint's
+// iface-id that are not bound: the port of an interface that vanished (a
+// container's namespace deleted before its plugin's DEL) stays in OVSDB
+// unbound, and nobody else would remove it.
 func (s localService) DeleteEndpoint(ctx context.Context, tenant, name string) error {
-	return s.a.deleteEndpoint(ctx, tenant, name)
+	a := s.a
+	if a.dir == nil {
+		return api.Errorf(api.CodeUnavailable, "the directory is not connected yet")
+	}
+	ep, err := a.dir.Endpoint(ctx, tenant, name)
+	if err != nil {
+		return apiError(err)
+	}
+	if err := a.deleteEndpoint(ctx, tenant, name); err != nil {
+		return err
+	}
+	if ep.Server == a.cfg.Name && ep.IfaceID != "" {
+		a.removeLabelledPorts(ctx, ep.IfaceID)
+	}
+	return nil
+}
+
+// removeLabelledPorts deletes the bridge's ports labelled with iface-id id.
+func (a *Agent) removeLabelledPorts(ctx context.Context, id string) {
+	ifaces, err := a.ovs.Interfaces(ctx)
+	if err != nil {
+		a.log.Warn("cannot list interfaces to remove stale ports", "iface_id", id, "err", err)
+		return
+	}
+	for _, i := range ifaces {
+		if i.ExternalIDs[ifaceIDKey] != id {
+			continue
+		}
+		if err := a.ovs.DeletePort(ctx, a.cfg.Bridge, i.Name); err != nil {
+			a.log.Warn("cannot remove a stale port", "iface", i.Name, "iface_id", id, "err", err)
+			continue
+		}
+		a.log.Info("stale port removed", "iface", i.Name, "iface_id", id)
+	}
+}
+
+// ServerEndpoints lists the directory's endpoints on this server, bound or
+// not.
+func (s localService) ServerEndpoints(ctx context.Context) ([]api.Endpoint, error) {
+	a := s.a
+	if a.dir == nil {
+		return nil, api.Errorf(api.CodeUnavailable, "the directory is not connected yet")
+	}
+	eps, err := a.dir.Endpoints(ctx, directory.Filter{Server: a.cfg.Name})
+	if err != nil {
+		return nil, apiError(err)
+	}
+	out := make([]api.Endpoint, 0, len(eps))
+	for _, ep := range eps {
+		e, err := a.apiEndpoint(ep)
+		if err != nil { // its network is gone: still list what the record says
+			e = api.Endpoint{Tenant: ep.Tenant, Network: ep.Network, Name: ep.Name, IP: ep.IP, MAC: ep.MAC, Server: ep.Server, IfaceID: ep.IfaceID, OFPort: ep.Port}
+		}
+		out = append(out, e)
+	}
+	return out, nil
 }
 
 func (s localService) Endpoints(ctx context.Context) ([]api.Endpoint, error) {

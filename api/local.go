@@ -79,6 +79,10 @@ type LocalService interface {
 	AttachEndpoint(ctx context.Context, req AttachRequest) (Endpoint, error)
 	DeleteEndpoint(ctx context.Context, tenant, name string) error
 	Endpoints(ctx context.Context) ([]Endpoint, error)
+	// ServerEndpoints lists every endpoint the directory places on this
+	// server, bound to a port or not: what a plugin's garbage collection
+	// looks through.
+	ServerEndpoints(ctx context.Context) ([]Endpoint, error)
 	Sessions(ctx context.Context) ([]SessionInfo, error)
 }
 
@@ -99,6 +103,9 @@ func LocalHandler(svc LocalService, log *slog.Logger) http.Handler {
 	})
 	route(mux, log, "GET /v1/endpoints", func(ctx context.Context, _ *http.Request, _ Empty) ([]Endpoint, error) {
 		return svc.Endpoints(ctx)
+	})
+	route(mux, log, "GET /v1/server/endpoints", func(ctx context.Context, _ *http.Request, _ Empty) ([]Endpoint, error) {
+		return svc.ServerEndpoints(ctx)
 	})
 	route(mux, log, "GET /v1/sessions", func(ctx context.Context, _ *http.Request, _ Empty) ([]SessionInfo, error) {
 		return svc.Sessions(ctx)
@@ -141,6 +148,11 @@ func (l *LocalClient) DeleteEndpoint(ctx context.Context, tenant, name string) e
 // Endpoints implements LocalService.
 func (l *LocalClient) Endpoints(ctx context.Context) (es []Endpoint, err error) {
 	return es, l.c.call(ctx, http.MethodGet, "/v1/endpoints", nil, &es)
+}
+
+// ServerEndpoints implements LocalService.
+func (l *LocalClient) ServerEndpoints(ctx context.Context) (es []Endpoint, err error) {
+	return es, l.c.call(ctx, http.MethodGet, "/v1/server/endpoints", nil, &es)
 }
 
 // Sessions implements LocalService.
