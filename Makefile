@@ -10,7 +10,7 @@ FUZZTIME ?= 20s
 .PHONY: build test check unit e2e fuzz vet fmt bench tour clean
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/nvid ./cmd/nvictl ./cmd/nvi-cni
+	$(GO) build -o $(BIN)/ ./cmd/nvid ./cmd/nvictl ./cmd/nvi-cni ./cmd/nvi-docker
 
 # Everything CI runs.
 check: fmt vet unit e2e fuzz
