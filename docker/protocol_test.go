@@ -346,3 +346,51 @@ func (b *lockedBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// FuzzHandler sends anything to any method: the answer is always one JSON
+// object, a refusal always carries its message in "Err", and no call on
+// its own leaves an interface behind.
+func FuzzHandler(f *testing.F) {
+	methods := []string{
+		"Plugin.Activate", "NetworkDriver.GetCapabilities", "NetworkDriver.CreateNetwork", "NetworkDriver.DeleteNetwork",
+		"NetworkDriver.CreateEndpoint", "NetworkDriver.EndpointOperInfo", "NetworkDriver.DeleteEndpoint", "NetworkDriver.Join",
+		"NetworkDriver.Leave", "NetworkDriver.ProgramExternalConnectivity", "NetworkDriver.RevokeExternalConnectivity",
+		"NetworkDriver.DiscoverNew", "IpamDriver.GetCapabilities", "IpamDriver.GetDefaultAddressSpaces", "IpamDriver.RequestPool",
+		"IpamDriver.ReleasePool", "IpamDriver.RequestAddress", "IpamDriver.ReleaseAddress", "NetworkDriver.Nonsense",
+	}
+	files, _ := filepath.Glob("testdata/*.json")
+	for _, file := range files {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		var fx fixture
+		if err := json.Unmarshal(b, &fx); err != nil {
+			f.Fatal(err)
+		}
+		for _, s := range fx.Exchanges {
+			for i, m := range methods {
+				if m == s.Method {
+					f.Add(uint8(i), []byte(s.Request))
+				}
+			}
+		}
+	}
+	f.Fuzz(func(t *testing.T, m uint8, body []byte) {
+		r := newRig(t)
+		method := methods[int(m)%len(methods)]
+		status, got := r.call("", method, body)
+		obj, ok := got.(map[string]any)
+		if !ok {
+			t.Fatalf("%s %q: the answer is not an object: %v", method, body, got)
+		}
+		if status != http.StatusOK || obj["Err"] != nil {
+			if msg, ok := obj["Err"].(string); !ok || msg == "" {
+				t.Fatalf("%s %q: a refusal without a message: %d %v", method, body, status, got)
+			}
+		}
+		if links := r.links.names(); len(links) != 0 {
+			t.Fatalf("%s %q left interfaces %v", method, body, links)
+		}
+	})
+}
