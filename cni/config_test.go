@@ -13,8 +13,15 @@ const goodConf = `{"cniVersion":"1.1.0","name":"web","type":"nvi-cni","tenant":"
 // conf returns goodConf with fields replaced (nil deletes one).
 func conf(t *testing.T, set map[string]any) []byte {
 	t.Helper()
+	return patchJSON(t, []byte(goodConf), set)
+}
+
+// patchJSON returns the JSON object base with fields replaced (nil deletes
+// one).
+func patchJSON(t *testing.T, base []byte, set map[string]any) []byte {
+	t.Helper()
 	m := map[string]any{}
-	if err := json.Unmarshal([]byte(goodConf), &m); err != nil {
+	if err := json.Unmarshal(base, &m); err != nil {
 		t.Fatal(err)
 	}
 	for k, v := range set {
