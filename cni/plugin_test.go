@@ -491,3 +491,26 @@ func TestGC(t *testing.T) {
 		t.Fatalf("GC with failing deletes: %s", raw)
 	}
 }
+
+// FuzzRun feeds any configuration, command and CNI_ARGS to the plugin (with
+// in-memory agent and links): it never panics, exits 0 or 1, and on 1 prints
+// the specification's error object.
+func FuzzRun(f *testing.F) {
+	f.Add([]byte(goodConf), "ADD", "")
+	f.Add([]byte(`{"cniVersion":"0.4.0","name":"n","tenant":"acme","network":"web","prevResult":{"ips":[]}}`), "CHECK", "IP=10.1.0.9")
+	f.Add([]byte(`{"cniVersion":"1.1.0","name":"n","tenant":"acme","network":"web","cni.dev/valid-attachments":[{"containerID":"x","ifname":"eth0"}]}`), "GC", "")
+	f.Add([]byte(`{`), "DEL", "a=b;c")
+	f.Fuzz(func(t *testing.T, stdin []byte, cmd, args string) {
+		h := newHarness()
+		code, m, raw := h.call(cmd, stdin, map[string]string{"CNI_ARGS": args})
+		switch code {
+		case 0:
+		case 1:
+			if m == nil || errCode(m) == 0 || m["msg"] == "" || m["cniVersion"] == nil {
+				t.Fatalf("exit 1 without a well-formed error: %q", raw)
+			}
+		default:
+			t.Fatalf("exit %d", code)
+		}
+	})
+}
