@@ -28,6 +28,7 @@ func TestPodman(t *testing.T) {
 	l := startLab(t, bin)
 	dir := t.TempDir()
 	_, cacheErr := os.Stat("/var/lib/containers")
+	_, runcErr := os.Stat("/run/runc")
 
 	// The plugin directory, the network, Podman's configuration.
 	plugins, netDir := filepath.Join(dir, "plugins"), filepath.Join(dir, "net.d")
@@ -76,6 +77,9 @@ events_logfile_path = %q
 		}
 		if os.IsNotExist(cacheErr) { // the image copy's blob-info cache, made by this test
 			os.RemoveAll("/var/lib/containers")
+		}
+		if os.IsNotExist(runcErr) {
+			os.Remove("/run/runc") // runc's state directory, if empty
 		}
 	})
 
