@@ -2,14 +2,14 @@ package cni
 
 import (
 	"context"
-	"debug/elf"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"nvi/internal/orchtest"
 )
 
 // TestPodman runs real Podman containers on an nvi-cni network bound to lab
@@ -20,19 +20,15 @@ import (
 // (no registry is reachable).
 func TestPodman(t *testing.T) {
 	requireE2E(t, "ip", "ovs-vswitchd", "ovs-vsctl", "podman", "tar")
-	if !staticBusybox() {
+	if err := orchtest.StaticBusybox(); err != nil {
 		requireE2E(t, "a static /bin/busybox") // fails or skips: busybox-static provides it
 	}
 	start := time.Now()
 	bin := binaries(t)
 	l := startLab(t, bin)
 	dir := t.TempDir()
-	_, cacheErr := os.Stat("/var/lib/containers")
-	_, runcErr := os.Stat("/run/runc")
-
-	// The plugin directory, the network, Podman's configuration.
 	plugins, netDir := filepath.Join(dir, "plugins"), filepath.Join(dir, "net.d")
-	for _, d := range []string{plugins, netDir, filepath.Join(dir, "rootfs", "bin")} {
+	for _, d := range []string{plugins, netDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -43,76 +39,17 @@ func TestPodman(t *testing.T) {
 	netName := "nvi-" + l.prefix
 	forgetCNICache(t, netName) // Podman's CNI library caches results there too
 	plugin := l.conf(map[string]any{"cniVersion": nil, "name": nil, "capabilities": map[string]bool{"ips": true}})
-	// Podman 4.3's CNI library speaks specification versions up to 1.0.0.
-	list := fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[%s]}`, netName, plugin)
-	write := func(path, text string) {
-		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(filepath.Join(netDir, netName+".conflist"), list)
-	write(filepath.Join(dir, "containers.conf"), fmt.Sprintf(`[network]
-network_backend = "cni"
-cni_plugin_dirs = [%q]
-network_config_dir = %q
-
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = %q
-`, plugins, netDir, filepath.Join(dir, "events.log")))
-	global := []string{
-		"--root", filepath.Join(dir, "root"), "--runroot", filepath.Join(dir, "runroot"),
-		"--tmpdir", filepath.Join(dir, "tmp"), "--storage-driver", "vfs", "--network-config-dir", netDir,
-	}
-	podman := func(timeout time.Duration, stdin []byte, args ...string) res {
-		return run(timeout, []string{"CONTAINERS_CONF=" + filepath.Join(dir, "containers.conf")}, stdin, "podman", append(global, args...)...)
-	}
-	t.Cleanup(func() {
-		if r := podman(2*time.Minute, nil, "rm", "--all", "--force", "--time", "0"); r.Code != 0 {
-			t.Errorf("podman rm: %s", r)
-		}
-		if r := podman(2*time.Minute, nil, "rmi", "--all", "--force"); r.Code != 0 {
-			t.Errorf("podman rmi: %s", r)
-		}
-		if os.IsNotExist(cacheErr) { // the image copy's blob-info cache, made by this test
-			os.RemoveAll("/var/lib/containers")
-		}
-		if os.IsNotExist(runcErr) {
-			os.Remove("/run/runc") // runc's state directory, if empty
-		}
-	})
-
-	// A busybox root filesystem, imported as an image.
-	rootfs := filepath.Join(dir, "rootfs")
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
+	if err := os.WriteFile(filepath.Join(netDir, netName+".conflist"), []byte(orchtest.Conflist(netName, string(plugin))), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	write(filepath.Join(rootfs, "bin", "busybox"), string(bb))
-	if err := os.Chmod(filepath.Join(rootfs, "bin", "busybox"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, applet := range []string{"sh", "ping", "ip", "sleep", "cat"} {
-		if err := os.Symlink("busybox", filepath.Join(rootfs, "bin", applet)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	tarball := run(time.Minute, nil, nil, "tar", "-C", rootfs, "-cf", filepath.Join(dir, "rootfs.tar"), ".")
-	if tarball.Code != 0 {
-		t.Fatalf("tar: %s", tarball)
-	}
-	image := "localhost/nvi-busybox:" + l.prefix
-	if r := podman(2*time.Minute, nil, "import", filepath.Join(dir, "rootfs.tar"), image); r.Code != 0 {
-		t.Fatalf("podman import: %s", r)
-	}
+	pm := orchtest.NewPodman(t, plugins, netDir, l.prefix)
+	podman := func(timeout time.Duration, _ []byte, args ...string) orchtest.Result { return pm.Run(timeout, args...) }
+	image := pm.Image
 	if r := podman(time.Minute, nil, "network", "ls", "--format", "{{.Name}} {{.Driver}}"); r.Code != 0 || !strings.Contains(r.Out, netName+" nvi-cni") {
 		t.Fatalf("podman network ls does not show %s: %s", netName, r)
 	}
 	t.Logf("lab, image and network ready in %v", time.Since(start).Round(time.Millisecond))
-
-	// Raising rlimits needs CAP_SYS_RESOURCE, which a CI container may lack.
-	runArgs := []string{"run", "--network", netName, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"}
+	runArgs := orchtest.RunArgs(netName)
 
 	// A container pings the workload on s2 and ends.
 	r := podman(2*time.Minute, nil, append(runArgs, "--rm", image, "sh", "-c", "ip -4 -o addr show dev eth0 && ping -c 3 -W 2 "+peerIP)...)
@@ -153,20 +90,4 @@ events_logfile_path = %q
 		t.Fatalf("agent after podman: %+v, %v", st, err)
 	}
 	t.Logf("whole test: %v", time.Since(start).Round(time.Millisecond))
-}
-
-// staticBusybox says whether /bin/busybox runs without a dynamic loader, as
-// it must alone in a container.
-func staticBusybox() bool {
-	f, err := elf.Open("/bin/busybox")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return false
-		}
-	}
-	return true
 }

@@ -1,10 +1,9 @@
 package docker
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
-	"debug/elf"
+
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -22,6 +21,7 @@ import (
 
 	"nvi/api"
 	"nvi/directory"
+	"nvi/internal/orchtest"
 	"nvi/lab"
 )
 
@@ -49,23 +49,9 @@ func requireE2E(t *testing.T) {
 	if out, err := exec.Command("docker", "version", "--format", "{{.Server.Version}}").CombinedOutput(); err != nil {
 		t.Fatalf("the Docker engine does not answer: %v: %s", err, out)
 	}
-	if err := staticBusybox("/bin/busybox"); err != nil {
-		t.Fatalf("needs a static /bin/busybox for the test image (apt-get install busybox-static; scripts/deps does): %v", err)
+	if err := orchtest.StaticBusybox(); err != nil {
+		t.Fatalf("needs a static /bin/busybox for the test image: %v", err)
 	}
-}
-
-func staticBusybox(path string) error {
-	f, err := elf.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return errors.New("it is dynamically linked")
-		}
-	}
-	return nil
 }
 
 type cmdResult struct {
@@ -114,48 +100,6 @@ func dockerFails(t *testing.T, args ...string) string {
 		t.Fatalf("docker %s succeeded, want an error: %s", strings.Join(args, " "), r)
 	}
 	return r.err
-}
-
-// importImage makes testImage from a root filesystem of busybox-static.
-func importImage(t *testing.T) {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	hdrs := []*tar.Header{
-		{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: now},
-		{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bb)), ModTime: now},
-	}
-	for _, l := range []string{"sh", "ip", "ping", "sleep", "cat", "true"} {
-		hdrs = append(hdrs, &tar.Header{Name: "bin/" + l, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777, ModTime: now})
-	}
-	for _, h := range hdrs {
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if h.Name == "bin/busybox" {
-			if _, err := tw.Write(bb); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("docker", "import", "-", testImage)
-	cmd.Stdin = &buf
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("docker import: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if r := dockerCmd("rmi", "-f", testImage); r.code != 0 {
-			t.Errorf("removing %s: %s", testImage, r)
-		}
-	})
 }
 
 // plugin is a running nvi-docker.
@@ -288,7 +232,7 @@ func TestDockerEndToEnd(t *testing.T) {
 	agent := api.NewLocalClient(s2.Socket, 20*time.Second)
 	defer agent.Close()
 
-	importImage(t)
+	orchtest.DockerImage(t, testImage)
 	logDir := t.TempDir()
 	p := &plugin{
 		t: t, bin: bin, name: "nvi-" + prefix,
