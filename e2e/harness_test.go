@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	bin = dir
-	build := exec.Command("go", "build", "-o", dir+"/", "nvi/cmd/nvid", "nvi/cmd/nvictl", "nvi/cmd/nvibench")
+	build := exec.Command("go", "build", "-o", dir+"/", "nvi/cmd/nvid", "nvi/cmd/nvictl", "nvi/cmd/nvibench", "nvi/cmd/nvi-cni", "nvi/cmd/nvi-docker")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: build:", err)

@@ -39,11 +39,14 @@ type bg struct {
 	done chan struct{}
 }
 
-// start runs a command in a namespace in the background; it is killed when
-// the test ends.
+// start runs a command in a namespace ("": this one) in the background; it
+// is killed when the test ends.
 func (l *Lab) start(ns string, args ...string) *bg {
 	l.t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+	cmd := exec.Command(args[0], args[1:]...)
+	if ns != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+	}
 	b := &bg{cmd: cmd, out: &syncBuffer{}, err: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = b.out, b.err
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
