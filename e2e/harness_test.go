@@ -21,7 +21,6 @@ import (
 var bin string
 
 func TestMain(m *testing.M) {
-	tapVMMain()
 	if os.Geteuid() != 0 {
 		if os.Getenv("NVI_REQUIRE_E2E") != "" {
 			fmt.Fprintln(os.Stderr, "e2e: these tests need root (network namespaces, Open vSwitch)")

@@ -93,14 +93,11 @@ func TestOrchestrators(t *testing.T) {
 		return docker("exec", dctr, "ping", "-c", "2", "-W", "2", ip)
 	}})
 
-	// A VM on s3.
-	const mac, ifID = "52:54:00:ab:cd:ef", "7e57a11e-0000-4000-8000-0000000000aa"
-	l.must("endpoint", "create", "acme/vm", "--net", "web", "--server", "s3", "--mac", mac, "--iface-id", ifID)
-	vmIP, _ := l.endpoint(t, "acme", "vm")
-	guest := l.startVM(t, "vm", "s3", mac, vmIP, "10.1.0.1", 24)
-	l.plug(t, "s3", guest, mac, ifID, "0b5e55ed-0000-4000-8000-0000000000aa")
+	// A VM on s3, its tap plugged as libvirt plugs one.
+	l.must("lab", "vm", "add", l.Prefix+"-vm", "--server", "s3", "--net", "acme/web")
+	vmIP, _ := l.endpoint(t, "acme", l.Prefix+"-vm")
 	ms = append(ms, member{"VM on s3", vmIP, func(ip string) orchtest.Result {
-		return orchtest.Run(time.Minute, nil, nil, "ip", "netns", "exec", guest.netns, "ping", "-c", "2", "-W", "2", ip)
+		return orchtest.Run(time.Minute, nil, nil, "ip", "netns", "exec", l.Prefix+"-vm", "ping", "-c", "2", "-W", "2", ip)
 	}})
 
 	// A plain lab workload on s1.

@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -40,11 +39,7 @@ func (l *Lab) startVM(t *testing.T, name, server, mac, ip, gw string, prefixLen 
 			t.Fatalf("%v: %s", step, r)
 		}
 	}
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := l.start(srvNS, "env", "NVI_E2E_TAPVM="+v.tap+","+nic, self)
+	q := l.start(srvNS, filepath.Join(bin, "nvictl"), "lab", "tap-nic", "--tap", v.tap, "--nic", nic)
 	eventually(t, 5*time.Second, "the VM's tap is open", func() error {
 		if !strings.Contains(q.out.String(), "ready") {
 			return fmt.Errorf("not yet: %s", q.err.String())

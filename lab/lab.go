@@ -68,6 +68,9 @@ type Workload struct {
 	IP      netip.Addr `json:"ip"`
 	MAC     string     `json:"mac"`
 	Veth    string     `json:"veth"` // the host end, in the server's namespace
+	// A VM's tap on the bridge and the process that owns it (its "QEMU").
+	Tap    string `json:"tap,omitempty"`
+	NICPID int    `json:"nic_pid,omitempty"`
 }
 
 // Directory is where the lab's directory runs.

@@ -40,6 +40,7 @@ var requiredTools = []struct{ bin, pkg string }{
 	{"ovsdb-tool", "openvswitch-switch"},
 	{"ovsdb-server", "openvswitch-switch"},
 	{"ovs-vswitchd", "openvswitch-switch"},
+	{"ovs-vsctl", "openvswitch-switch"},
 	{"ip", "iproute2"},
 	{"ethtool", "ethtool"},
 }

@@ -40,34 +40,14 @@ func vethName(name string) string {
 // given), then the interface is made and handed to the agent to attach. On
 // failure nothing is left behind.
 func AddWorkload(ctx context.Context, prefix string, spec WorkloadSpec) (w Workload, err error) {
-	if err := Preflight(); err != nil {
-		return w, err
-	}
 	if prefix == "" {
 		prefix = "nvi"
 	}
-	if !workloadRe.MatchString(spec.Name) {
-		return w, fmt.Errorf("workload name %q: want 1-31 lowercase letters, digits, '-', '_' or '.'", spec.Name)
-	}
-	if spec.Name == UnderlayNetns(prefix) || spec.Name == InternetNetns(prefix) || regexp.MustCompile(`^`+prefix+`-s[0-9]+$`).MatchString(spec.Name) {
-		return w, fmt.Errorf("workload name %q is the name of one of the lab's own namespaces", spec.Name)
-	}
-	unlock, err := lock(prefix)
+	unlock, st, sv, err := beginWorkload(prefix, spec.Name, spec.Server)
 	if err != nil {
 		return w, err
 	}
 	defer unlock()
-	st, err := Load(prefix)
-	if err != nil {
-		return w, err
-	}
-	sv, err := st.Server(spec.Server)
-	if err != nil {
-		return w, err
-	}
-	if _, ok := st.Workload(spec.Name); ok || netnsExists(spec.Name) {
-		return w, fmt.Errorf("workload %q already exists (a network namespace of that name is there)", spec.Name)
-	}
 	agent := api.NewLocalClient(sv.Socket, 20*time.Second)
 	defer agent.Close()
 	ep, err := agent.CreateEndpoint(ctx, api.CreateEndpointRequest{
@@ -92,29 +72,70 @@ func AddWorkload(ctx context.Context, prefix string, spec WorkloadSpec) (w Workl
 			_ = st.save()
 		}
 	}()
-	ns := spec.Name
-	addr := netip.PrefixFrom(ep.IP, ep.PrefixLen).String()
-	steps := [][]string{
-		{"ip", "netns", "add", ns},
-		{"ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"},
-		{"ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", w.Veth, "netns", sv.Netns},
-		{"ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "address", ep.MAC},
-		{"ip", "netns", "exec", ns, "ip", "addr", "add", addr, "dev", "eth0"},
-		{"ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up"},
-		{"ip", "netns", "exec", ns, "ip", "route", "add", "default", "via", ep.Gateway.String()},
-		{"ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"},
-		{"ip", "netns", "exec", sv.Netns, "ethtool", "-K", w.Veth, "tx", "off"},
-		{"ip", "netns", "exec", sv.Netns, "ip", "link", "set", w.Veth, "up"},
-	}
-	for _, s := range steps {
-		if _, err = run(ctx, s[0], s[1:]...); err != nil {
-			return w, err
-		}
+	if err = plumbGuest(ctx, spec.Name, sv.Netns, w.Veth, ep); err != nil {
+		return w, err
 	}
 	if _, err = agent.AttachEndpoint(ctx, api.AttachRequest{Tenant: ep.Tenant, Name: ep.Name, Interface: w.Veth}); err != nil {
 		return w, err
 	}
 	return w, nil
+}
+
+// beginWorkload checks a new workload's name and server and takes the
+// lab's lock; the caller releases it.
+func beginWorkload(prefix, name, server string) (unlock func(), st *State, sv Server, err error) {
+	if err := Preflight(); err != nil {
+		return nil, nil, sv, err
+	}
+	if !workloadRe.MatchString(name) {
+		return nil, nil, sv, fmt.Errorf("workload name %q: want 1-31 lowercase letters, digits, '-', '_' or '.'", name)
+	}
+	if name == UnderlayNetns(prefix) || name == InternetNetns(prefix) || regexp.MustCompile(`^`+prefix+`-s[0-9]+$`).MatchString(name) {
+		return nil, nil, sv, fmt.Errorf("workload name %q is the name of one of the lab's own namespaces", name)
+	}
+	unlock, err = lock(prefix)
+	if err != nil {
+		return nil, nil, sv, err
+	}
+	defer func() {
+		if err != nil {
+			unlock()
+		}
+	}()
+	if st, err = Load(prefix); err != nil {
+		return nil, nil, sv, err
+	}
+	if sv, err = st.Server(server); err != nil {
+		return nil, nil, sv, err
+	}
+	if _, ok := st.Workload(name); ok || netnsExists(name) {
+		return nil, nil, sv, fmt.Errorf("workload %q already exists (a network namespace of that name is there)", name)
+	}
+	return unlock, st, sv, nil
+}
+
+// plumbGuest makes the guest side of a workload: a network namespace whose
+// eth0 has the endpoint's MAC and address and routes through its gateway,
+// the other end of the pair (nic) in the server's namespace.
+func plumbGuest(ctx context.Context, ns, serverNS, nic string, ep api.Endpoint) error {
+	addr := netip.PrefixFrom(ep.IP, ep.PrefixLen).String()
+	for _, s := range [][]string{
+		{"ip", "netns", "add", ns},
+		{"ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"},
+		{"ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", nic, "netns", serverNS},
+		{"ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "address", ep.MAC},
+		{"ip", "netns", "exec", ns, "ip", "addr", "add", addr, "dev", "eth0"},
+		{"ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up"},
+		{"ip", "netns", "exec", ns, "ip", "route", "add", "default", "via", ep.Gateway.String()},
+		{"ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"},
+		{"ip", "netns", "exec", serverNS, "ethtool", "-K", nic, "tx", "off"},
+		{"ip", "netns", "exec", serverNS, "ip", "link", "set", nic, "up"},
+	} {
+		if _, err := run(ctx, s[0], s[1:]...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // RemoveWorkload deletes a workload: its endpoint (through its agent, which
@@ -145,6 +166,7 @@ func RemoveWorkload(ctx context.Context, prefix, name string) error {
 	if err := agent.DeleteEndpoint(ctx, w.Tenant, w.Name); err != nil && api.CodeOf(err) != api.CodeNotFound {
 		return err
 	}
+	killWait(w.NICPID, 2*time.Second) // a VM's NIC process; its tap goes with it
 	if err := deleteNetns(ctx, name); err != nil {
 		return err
 	}

@@ -67,6 +67,7 @@ func labCommands() []command {
 		etcd, idle, bin, subnet string
 		agentArgs               string
 		server, netRef, ip      string
+		tap, nic                string
 	)
 	logf := func(e *env) func(string, ...any) {
 		return func(format string, args ...any) { fmt.Fprintf(e.stderr, "lab: "+format+"\n", args...) }
@@ -152,6 +153,54 @@ func labCommands() []command {
 					return err
 				}
 				return lab.RestartAgent(e.ctx, e.lab, args[0])
+			},
+		},
+		group("vm", "add lab VMs: taps plugged into a server's bridge as libvirt plugs them", []command{
+			{
+				name: "add", args: "NAME", help: "create a VM: a guest namespace NAME behind a tap on a server's bridge (remove it with 'lab workload rm')",
+				flags: func(fs *flag.FlagSet) {
+					fs.StringVar(&server, "server", "", "server to put it on, e.g. s3 (required)")
+					fs.StringVar(&netRef, "net", "", "network, TENANT/NET (required)")
+					fs.StringVar(&ip, "ip", "", "address (default: assigned from the network)")
+				},
+				run: func(e *env, _ *flag.FlagSet, args []string) error {
+					if err := wantArgs(args, 1, "NAME"); err != nil {
+						return err
+					}
+					if server == "" || netRef == "" {
+						return usagef("--server and --net are required")
+					}
+					t, n, err := directory.ParseNetRef(netRef)
+					if err != nil {
+						return err
+					}
+					spec := lab.VMSpec{Name: args[0], Server: server, Tenant: t, Network: n}
+					if ip != "" {
+						if spec.IP, err = netip.ParseAddr(ip); err != nil {
+							return usagef("--ip %q is not an IP address", ip)
+						}
+					}
+					w, err := lab.AddVM(e.ctx, e.lab, spec)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(e.stdout, "vm %s: %s on %s (%s/%s, MAC %s, tap %s)\n", w.Name, w.IP, w.Server, w.Tenant, w.Network, w.MAC, w.Tap)
+					return nil
+				},
+			},
+		}),
+		{
+			// The VM's "QEMU": lab vm add starts it in the server's namespace.
+			name: "tap-nic", help: "(internal) own a VM's tap and relay its frames to the guest's NIC",
+			flags: func(fs *flag.FlagSet) {
+				fs.StringVar(&tap, "tap", "", "tap device to create")
+				fs.StringVar(&nic, "nic", "", "the guest NIC's other end")
+			},
+			run: func(e *env, _ *flag.FlagSet, args []string) error {
+				if tap == "" || nic == "" {
+					return usagef("--tap and --nic are required")
+				}
+				return lab.RunTapNIC(tap, nic)
 			},
 		},
 		group("workload", "add and remove lab workloads (network namespaces)", []command{

@@ -1,25 +1,23 @@
-package e2e
+package lab
 
 import (
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 	"unsafe"
 )
 
-// The "VM" of the VM tests is what QEMU is to a guest: a process that owns
-// a tap device's file descriptor and moves frames between it and the
-// guest's NIC. Here the guest's NIC is a veth whose other end is inside the
-// VM's network namespace, so ordinary tools run "in the guest". The test
-// binary plays that process when started with NVI_E2E_TAPVM=tap,veth.
+// A lab VM is what QEMU and libvirt make of a guest, minus the guest's
+// kernel: a tap device on the server's bridge, plugged and labelled the way
+// libvirt plugs one, and a process that owns the tap's file descriptor and
+// moves frames between it and the guest's NIC — here a veth whose other end
+// is in the VM's network namespace, so ordinary tools run "in the guest".
 
-// runTapVM opens the tap named tap (creating it in this process's network
+// RunTapNIC opens the tap named tap (creating it in this process's network
 // namespace, as QEMU does with its tap backend) and relays frames between
 // it and the interface veth until killed.
-func runTapVM(tap, veth string) error {
+func RunTapNIC(tap, veth string) error {
 	fd, err := syscall.Open("/dev/net/tun", syscall.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("open /dev/net/tun: %w", err)
@@ -80,22 +78,4 @@ func runTapVM(tap, veth string) error {
 		}
 	}()
 	return <-errc
-}
-
-// tapVMMain runs the helper role if this process was started as one.
-func tapVMMain() {
-	spec := os.Getenv("NVI_E2E_TAPVM")
-	if spec == "" {
-		return
-	}
-	tap, veth, ok := strings.Cut(spec, ",")
-	if !ok {
-		fmt.Fprintln(os.Stderr, "tapvm: want NVI_E2E_TAPVM=TAP,VETH")
-		os.Exit(2)
-	}
-	if err := runTapVM(tap, veth); err != nil {
-		fmt.Fprintln(os.Stderr, "tapvm:", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
 }
