@@ -11,10 +11,19 @@ capture=""
 
 bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
+orch=$(mktemp -d /tmp/nvi-tour-orch-XXXX)
+podman="podman --root $orch/root --runroot $orch/runroot --tmpdir $orch/tmp --storage-driver vfs --network-config-dir $orch/net.d"
+export CONTAINERS_CONF=$orch/containers.conf
 cleanup() {
 	[ -n "$capture" ] && kill "$capture" 2>/dev/null || true
+	docker rm -f tour-docker >/dev/null 2>&1 || true
+	docker network rm tour-web >/dev/null 2>&1 || true
+	docker rmi -f nvi-busybox:tour >/dev/null 2>&1 || true
+	[ -n "${dockerplugin:-}" ] && kill "$dockerplugin" 2>/dev/null || true
+	$podman rm --all --force --time 0 >/dev/null 2>&1 || true
+	$podman rmi --all --force >/dev/null 2>&1 || true
 	$nvictl lab down >/dev/null 2>&1 || true
-	rm -f "$pcap"
+	rm -rf "$pcap" "$orch"
 }
 trap cleanup EXIT
 
@@ -78,12 +87,51 @@ sleep 0.3
 run $nvictl expose acme/web2 --port tcp/8080:80
 run sh -c "ip netns exec nvi-internet nc -w 2 198.18.0.2 8080 </dev/null"
 
+bold "Four orchestrators, one network: Podman on s1 (CNI), Docker on s2 (libnetwork), a VM on s3 (libvirt-style tap)"
+mkdir -p "$orch/plugins" "$orch/net.d" "$orch/rootfs/bin"
+ln -s "$PWD/bin/nvi-cni" "$orch/plugins/nvi-cni"
+cat >"$orch/net.d/tour-web.conflist" <<JSON
+{"cniVersion":"1.0.0","name":"tour-web","plugins":[{"type":"nvi-cni","tenant":"acme","network":"web",
+ "socket":"/run/nvi/s1/nvid.sock","bridgeNetns":"nvi-s1"}]}
+JSON
+cat >"$CONTAINERS_CONF" <<CONF
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["$orch/plugins"]
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "$orch/events.log"
+CONF
+cp /bin/busybox "$orch/rootfs/bin/" && for a in sh ping sleep ip; do ln -s busybox "$orch/rootfs/bin/$a"; done
+tar -C "$orch/rootfs" -cf "$orch/rootfs.tar" .
+$podman import "$orch/rootfs.tar" localhost/nvi-busybox:tour >/dev/null
+docker import "$orch/rootfs.tar" nvi-busybox:tour >/dev/null
+./bin/nvi-docker --socket /run/docker/plugins/nvitour.sock --agent /run/nvi/s2/nvid.sock \
+	--etcd unix:///run/nvi/etcd.sock --bridge-netns nvi-s2 2>"$orch/nvi-docker.log" &
+dockerplugin=$!
+sleep 1
+run $podman run -d --name tour-podman --network tour-web --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+	localhost/nvi-busybox:tour sleep 600
+run docker network create -d nvitour --ipam-driver nvitour -o nvi.network=acme/web --ipam-opt nvi.network=acme/web tour-web
+run docker run -d --name tour-docker --network tour-web nvi-busybox:tour sleep 600
+run $nvictl lab vm add vm1 --server s3 --net acme/web
+podip=$($podman inspect --format '{{(index .NetworkSettings.Networks "tour-web").IPAddress}}' tour-podman)
+dockip=$(docker inspect --format '{{(index .NetworkSettings.Networks "tour-web").IPAddress}}' tour-docker)
+vmip=$($nvictl endpoint list --tenant acme -o json | sed -n '/"name": "vm1"/,/"ip"/s/.*"ip": "\(.*\)".*/\1/p')
+echo "podman container $podip on s1, docker container $dockip on s2, VM $vmip on s3, web1 10.1.0.11 on s1"
+run $podman exec tour-podman ping -c 1 -W 2 "$dockip"
+run docker exec tour-docker ping -c 1 -W 2 "$vmip"
+run ip netns exec vm1 ping -c 1 -W 2 "$podip"
+run ip netns exec web1 ping -c 1 -W 2 "$dockip"
+run $nvictl endpoint list --tenant acme
+
 bold "Live sessions: 20 TCP connections made one session; ICMP is keyed by echo id"
 run $nvictl sessions --server s1
 run $nvictl sessions --server s2
 
 bold "The flows of s1's bridge, as ovs-ofctl shows them (cookie 0x3...: sessions)"
-ovs-ofctl -O OpenFlow13 dump-flows unix:/run/nvi/s1/br-nvi.mgmt | sed -E 's/ *duration=[^,]*,//; s/n_bytes=[^,]*, //' | grep -E 'table=(30|40)' | grep -v 'priority=0' | head -12
+ovs-ofctl -O OpenFlow13 dump-flows unix:/run/nvi/s1/br-nvi.mgmt cookie=0x3000000000000000/0xf000000000000000 | sed -E 's/ *duration=[^,]*,//; s/n_bytes=[^,]*, //'
 
 bold "What the underlay carried"
 kill -INT $capture; wait $capture 2>/dev/null || true; capture=""
