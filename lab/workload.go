@@ -93,25 +93,23 @@ func beginWorkload(prefix, name, server string) (unlock func(), st *State, sv Se
 	if name == UnderlayNetns(prefix) || name == InternetNetns(prefix) || regexp.MustCompile(`^`+prefix+`-s[0-9]+$`).MatchString(name) {
 		return nil, nil, sv, fmt.Errorf("workload name %q is the name of one of the lab's own namespaces", name)
 	}
-	unlock, err = lock(prefix)
+	release, err := lock(prefix)
 	if err != nil {
 		return nil, nil, sv, err
 	}
-	defer func() {
-		if err != nil {
-			unlock()
+	if st, err = Load(prefix); err == nil {
+		sv, err = st.Server(server)
+	}
+	if err == nil {
+		if _, ok := st.Workload(name); ok || netnsExists(name) {
+			err = fmt.Errorf("workload %q already exists (a network namespace of that name is there)", name)
 		}
-	}()
-	if st, err = Load(prefix); err != nil {
+	}
+	if err != nil {
+		release()
 		return nil, nil, sv, err
 	}
-	if sv, err = st.Server(server); err != nil {
-		return nil, nil, sv, err
-	}
-	if _, ok := st.Workload(name); ok || netnsExists(name) {
-		return nil, nil, sv, fmt.Errorf("workload %q already exists (a network namespace of that name is there)", name)
-	}
-	return unlock, st, sv, nil
+	return release, st, sv, nil
 }
 
 // plumbGuest makes the guest side of a workload: a network namespace whose
