@@ -33,6 +33,7 @@ func TestBadInput(t *testing.T) {
 		}
 	}
 	t.Run("invalid CIDRs", func(t *testing.T) {
+		l := l.with(t)
 		expect(t, l.mustFail("net", "create", "acme/a", "--cidr", "10.1.0.0/33"), "--cidr", "not a CIDR")
 		expect(t, l.mustFail("net", "create", "acme/a", "--cidr", "10.1.0.0"), "not a CIDR")
 		expect(t, l.mustFail("net", "create", "acme/a", "--cidr", "fd00::/64"), "IPv4")
@@ -57,14 +58,17 @@ func TestBadInput(t *testing.T) {
 		}
 	}
 	t.Run("address outside its network", func(t *testing.T) {
+		l := l.with(t)
 		expect(t, l.mustFail("lab", "workload", "add", n("x1"), "--server", "s1", "--net", "acme/web", "--ip", "10.2.0.5"), "10.2.0.5", "outside")
 		noWorkload(t, n("x1"))
 	})
 	t.Run("duplicate address", func(t *testing.T) {
+		l := l.with(t)
 		expect(t, l.mustFail("lab", "workload", "add", n("x2"), "--server", "s1", "--net", "acme/web", "--ip", w2.IP), w2.IP, "already used")
 		noWorkload(t, n("x2"))
 	})
 	t.Run("unknown server and network", func(t *testing.T) {
+		l := l.with(t)
 		expect(t, l.mustFail("lab", "workload", "add", n("x3"), "--server", "s9", "--net", "acme/web"), "unknown server", "s9")
 		expect(t, l.mustFail("lab", "workload", "add", n("x4"), "--server", "s1", "--net", "acme/nope"), "nope")
 		expect(t, l.mustFail("endpoint", "create", "acme/x5", "--net", "web", "--server", "s9"), "s9")
@@ -75,6 +79,7 @@ func TestBadInput(t *testing.T) {
 		}
 	})
 	t.Run("policy and port maps", func(t *testing.T) {
+		l := l.with(t)
 		expect(t, l.mustFail("group", "add", "nope/g", "web"), "nope")
 		expect(t, l.mustFail("group", "create", "acme/g1"+strings.Repeat("x", 70)), "longer than 63")
 		l.must("group", "create", "acme/front")
@@ -94,6 +99,7 @@ func TestBadInput(t *testing.T) {
 		}
 	})
 	t.Run("lab commands without root", func(t *testing.T) {
+		l := l.with(t)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		r := sh(ctx, []string{"NVI_LAB=" + l.Prefix}, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
@@ -111,6 +117,7 @@ func TestBadInput(t *testing.T) {
 		}
 	})
 	t.Run("unreachable directory", func(t *testing.T) {
+		l := l.with(t)
 		start := time.Now()
 		r := l.nvictl("--etcd", "http://127.0.0.1:9", "net", "list")
 		if r.Code == 0 || !strings.Contains(r.Err, "unreachable") || time.Since(start) > 15*time.Second {
@@ -130,6 +137,7 @@ func TestBadInput(t *testing.T) {
 		}
 	}
 	t.Run("garbage on the agent's APIs", func(t *testing.T) {
+		l := l.with(t)
 		sock := filepath.Join(l.runDir(), "s2", "nvid.sock")
 		c, err := net.Dial("unix", sock)
 		if err != nil {
@@ -150,6 +158,7 @@ func TestBadInput(t *testing.T) {
 		stillWorks(t, "after api garbage")
 	})
 	t.Run("garbage on the OpenFlow socket", func(t *testing.T) {
+		l := l.with(t)
 		// Move s1's bridge controller elsewhere and put a fake switch that
 		// talks garbage where the agent dials; then put it back.
 		dir := filepath.Join(l.runDir(), "s1")
@@ -217,6 +226,7 @@ func TestBadInput(t *testing.T) {
 		}
 	})
 	t.Run("directory down", func(t *testing.T) {
+		l := l.with(t)
 		var st struct {
 			Directory struct{ PID int } `json:"directory"`
 		}

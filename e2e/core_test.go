@@ -29,6 +29,7 @@ func TestCore(t *testing.T) {
 	capt := l.capture()
 
 	t.Run("first UDP datagram to a never-contacted peer arrives", func(t *testing.T) {
+		l := l.with(t)
 		if ss := l.sessions("s3"); len(ss) != 0 {
 			t.Fatalf("s3 already has sessions: %+v", ss)
 		}
@@ -37,6 +38,7 @@ func TestCore(t *testing.T) {
 		}
 	})
 	t.Run("ICMP across servers", func(t *testing.T) {
+		l := l.with(t)
 		if r := l.ping(w1, w2.IP); r.Code != 0 {
 			t.Fatalf("ping w1 -> w2: %s", r)
 		}
@@ -45,11 +47,13 @@ func TestCore(t *testing.T) {
 		}
 	})
 	t.Run("DF ping of 1472 bytes crosses servers", func(t *testing.T) {
+		l := l.with(t)
 		if r := l.ping(w2, w3.IP, "-M", "do", "-s", "1472"); r.Code != 0 {
 			t.Fatalf("ping -M do -s 1472 w2 -> w3: %s", r)
 		}
 	})
 	t.Run("TCP across servers", func(t *testing.T) {
+		l := l.with(t)
 		msg := strings.Repeat("nvi tcp across servers\n", 500)
 		got, err := l.tcp(w1, w2, 8080, msg)
 		if err != nil || got != msg {
@@ -57,11 +61,13 @@ func TestCore(t *testing.T) {
 		}
 	})
 	t.Run("UDP across servers", func(t *testing.T) {
+		l := l.with(t)
 		if got := l.udp(w2, w1, 5353, "udp back", 5*time.Second); got != "udp back" {
 			t.Fatalf("receiver got %q", got)
 		}
 	})
 	t.Run("same server: TCP, UDP and ICMP", func(t *testing.T) {
+		l := l.with(t)
 		if r := l.ping(w1, w4.IP); r.Code != 0 {
 			t.Fatalf("ping w1 -> w4: %s", r)
 		}
@@ -78,6 +84,7 @@ func TestCore(t *testing.T) {
 		}
 	})
 	t.Run("closed ports answer across servers: TCP reset, ICMP port unreachable", func(t *testing.T) {
+		l := l.with(t)
 		r := l.in(w1.Name, 10*time.Second, "nc", "-v", "-w", "3", w3.IP, "8099")
 		if r.Code == 0 || !strings.Contains(r.Err, "refused") {
 			t.Errorf("tcp to a closed port: %s", r)
@@ -99,11 +106,13 @@ func TestCore(t *testing.T) {
 		})
 	})
 	t.Run("the gateway answers pings", func(t *testing.T) {
+		l := l.with(t)
 		if r := l.ping(w1, "10.1.0.1"); r.Code != 0 {
 			t.Fatalf("ping gateway: %s", r)
 		}
 	})
 	t.Run("many connections share one session", func(t *testing.T) {
+		l := l.with(t)
 		srv := l.start(w2.Name, "nc", "-lk", "9000")
 		defer srv.stop()
 		l.listening(w2.Name, "tcp", 9000)
@@ -144,6 +153,7 @@ func TestCore(t *testing.T) {
 		}
 	})
 	t.Run("different networks cannot talk", func(t *testing.T) {
+		l := l.with(t)
 		if r := l.ping(w1, d1.IP); r.Code == 0 {
 			t.Fatalf("ping web -> db succeeded: %s", r)
 		}
@@ -200,6 +210,7 @@ func TestCore(t *testing.T) {
 		t.Logf("%d underlay packets, %d of them full-size, all between server addresses", len(pkts), full)
 	})
 	t.Run("a session carrying traffic one way only stays; idle, it leaves both bridges", func(t *testing.T) {
+		l := l.with(t)
 		// w1 opens the session; then only the server side, w2, talks.
 		if r := l.in(w1.Name, 10*time.Second, "sh", "-c", "echo open | nc -u -w 1 -p 40000 "+w2.IP+" 7777"); r.Code != 0 {
 			t.Fatalf("opening the session: %s", r)

@@ -291,3 +291,10 @@ func (l *Lab) packetIns(server string) int {
 	}
 	return n
 }
+
+// with is the lab as seen from a subtest: failures are the subtest's.
+func (l *Lab) with(t *testing.T) *Lab {
+	c := *l
+	c.t = t
+	return &c
+}

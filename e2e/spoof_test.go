@@ -34,6 +34,7 @@ func TestSpoofing(t *testing.T) {
 	})
 
 	t.Run("forged source address", func(t *testing.T) {
+		l := l.with(t)
 		const forged = "10.1.0.99"
 		if r := l.in(w1.Name, 5*time.Second, "ip", "addr", "add", forged+"/24", "dev", "eth0"); r.Code != 0 {
 			t.Fatal(r)
@@ -49,6 +50,7 @@ func TestSpoofing(t *testing.T) {
 		}
 	})
 	t.Run("forged MAC", func(t *testing.T) {
+		l := l.with(t)
 		if r := l.in(w1.Name, 5*time.Second, "ip", "link", "set", "eth0", "address", "02:66:66:66:66:66"); r.Code != 0 {
 			t.Fatal(r)
 		}
@@ -64,6 +66,7 @@ func TestSpoofing(t *testing.T) {
 		}
 	})
 	t.Run("gratuitous ARP for someone else's address", func(t *testing.T) {
+		l := l.with(t)
 		// w1 claims w2's address, unsolicited and as a request.
 		l.in(w1.Name, 10*time.Second, "arping", "-U", "-c", "2", "-I", "eth0", "-s", w2.IP, w2.IP)
 		l.in(w1.Name, 10*time.Second, "arping", "-A", "-c", "2", "-I", "eth0", "-s", w2.IP, w2.IP)
@@ -81,6 +84,7 @@ func TestSpoofing(t *testing.T) {
 		}
 	})
 	t.Run("ARP is answered while the agent is stopped", func(t *testing.T) {
+		l := l.with(t)
 		var st struct {
 			Servers []struct {
 				Name    string `json:"name"`
