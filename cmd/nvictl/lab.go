@@ -66,7 +66,7 @@ func labCommands() []command {
 		servers                 int
 		etcd, idle, bin, subnet string
 		agentArgs               string
-		server, netRef, ip      string
+		p                       placement
 		tap, nic                string
 	)
 	logf := func(e *env) func(string, ...any) {
@@ -158,29 +158,13 @@ func labCommands() []command {
 		group("vm", "add lab VMs: taps plugged into a server's bridge as libvirt plugs them", []command{
 			{
 				name: "add", args: "NAME", help: "create a VM: a guest namespace NAME behind a tap on a server's bridge (remove it with 'lab workload rm')",
-				flags: func(fs *flag.FlagSet) {
-					fs.StringVar(&server, "server", "", "server to put it on, e.g. s3 (required)")
-					fs.StringVar(&netRef, "net", "", "network, TENANT/NET (required)")
-					fs.StringVar(&ip, "ip", "", "address (default: assigned from the network)")
-				},
+				flags: p.register,
 				run: func(e *env, _ *flag.FlagSet, args []string) error {
-					if err := wantArgs(args, 1, "NAME"); err != nil {
-						return err
-					}
-					if server == "" || netRef == "" {
-						return usagef("--server and --net are required")
-					}
-					t, n, err := directory.ParseNetRef(netRef)
+					name, t, n, ip, err := p.parse(args)
 					if err != nil {
 						return err
 					}
-					spec := lab.VMSpec{Name: args[0], Server: server, Tenant: t, Network: n}
-					if ip != "" {
-						if spec.IP, err = netip.ParseAddr(ip); err != nil {
-							return usagef("--ip %q is not an IP address", ip)
-						}
-					}
-					w, err := lab.AddVM(e.ctx, e.lab, spec)
+					w, err := lab.AddVM(e.ctx, e.lab, lab.VMSpec{Name: name, Server: p.server, Tenant: t, Network: n, IP: ip})
 					if err != nil {
 						return err
 					}
@@ -206,29 +190,13 @@ func labCommands() []command {
 		group("workload", "add and remove lab workloads (network namespaces)", []command{
 			{
 				name: "add", args: "NAME", help: "create a workload: a network namespace NAME plugged into a server's bridge",
-				flags: func(fs *flag.FlagSet) {
-					fs.StringVar(&server, "server", "", "server to put it on, e.g. s1 (required)")
-					fs.StringVar(&netRef, "net", "", "network, TENANT/NET (required)")
-					fs.StringVar(&ip, "ip", "", "address (default: assigned from the network)")
-				},
+				flags: p.register,
 				run: func(e *env, _ *flag.FlagSet, args []string) error {
-					if err := wantArgs(args, 1, "NAME"); err != nil {
-						return err
-					}
-					if server == "" || netRef == "" {
-						return usagef("--server and --net are required")
-					}
-					t, n, err := directory.ParseNetRef(netRef)
+					name, t, n, ip, err := p.parse(args)
 					if err != nil {
 						return err
 					}
-					spec := lab.WorkloadSpec{Name: args[0], Server: server, Tenant: t, Network: n}
-					if ip != "" {
-						if spec.IP, err = netip.ParseAddr(ip); err != nil {
-							return usagef("--ip %q is not an IP address", ip)
-						}
-					}
-					w, err := lab.AddWorkload(e.ctx, e.lab, spec)
+					w, err := lab.AddWorkload(e.ctx, e.lab, lab.WorkloadSpec{Name: name, Server: p.server, Tenant: t, Network: n, IP: ip})
 					if err != nil {
 						return err
 					}
@@ -247,4 +215,32 @@ func labCommands() []command {
 			},
 		}),
 	}
+}
+
+// placement is where a new lab workload or VM goes: NAME --server --net
+// [--ip].
+type placement struct{ server, net, ip string }
+
+func (p *placement) register(fs *flag.FlagSet) {
+	fs.StringVar(&p.server, "server", "", "server to put it on, e.g. s1 (required)")
+	fs.StringVar(&p.net, "net", "", "network, TENANT/NET (required)")
+	fs.StringVar(&p.ip, "ip", "", "address (default: assigned from the network)")
+}
+
+func (p *placement) parse(args []string) (name, tenant, net string, ip netip.Addr, err error) {
+	if err := wantArgs(args, 1, "NAME"); err != nil {
+		return "", "", "", ip, err
+	}
+	if p.server == "" || p.net == "" {
+		return "", "", "", ip, usagef("--server and --net are required")
+	}
+	if tenant, net, err = directory.ParseNetRef(p.net); err != nil {
+		return "", "", "", ip, err
+	}
+	if p.ip != "" {
+		if ip, err = netip.ParseAddr(p.ip); err != nil {
+			return "", "", "", ip, usagef("--ip %q is not an IP address", p.ip)
+		}
+	}
+	return args[0], tenant, net, ip, nil
 }
