@@ -7,120 +7,45 @@ package cni
 // NVI_REQUIRE_E2E is set, which makes anything missing a failure.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"nvi/api"
-)
-
-var (
-	binOnce sync.Once
-	binDir  string
-	binErr  error
+	"nvi/internal/labtest"
+	"nvi/internal/orchtest"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	labtest.Clean()
 	os.Exit(code)
 }
 
-// requireE2E skips the test when it cannot run here, or fails it when
-// NVI_REQUIRE_E2E says it must.
-func requireE2E(t *testing.T, tools ...string) {
-	t.Helper()
-	strict := os.Getenv("NVI_REQUIRE_E2E") != ""
-	miss := func(why string) {
-		if strict {
-			t.Fatalf("NVI_REQUIRE_E2E is set but %s", why)
-		}
-		t.Skipf("skipped: %s (set NVI_REQUIRE_E2E=1 to make this a failure)", why)
-	}
-	if os.Geteuid() != 0 {
-		miss("this test needs root (network namespaces, Open vSwitch)")
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			miss(tool + " is not installed (scripts/deps installs it)")
-		}
-	}
-}
+// requireE2E and binaries are labtest's, named as this file uses them.
+func requireE2E(t *testing.T, tools ...string) { t.Helper(); labtest.RequireE2E(t, tools...) }
 
-// binaries builds nvid, nvictl, nvi-cni and cnitool once per run.
-func binaries(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		binDir, binErr = os.MkdirTemp("", "nvi-cni-bin")
-		if binErr != nil {
-			return
-		}
-		cmd := exec.Command("go", "build", "-o", binDir+"/", "nvi/cmd/nvid", "nvi/cmd/nvictl", "nvi/cmd/nvi-cni", "github.com/containernetworking/cni/cnitool")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build: %w\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binDir
-}
+func binaries(t *testing.T) string { t.Helper(); return labtest.Binaries(t) }
 
 // res is what one command did.
-type res struct {
-	Out, Err string
-	Code     int
-}
+type res = orchtest.Result
 
-func (r res) String() string {
-	return fmt.Sprintf("exit %d\nstdout: %s\nstderr: %s", r.Code, r.Out, r.Err)
-}
-
-// run runs a command with a deadline; env (if not nil) replaces the
-// environment but for PATH.
+// run runs a command with a deadline.
 func run(timeout time.Duration, env []string, stdin []byte, name string, args ...string) res {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	if env != nil {
-		cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
-	}
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := res{Out: out.String(), Err: errb.String()}
-	if err != nil {
-		r.Code = -1
-		if ee, ok := err.(*exec.ExitError); ok {
-			r.Code = ee.ExitCode()
-		} else {
-			r.Err += err.Error()
-		}
-	}
-	return r
+	return orchtest.Run(timeout, env, stdin, name, args...)
 }
 
 // itLab is a two-server lab with network acme/web and a workload on s2;
 // the plugin attaches to s1.
 type itLab struct {
+	*labtest.Lab
 	t        *testing.T
 	bin      string
-	prefix   string
 	socket   string // s1's agent
 	bridgeNS string // s1's namespace
 	peer     string // the s2 workload's address
@@ -131,72 +56,32 @@ const peerIP = "10.1.0.200"
 
 func startLab(t *testing.T, bin string) *itLab {
 	t.Helper()
-	l := &itLab{t: t, bin: bin, prefix: fmt.Sprintf("c%04d", rand.IntN(10000)), peer: peerIP}
-	l.socket = "/run/" + l.prefix + "/s1/nvid.sock"
-	l.bridgeNS = l.prefix + "-s1"
+	lt := labtest.Up(t, "c", 2)
+	l := &itLab{Lab: lt, t: t, bin: bin, peer: peerIP, socket: lt.Socket("s1"), bridgeNS: lt.Server("s1")}
 	t.Cleanup(func() {
-		if t.Failed() {
-			for _, s := range []string{"s1", "s2"} {
-				if b, err := os.ReadFile("/run/" + l.prefix + "/" + s + "/nvid.log"); err == nil {
-					t.Logf("%s nvid.log (last 3000 bytes):\n%s", s, tail(string(b), 3000))
-				}
-			}
-		}
-		if r := l.nvictl("lab", "down"); r.Code != 0 {
-			t.Errorf("lab down: %s", r)
-		}
-		for _, ns := range netnsList() {
-			if strings.HasPrefix(ns, l.prefix) {
-				t.Errorf("namespace %s left behind", ns)
-				run(time.Minute, nil, nil, "ip", "netns", "del", ns)
-			}
-		}
 		if l.agent != nil {
 			l.agent.Close()
 		}
 	})
-	l.must("lab", "up", "--servers", "2")
 	l.must("net", "create", "acme/web", "--cidr", "10.1.0.0/24")
-	l.must("lab", "workload", "add", l.prefix+"w2", "--server", "s2", "--net", "acme/web", "--ip", peerIP)
+	l.must("lab", "workload", "add", l.Prefix+"w2", "--server", "s2", "--net", "acme/web", "--ip", peerIP)
 	l.agent = api.NewLocalClient(l.socket, 20*time.Second)
 	return l
 }
 
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
-}
-
-func netnsList() []string {
-	r := run(time.Minute, nil, nil, "ip", "netns", "list")
-	var out []string
-	for _, line := range strings.Split(r.Out, "\n") {
-		if f := strings.Fields(line); len(f) > 0 {
-			out = append(out, f[0])
-		}
-	}
-	return out
-}
-
-func (l *itLab) nvictl(args ...string) res {
-	return run(2*time.Minute, []string{"NVI_LAB=" + l.prefix}, nil, filepath.Join(l.bin, "nvictl"), args...)
-}
+func (l *itLab) nvictl(args ...string) res { return l.Nvictl(args...) }
 
 func (l *itLab) must(args ...string) string {
 	l.t.Helper()
-	r := l.nvictl(args...)
-	if r.Code != 0 {
-		l.t.Fatalf("nvictl %s: %s", strings.Join(args, " "), r)
-	}
-	return r.Out
+	return l.Must(args...)
 }
+
+func netnsList() []string { return labtest.NetnsList() }
 
 // netns makes a network namespace (a container) removed when the test ends.
 func (l *itLab) netns(name string) string {
 	l.t.Helper()
-	name = l.prefix + name
+	name = l.Prefix + name
 	if r := run(time.Minute, nil, nil, "ip", "netns", "add", name); r.Code != 0 {
 		l.t.Fatalf("ip netns add %s: %s", name, r)
 	}
@@ -279,7 +164,7 @@ func (l *itLab) clean(what string, containers ...string) {
 			l.t.Errorf("%s: endpoint %s/%s left behind", what, ep.Tenant, ep.Name)
 		}
 	}
-	r := run(time.Minute, nil, nil, "ovs-vsctl", "--db=unix:/run/"+l.prefix+"/s1/db.sock", "--columns=name,external_ids", "list", "Interface")
+	r := run(time.Minute, nil, nil, "ovs-vsctl", "--db=unix:/run/"+l.Prefix+"/s1/db.sock", "--columns=name,external_ids", "list", "Interface")
 	if r.Code != 0 {
 		l.t.Fatalf("%s: ovs-vsctl: %s", what, r)
 	}
@@ -340,7 +225,7 @@ func TestCNItool(t *testing.T) {
 	l := startLab(t, bin)
 	t.Logf("binaries and lab ready in %v", time.Since(start).Round(time.Millisecond))
 
-	netName := "acmeweb" + l.prefix
+	netName := "acmeweb" + l.Prefix
 	forgetCNICache(t, netName)
 	netDir := t.TempDir()
 	list := fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[%s]}`, netName, l.conf(map[string]any{"cniVersion": nil, "name": nil}))
@@ -435,11 +320,11 @@ func badInput(t *testing.T, parent *itLab) {
 	l.wantError("ADD to an unknown tenant", l.plugin(add(l.conf(map[string]any{"tenant": "nobody"}))), CodeUnknownNetwork)
 	l.wantError("ADD with a taken address", l.plugin(add(l.conf(map[string]any{"ip": peerIP}))), CodeAddressTaken)
 	l.wantError("ADD with an address outside the network", l.plugin(add(l.conf(map[string]any{"ip": "192.0.2.9"}))), CodeRefused)
-	l.wantError("ADD into a namespace that does not exist", l.plugin(call{cmd: "ADD", id: "bad1", netns: "/run/netns/" + l.prefix + "nowhere", ifname: "eth0", conf: l.conf(nil)}), CodeUnknownContainer)
-	l.wantError("ADD with a missing bridge namespace", l.plugin(add(l.conf(map[string]any{"bridgeNetns": l.prefix + "-s9"}))), CodeInvalidConfig)
-	l.wantError("ADD with no agent", l.plugin(add(l.conf(map[string]any{"socket": "/run/" + l.prefix + "/none.sock"}))), CodeTryAgainLater)
-	l.wantError("ADD into the wrong bridge namespace", l.plugin(add(l.conf(map[string]any{"bridgeNetns": l.prefix + "-s2"}))), CodeRefused)
-	l.wantError("STATUS with no agent", l.plugin(call{cmd: "STATUS", conf: l.conf(map[string]any{"socket": "/run/" + l.prefix + "/none.sock"})}), CodeNotAvailable)
+	l.wantError("ADD into a namespace that does not exist", l.plugin(call{cmd: "ADD", id: "bad1", netns: "/run/netns/" + l.Prefix + "nowhere", ifname: "eth0", conf: l.conf(nil)}), CodeUnknownContainer)
+	l.wantError("ADD with a missing bridge namespace", l.plugin(add(l.conf(map[string]any{"bridgeNetns": l.Prefix + "-s9"}))), CodeInvalidConfig)
+	l.wantError("ADD with no agent", l.plugin(add(l.conf(map[string]any{"socket": "/run/" + l.Prefix + "/none.sock"}))), CodeTryAgainLater)
+	l.wantError("ADD into the wrong bridge namespace", l.plugin(add(l.conf(map[string]any{"bridgeNetns": l.Prefix + "-s2"}))), CodeRefused)
+	l.wantError("STATUS with no agent", l.plugin(call{cmd: "STATUS", conf: l.conf(map[string]any{"socket": "/run/" + l.Prefix + "/none.sock"})}), CodeNotAvailable)
 	l.wantOK("STATUS", l.plugin(call{cmd: "STATUS", conf: l.conf(nil)}))
 	l.clean("after the refused ADDs", c)
 

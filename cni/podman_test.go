@@ -3,8 +3,6 @@ package cni
 import (
 	"context"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,23 +24,10 @@ func TestPodman(t *testing.T) {
 	start := time.Now()
 	bin := binaries(t)
 	l := startLab(t, bin)
-	dir := t.TempDir()
-	plugins, netDir := filepath.Join(dir, "plugins"), filepath.Join(dir, "net.d")
-	for _, d := range []string{plugins, netDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Symlink(filepath.Join(bin, "nvi-cni"), filepath.Join(plugins, "nvi-cni")); err != nil {
-		t.Fatal(err)
-	}
-	netName := "nvi-" + l.prefix
+	netName := "nvi-" + l.Prefix
 	forgetCNICache(t, netName) // Podman's CNI library caches results there too
 	plugin := l.conf(map[string]any{"cniVersion": nil, "name": nil, "capabilities": map[string]bool{"ips": true}})
-	if err := os.WriteFile(filepath.Join(netDir, netName+".conflist"), []byte(orchtest.Conflist(netName, string(plugin))), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	pm := orchtest.NewPodman(t, plugins, netDir, l.prefix)
+	pm := orchtest.NewPodman(t, bin, l.Prefix, map[string]string{netName: string(plugin)})
 	podman := func(timeout time.Duration, _ []byte, args ...string) orchtest.Result { return pm.Run(timeout, args...) }
 	image := pm.Image
 	if r := podman(time.Minute, nil, "network", "ls", "--format", "{{.Name}} {{.Driver}}"); r.Code != 0 || !strings.Contains(r.Out, netName+" nvi-cni") {
@@ -60,7 +45,7 @@ func TestPodman(t *testing.T) {
 
 	// A long-running one with an address asked for (--ip: the "ips"
 	// capability) is an NVI endpoint while it lives, and gone after rm.
-	name := l.prefix + "-ctr"
+	name := l.Prefix + "-ctr"
 	r = podman(2*time.Minute, nil, append(runArgs, "-d", "--name", name, "--ip", "10.1.0.77", image, "sleep", "300")...)
 	if r.Code != 0 {
 		t.Fatalf("podman run -d: %s", r)

@@ -21,6 +21,7 @@ import (
 
 	"nvi/api"
 	"nvi/directory"
+	"nvi/internal/labtest"
 	"nvi/internal/orchtest"
 	"nvi/lab"
 )
@@ -33,19 +34,7 @@ const testImage = "nvi-busybox:test"
 // unset; anything else that is missing is a failure.
 func requireE2E(t *testing.T) {
 	t.Helper()
-	must := os.Getenv("NVI_REQUIRE_E2E") != ""
-	if os.Geteuid() != 0 {
-		if !must {
-			t.Skip("needs root (network namespaces, Open vSwitch, Docker); set NVI_REQUIRE_E2E=1 to make this a failure")
-		}
-		t.Fatal("needs root (network namespaces, Open vSwitch, Docker)")
-	}
-	if err := lab.Preflight(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := exec.LookPath("docker"); err != nil {
-		t.Fatal("needs the docker command and a running Docker engine (scripts/deps installs docker.io)")
-	}
+	labtest.RequireE2E(t, "docker")
 	if out, err := exec.Command("docker", "version", "--format", "{{.Server.Version}}").CombinedOutput(); err != nil {
 		t.Fatalf("the Docker engine does not answer: %v: %s", err, out)
 	}
@@ -177,15 +166,6 @@ func readFile(path string) string {
 }
 
 // buildBinaries builds nvid (for the lab) and nvi-docker.
-func buildBinaries(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	out, err := exec.Command("go", "build", "-o", dir+"/", "nvi/cmd/nvid", "nvi/cmd/nvi-docker").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return dir
-}
 
 // TestDockerEndToEnd runs the real Docker engine against nvi-docker for
 // server s2 of a real lab: a container on s2 pings a lab workload on s1
@@ -194,7 +174,7 @@ func buildBinaries(t *testing.T) string {
 // and records; bad input gets Docker's error and leaves nothing.
 func TestDockerEndToEnd(t *testing.T) {
 	requireE2E(t)
-	bin := buildBinaries(t)
+	bin := labtest.Binaries(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 
@@ -426,4 +406,10 @@ func checkClean(ctx context.Context, t *testing.T, agent *api.LocalClient, s2 la
 			}
 		}
 	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	labtest.Clean()
+	os.Exit(code)
 }

@@ -4,63 +4,49 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"nvi/internal/labtest"
+	"nvi/internal/orchtest"
 )
 
-// bin holds nvid and nvictl, built once for the whole run.
+// bin holds NVI's programs, built once for the whole run.
 var bin string
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
-		if os.Getenv("NVI_REQUIRE_E2E") != "" {
+		if labtest.Required() {
 			fmt.Fprintln(os.Stderr, "e2e: these tests need root (network namespaces, Open vSwitch)")
 			os.Exit(1)
 		}
 		fmt.Fprintln(os.Stderr, "e2e: skipped: not root (set NVI_REQUIRE_E2E=1 to make this a failure)")
 		os.Exit(0)
 	}
-	dir, err := os.MkdirTemp("", "nvi-e2e-bin")
+	dir, err := labtest.Build()
 	if err != nil {
-		panic(err)
-	}
-	bin = dir
-	build := exec.Command("go", "build", "-o", dir+"/", "nvi/cmd/nvid", "nvi/cmd/nvictl", "nvi/cmd/nvibench", "nvi/cmd/nvi-cni", "nvi/cmd/nvi-docker")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: build:", err)
+		fmt.Fprintln(os.Stderr, "e2e:", err)
 		os.Exit(1)
 	}
+	bin = dir
 	code := m.Run()
-	os.RemoveAll(dir)
+	labtest.Clean()
 	os.Exit(code)
 }
 
-// Lab is one lab under test, with its own prefix so it never touches a lab
-// a person has up.
+// Lab is one lab under test; labtest.Lab brings it up and takes it down.
 type Lab struct {
-	t      *testing.T
-	Prefix string
+	labtest.Lab
+	t *testing.T
 }
 
 // result is what one command did.
-type result struct {
-	Out, Err string
-	Code     int
-}
-
-func (r result) String() string {
-	return fmt.Sprintf("exit %d\nstdout: %s\nstderr: %s", r.Code, r.Out, r.Err)
-}
+type result = orchtest.Result
 
 // sh runs a command with a deadline and returns everything about it.
 func sh(ctx context.Context, env []string, name string, args ...string) result {
@@ -69,85 +55,39 @@ func sh(ctx context.Context, env []string, name string, args ...string) result {
 
 // sh2 runs a command with a minute's deadline.
 func sh2(args ...string) result {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	return sh(ctx, nil, args[0], args[1:]...)
+	return orchtest.Run(time.Minute, nil, nil, args[0], args[1:]...)
 }
 
 // shIn is sh with stdin.
 func shIn(ctx context.Context, env []string, stdin string, name string, args ...string) result {
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{Out: out.String(), Err: errb.String()}
-	if ee, ok := err.(*exec.ExitError); ok {
-		r.Code = ee.ExitCode()
-	} else if err != nil {
-		r.Code, r.Err = -1, r.Err+err.Error()
+	timeout := 10 * time.Minute
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
 	}
-	return r
+	return orchtest.Run(timeout, env, []byte(stdin), name, args...)
 }
 
 // newLab brings up a lab of n servers and takes it down when the test ends,
 // whatever happened. Extra arguments go to "nvictl lab up".
 func newLab(t *testing.T, n int, upArgs ...string) *Lab {
 	t.Helper()
-	l := &Lab{t: t, Prefix: fmt.Sprintf("t%04d", rand.IntN(10000))}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		if t.Failed() {
-			l.dumpLogs()
-		}
-		if r := l.nvictlCtx(ctx, "lab", "down"); r.Code != 0 {
-			t.Errorf("lab down: %s", r)
-		}
-		for _, ns := range netnsList() {
-			if strings.HasPrefix(ns, l.Prefix+"-") {
-				t.Errorf("lab down left namespace %s behind", ns)
-			}
-		}
-	})
-	args := append([]string{"lab", "up", "--servers", fmt.Sprint(n)}, upArgs...)
-	l.must(args...)
-	return l
-}
-
-func (l *Lab) nvictlCtx(ctx context.Context, args ...string) result {
-	return sh(ctx, []string{"NVI_LAB=" + l.Prefix}, filepath.Join(bin, "nvictl"), args...)
+	lt := labtest.Up(t, "t", n, upArgs...)
+	return &Lab{Lab: *lt, t: t}
 }
 
 // nvictl runs nvictl against this lab.
-func (l *Lab) nvictl(args ...string) result {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	return l.nvictlCtx(ctx, args...)
-}
+func (l *Lab) nvictl(args ...string) result { return l.Nvictl(args...) }
 
 // must runs nvictl and fails the test if it fails.
 func (l *Lab) must(args ...string) string {
 	l.t.Helper()
-	r := l.nvictl(args...)
-	if r.Code != 0 {
-		l.t.Fatalf("nvictl %s: %s", strings.Join(args, " "), r)
-	}
-	return r.Out
+	return l.Must(args...)
 }
 
 // mustFail runs nvictl, requires a failure, and returns its stderr.
 func (l *Lab) mustFail(args ...string) string {
 	l.t.Helper()
-	r := l.nvictl(args...)
-	if r.Code == 0 {
-		l.t.Fatalf("nvictl %s succeeded, want an error: %s", strings.Join(args, " "), r)
-	}
-	if strings.Contains(r.Err, "panic") || strings.Contains(r.Err, "goroutine ") {
-		l.t.Fatalf("nvictl %s panicked: %s", strings.Join(args, " "), r)
-	}
-	return r.Err
+	return l.MustFail(args...)
 }
 
 // in runs a command inside a network namespace.
@@ -158,9 +98,9 @@ func (l *Lab) in(ns string, timeout time.Duration, args ...string) result {
 }
 
 // underlay and server name the lab's namespaces.
-func (l *Lab) underlay() string          { return l.Prefix + "-underlay" }
-func (l *Lab) server(name string) string { return l.Prefix + "-" + name }
-func (l *Lab) runDir() string            { return "/run/" + l.Prefix }
+func (l *Lab) underlay() string          { return l.Underlay() }
+func (l *Lab) server(name string) string { return l.Server(name) }
+func (l *Lab) runDir() string            { return l.RunDir() }
 
 // Workload is a lab workload as nvictl made it.
 type Workload struct {
@@ -241,26 +181,8 @@ func (l *Lab) sessionFlows(server string) []string {
 	return l.flows(server, "0x3000000000000000/0xf000000000000000")
 }
 
-func (l *Lab) dumpLogs() {
-	files, _ := filepath.Glob(filepath.Join(l.runDir(), "s*", "nvid.log"))
-	for _, f := range files {
-		b, _ := os.ReadFile(f)
-		lines := strings.Split(string(b), "\n")
-		if len(lines) > 60 {
-			lines = lines[len(lines)-60:]
-		}
-		l.t.Logf("--- %s ---\n%s", f, strings.Join(lines, "\n"))
-	}
-}
-
-func netnsList() []string {
-	ents, _ := os.ReadDir("/run/netns")
-	var out []string
-	for _, e := range ents {
-		out = append(out, e.Name())
-	}
-	return out
-}
+// netnsList lists named network namespaces.
+func netnsList() []string { return labtest.NetnsList() }
 
 // eventually retries cond until it holds or the timeout passes.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
@@ -295,6 +217,6 @@ func (l *Lab) packetIns(server string) int {
 // with is the lab as seen from a subtest: failures are the subtest's.
 func (l *Lab) with(t *testing.T) *Lab {
 	c := *l
-	c.t = t
+	c.t, c.T = t, t
 	return &c
 }

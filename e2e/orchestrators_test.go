@@ -31,23 +31,10 @@ func TestOrchestrators(t *testing.T) {
 	var ms []member
 
 	// Podman on s1, through nvi-cni.
-	dir := t.TempDir()
-	plugins, netDir := filepath.Join(dir, "plugins"), filepath.Join(dir, "net.d")
-	for _, d := range []string{plugins, netDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Symlink(filepath.Join(bin, "nvi-cni"), filepath.Join(plugins, "nvi-cni")); err != nil {
-		t.Fatal(err)
-	}
 	cniNet := "nvi-" + l.Prefix
 	conf := fmt.Sprintf(`{"type":"nvi-cni","tenant":"acme","network":"web","socket":%q,"bridgeNetns":%q}`,
-		filepath.Join(l.runDir(), "s1", "nvid.sock"), l.server("s1"))
-	if err := os.WriteFile(filepath.Join(netDir, cniNet+".conflist"), []byte(orchtest.Conflist(cniNet, conf)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	pm := orchtest.NewPodman(t, plugins, netDir, l.Prefix)
+		l.Socket("s1"), l.server("s1"))
+	pm := orchtest.NewPodman(t, bin, l.Prefix, map[string]string{cniNet: conf})
 	podCtr := l.Prefix + "-pod"
 	if r := pm.Run(2*time.Minute, append(orchtest.RunArgs(cniNet), "-d", "--name", podCtr, pm.Image, "sleep", "600")...); r.Code != 0 {
 		t.Fatalf("podman run: %s", r)

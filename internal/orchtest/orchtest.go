@@ -137,13 +137,27 @@ type Podman struct {
 	Image  string // the imported busybox image
 }
 
-// NewPodman sets Podman up with CNI plugins from pluginDir (where nvi-cni
-// is), the network configurations in netDir, and the busybox image; the
-// test's end removes containers, images and what Podman left on the
-// machine.
-func NewPodman(t testing.TB, pluginDir, netDir, imageTag string) *Podman {
+// NewPodman sets Podman up with the nvi-cni of binDir as its only CNI
+// plugin, one network list per entry of nets (name -> nvi-cni
+// configuration, JSON), and the busybox image; the test's end removes
+// containers, images and what Podman left on the machine.
+func NewPodman(t testing.TB, binDir, imageTag string, nets map[string]string) *Podman {
 	t.Helper()
 	dir := t.TempDir()
+	pluginDir, netDir := filepath.Join(dir, "plugins"), filepath.Join(dir, "net.d")
+	for _, d := range []string{pluginDir, netDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(filepath.Join(binDir, "nvi-cni"), filepath.Join(pluginDir, "nvi-cni")); err != nil {
+		t.Fatal(err)
+	}
+	for name, conf := range nets {
+		if err := os.WriteFile(filepath.Join(netDir, name+".conflist"), []byte(conflist(name, conf)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	_, cacheErr := os.Stat("/var/lib/containers")
 	_, runcErr := os.Stat("/run/runc")
 	conf := filepath.Join(dir, "containers.conf")
@@ -204,9 +218,9 @@ func RunArgs(network string) []string {
 	return []string{"run", "--network", network, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"}
 }
 
-// Conflist is a CNI network list with one nvi-cni plugin configuration
+// conflist is a CNI network list with one nvi-cni plugin configuration
 // (JSON): Podman 4.3's CNI library speaks specification versions up to
 // 1.0.0.
-func Conflist(name, pluginConf string) string {
+func conflist(name, pluginConf string) string {
 	return fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[%s]}`, name, strings.TrimSpace(pluginConf))
 }
