@@ -30,12 +30,19 @@ unit:
 e2e: build
 	NVI_REQUIRE_E2E=1 $(GO) test -count=1 -timeout 25m -v ./e2e/
 
-# A short run of every fuzz target (go test runs one target at a time).
+# A short run of every fuzz target (go test runs one target at a time), one
+# fuzzing worker each so that a 2-core machine is not oversubscribed. A
+# failing input is saved under the package's testdata/fuzz and replayed by
+# every later "go test"; the log is shown on failure.
 fuzz:
 	@for pkg in $$($(GO) list $(PKGS)); do \
 		for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
 			echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg >/dev/null || { echo "FAIL: fuzz $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 1s $$pkg; exit 1; }; \
+			log=$$(mktemp); \
+			if ! $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -parallel 1 $$pkg >$$log 2>&1; then \
+				echo "FAIL: fuzz $$pkg $$f"; tail -40 $$log; rm -f $$log; exit 1; \
+			fi; \
+			rm -f $$log; \
 		done; \
 	done
 
