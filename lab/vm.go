@@ -67,17 +67,13 @@ func AddVM(ctx context.Context, prefix string, spec VMSpec) (w Workload, err err
 	if len(w.Tap) > 15 {
 		w.Tap, w.Veth = w.Tap[:15], w.Veth[:15]
 	}
-	st.Workloads = append(st.Workloads, w)
-	if err := st.save(); err != nil {
+	undo, err := enlist(st, sv, agent, &w)
+	if err != nil {
 		return w, err
 	}
 	defer func() {
 		if err != nil {
-			_ = agent.DeleteEndpoint(context.Background(), ep.Tenant, ep.Name)
-			_ = deleteNetns(context.Background(), spec.Name)
-			_, _ = inNetns(context.Background(), sv.Netns, "ip", "link", "del", w.Tap)
-			st.Workloads = st.Workloads[:len(st.Workloads)-1]
-			_ = st.save()
+			undo()
 		}
 	}()
 	if err = plumbGuest(ctx, spec.Name, sv.Netns, w.Veth, ep); err != nil {
@@ -91,8 +87,8 @@ func AddVM(ctx context.Context, prefix string, spec VMSpec) (w Workload, err err
 	if err != nil {
 		return w, err
 	}
-	st.Workloads[len(st.Workloads)-1].NICPID = pid
 	w.NICPID = pid
+	st.Workloads[len(st.Workloads)-1] = w
 	if err = st.save(); err != nil {
 		return w, err
 	}

@@ -60,16 +60,13 @@ func AddWorkload(ctx context.Context, prefix string, spec WorkloadSpec) (w Workl
 		Name: spec.Name, Server: sv.Name, Tenant: ep.Tenant, Network: ep.Network,
 		IP: ep.IP, MAC: ep.MAC, Veth: vethName(spec.Name),
 	}
-	st.Workloads = append(st.Workloads, w)
-	if err := st.save(); err != nil {
+	undo, err := enlist(st, sv, agent, &w)
+	if err != nil {
 		return w, err
 	}
 	defer func() {
 		if err != nil {
-			_ = agent.DeleteEndpoint(context.Background(), ep.Tenant, ep.Name)
-			_ = deleteNetns(context.Background(), spec.Name)
-			st.Workloads = st.Workloads[:len(st.Workloads)-1]
-			_ = st.save()
+			undo()
 		}
 	}()
 	if err = plumbGuest(ctx, spec.Name, sv.Netns, w.Veth, ep); err != nil {
@@ -79,6 +76,32 @@ func AddWorkload(ctx context.Context, prefix string, spec WorkloadSpec) (w Workl
 		return w, err
 	}
 	return w, nil
+}
+
+// enlist notes a new workload, whose endpoint the agent has just created,
+// in the lab's state, and returns what undoes it all should making it fail
+// later: the endpoint, a VM's NIC process and tap, the guest's namespace,
+// the state entry.
+func enlist(st *State, sv Server, agent *api.LocalClient, w *Workload) (undo func(), err error) {
+	undo = func() {
+		ctx := context.Background()
+		_ = agent.DeleteEndpoint(ctx, w.Tenant, w.Name)
+		killWait(w.NICPID, 2*time.Second)
+		if w.Tap != "" {
+			_, _ = inNetns(ctx, sv.Netns, "ip", "link", "del", w.Tap)
+		}
+		_ = deleteNetns(ctx, w.Name)
+	}
+	st.Workloads = append(st.Workloads, *w)
+	if err := st.save(); err != nil {
+		undo()
+		return nil, err
+	}
+	return func() {
+		undo()
+		st.Workloads = st.Workloads[:len(st.Workloads)-1]
+		_ = st.save()
+	}, nil
 }
 
 // beginWorkload checks a new workload's name and server and takes the

@@ -152,12 +152,6 @@ func (kp *KeyPool) Release(peer netip.Addr, proto Proto, k uint16, now time.Time
 	p.resting[k] = now.Add(kp.rest)
 }
 
-// InUse reports whether k is held.
-func (kp *KeyPool) InUse(peer netip.Addr, proto Proto, k uint16) bool {
-	p := kp.pools[poolID{peer, proto}]
-	return p != nil && p.used[k]
-}
-
 // Resting reports whether k was released and may not be reused yet.
 func (kp *KeyPool) Resting(peer netip.Addr, proto Proto, k uint16, now time.Time) bool {
 	p := kp.pools[poolID{peer, proto}]
