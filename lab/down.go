@@ -60,7 +60,7 @@ func down(ctx context.Context, st *State) error {
 	}
 	killWait(st.Directory.PID, 3*time.Second)
 	for _, ns := range netnsList() {
-		if ns == st.Underlay || ns == InternetNetns(st.Prefix) || strings.HasPrefix(ns, st.Prefix+"-s") {
+		if ns == st.Underlay || ns == InternetNetns(st.Prefix) || ns == MgmtNetns(st.Prefix) || strings.HasPrefix(ns, st.Prefix+"-s") {
 			note(deleteNetns(ctx, ns))
 		}
 	}

@@ -1,8 +1,10 @@
 // Package lab builds a cloud of NVI servers on one machine: each server is a
 // network namespace with its own ovsdb-server, ovs-vswitchd (userspace netdev
 // datapath) and nvid; an underlay switch namespace joins their uplinks; the
-// directory (embedded etcd) runs on the underlay; workloads are network
-// namespaces plugged into a server's bridge through its agent.
+// directory (embedded etcd) runs on a management network of its own, which
+// the servers' hosts reach and their workloads and the lab's internet do not;
+// workloads are network namespaces plugged into a server's bridge through its
+// agent.
 //
 // Everything the lab makes is recorded in a state file before it is made, so
 // Down removes it all, also after a crash, and is safe to run twice.
@@ -38,6 +40,18 @@ type Config struct {
 // real network routes.
 var DefaultSubnet = netip.MustParsePrefix("198.18.0.0/24")
 
+// MgmtSubnet is the lab's management network, where the directory listens:
+// the servers' hosts are on it, the underlay router is not, so no workload
+// egress and no internet host can reach it. Servers take .1.., the
+// directory the last host. (Also an RFC 2544 range.)
+var MgmtSubnet = netip.MustParsePrefix("198.19.0.0/24")
+
+// MgmtNetns names the management network's namespace.
+func MgmtNetns(prefix string) string { return prefix + "-mgmt" }
+
+// MgmtName is the server-side name of a lab server's management interface.
+const MgmtName = "mg0"
+
 // PeerPort is the TCP port of every agent's peer API.
 const PeerPort = 7470
 
@@ -53,6 +67,7 @@ type Server struct {
 	Netns   string     `json:"netns"`
 	DataIP  netip.Addr `json:"data_ip"`
 	DataMAC string     `json:"data_mac"`
+	MgmtIP  netip.Addr `json:"mgmt_ip"`
 	Dir     string     `json:"dir"`
 	Socket  string     `json:"socket"` // the agent's local API
 	NvidPID int        `json:"nvid_pid"`
@@ -88,6 +103,7 @@ type State struct {
 	Subnet    string     `json:"subnet"`
 	Underlay  string     `json:"underlay"`
 	Internet  string     `json:"internet"`
+	Mgmt      string     `json:"mgmt"` // the management network's namespace
 	Directory Directory  `json:"directory"`
 	Servers   []Server   `json:"servers"`
 	Workloads []Workload `json:"workloads"`

@@ -130,7 +130,38 @@ func makeUnderlay(ctx context.Context, cfg *Config, st *State) error {
 			return err
 		}
 	}
-	return makeInternet(ctx, cfg, st)
+	if err := makeInternet(ctx, cfg, st); err != nil {
+		return err
+	}
+	return makeMgmt(ctx, cfg, st)
+}
+
+// makeMgmt makes the management network: a switch namespace that only the
+// servers' hosts are plugged into, where the directory listens. Nothing
+// routes between it and the underlay.
+func makeMgmt(ctx context.Context, cfg *Config, st *State) error {
+	st.Mgmt = MgmtNetns(cfg.Prefix)
+	if err := st.save(); err != nil {
+		return err
+	}
+	if netnsExists(st.Mgmt) {
+		return fmt.Errorf("network namespace %s already exists (a lab left over? run 'nvictl lab down')", st.Mgmt)
+	}
+	cfg.logf("management network: namespace %s, subnet %s (the directory's; workloads cannot route to it)", st.Mgmt, MgmtSubnet)
+	if _, err := run(ctx, "ip", "netns", "add", st.Mgmt); err != nil {
+		return err
+	}
+	for _, args := range [][]string{
+		{"link", "set", "lo", "up"},
+		{"link", "add", "mg0", "type", "bridge"},
+		{"link", "set", "mg0", "up"},
+		{"addr", "add", netip.PrefixFrom(lastHost(MgmtSubnet), MgmtSubnet.Bits()).String(), "dev", "mg0"},
+	} {
+		if _, err := inNetns(ctx, st.Mgmt, "ip", args...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // InternetNet is the lab's stand-in for the internet: a namespace beyond
@@ -203,18 +234,17 @@ func startDirectory(ctx context.Context, cfg *Config, st *State, nvid string) er
 		cfg.logf("directory: external etcd %s", strings.Join(cfg.Etcd, ","))
 		return st.save()
 	}
-	sw := lastHost(cfg.Subnet)
 	sock := filepath.Join(st.RunDir, "etcd.sock")
 	st.Directory = Directory{
 		Embedded:  true,
-		Endpoints: []string{"http://" + netip.AddrPortFrom(sw, 2379).String()},
+		Endpoints: []string{"http://" + netip.AddrPortFrom(lastHost(MgmtSubnet), 2379).String()},
 		Local:     []string{"unix://" + sock},
 	}
 	if err := st.save(); err != nil {
 		return err
 	}
 	dataDir := filepath.Join(st.RunDir, "etcd")
-	pid, err := spawn(st.Underlay, filepath.Join(st.RunDir, "directory.log"), nvid, "directory",
+	pid, err := spawn(st.Mgmt, filepath.Join(st.RunDir, "directory.log"), nvid, "directory",
 		"--data-dir", dataDir,
 		"--listen", st.Directory.Endpoints[0]+","+st.Directory.Local[0],
 		"--peer", "http://127.0.0.1:2380")
@@ -225,7 +255,7 @@ func startDirectory(ctx context.Context, cfg *Config, st *State, nvid string) er
 	if err := st.save(); err != nil {
 		return err
 	}
-	cfg.logf("directory: embedded etcd on the underlay at %s", st.Directory.Endpoints[0])
+	cfg.logf("directory: embedded etcd on the management network at %s", st.Directory.Endpoints[0])
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	return waitFor(wctx, 100*time.Millisecond, func() error {
@@ -246,6 +276,7 @@ func makeServer(ctx context.Context, cfg *Config, st *State, n int, nvid string)
 		Netns:   cfg.Prefix + "-" + name,
 		DataIP:  hostAddr(cfg.Subnet, n),
 		DataMAC: serverMAC(n),
+		MgmtIP:  hostAddr(MgmtSubnet, n),
 		Dir:     filepath.Join(st.RunDir, name),
 	}
 	sv.Socket = filepath.Join(sv.Dir, "nvid.sock")
@@ -273,6 +304,12 @@ func makeServer(ctx context.Context, cfg *Config, st *State, n int, nvid string)
 		// in offloaded checksums: make the kernel compute them.
 		{"ip", "netns", "exec", st.Underlay, "ethtool", "-K", name, "tx", "off"},
 		{"ip", "netns", "exec", sv.Netns, "ethtool", "-K", UplinkName, "tx", "off"},
+		// The management link: the host's way to the directory, beside
+		// the bridge, never through it.
+		{"ip", "link", "add", MgmtName, "netns", sv.Netns, "type", "veth", "peer", "name", name, "netns", st.Mgmt},
+		{"ip", "netns", "exec", st.Mgmt, "ip", "link", "set", name, "master", "mg0", "up"},
+		{"ip", "netns", "exec", sv.Netns, "ip", "addr", "add", netip.PrefixFrom(sv.MgmtIP, MgmtSubnet.Bits()).String(), "dev", MgmtName},
+		{"ip", "netns", "exec", sv.Netns, "ip", "link", "set", MgmtName, "up"},
 	}
 	for _, s := range steps {
 		if _, err := run(ctx, s[0], s[1:]...); err != nil {

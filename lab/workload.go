@@ -113,7 +113,7 @@ func beginWorkload(prefix, name, server string) (unlock func(), st *State, sv Se
 	if !workloadRe.MatchString(name) {
 		return nil, nil, sv, fmt.Errorf("workload name %q: want 1-31 lowercase letters, digits, '-', '_' or '.'", name)
 	}
-	if name == UnderlayNetns(prefix) || name == InternetNetns(prefix) || regexp.MustCompile(`^`+prefix+`-s[0-9]+$`).MatchString(name) {
+	if name == UnderlayNetns(prefix) || name == InternetNetns(prefix) || name == MgmtNetns(prefix) || regexp.MustCompile(`^`+prefix+`-s[0-9]+$`).MatchString(name) {
 		return nil, nil, sv, fmt.Errorf("workload name %q is the name of one of the lab's own namespaces", name)
 	}
 	release, err := lock(prefix)
