@@ -44,7 +44,7 @@ func RequireE2E(t testing.TB, tools ...string) {
 
 // Programs are what Build builds.
 var Programs = []string{
-	"nvi/cmd/nvid", "nvi/cmd/nvictl", "nvi/cmd/nvibench", "nvi/cmd/nvi-cni", "nvi/cmd/nvi-docker",
+	"nvi/cmd/nvid", "nvi/cmd/nvictl", "nvi/cmd/nvibench", "nvi/cmd/nvi-cni", "nvi/cmd/nvi-docker", "nvi/internal/nviattack",
 	"github.com/containernetworking/cni/cnitool",
 }
 
