@@ -365,7 +365,7 @@ func TestKeepRenewed(t *testing.T) {
 }
 
 func TestRateLimit(t *testing.T) {
-	f := start(t, func(c *Config) { c.Rate = 0.001; c.Burst = 20 }) // 2 per source
+	f := start(t, func(c *Config) { c.Rate = 0.001; c.Burst = 20 }) // 5 per source
 	var last error
 	for range 3 {
 		last = Join(context.Background(), "nvi1.x", t.TempDir()) // refused locally, never sent
@@ -375,7 +375,7 @@ func TestRateLimit(t *testing.T) {
 	}
 	var resp enrollResponse
 	var codes []int
-	for range 3 {
+	for range 7 {
 		err := post(context.Background(), pinnedTLS(f.ca.Pin()), f.addr, pathEnroll, enrollRequest{}, &resp)
 		var re *RefusedError
 		if !errors.As(err, &re) {
@@ -383,7 +383,7 @@ func TestRateLimit(t *testing.T) {
 		}
 		codes = append(codes, re.Status)
 	}
-	if codes[0] != http.StatusBadRequest || codes[2] != http.StatusTooManyRequests {
+	if codes[0] != http.StatusBadRequest || codes[4] != http.StatusBadRequest || codes[6] != http.StatusTooManyRequests {
 		t.Fatalf("statuses %v: want bad request first and too many requests at the end", codes)
 	}
 }

@@ -42,7 +42,8 @@ type Config struct {
 	OnRevoke func(ctx context.Context, name string, at time.Time) error
 	Logger   *slog.Logger
 	// Rate and Burst bound requests a second overall (defaults 10, 20);
-	// each source address gets a tenth of that. MaxInFlight bounds requests
+	// each source address gets a tenth of the rate and a quarter of the
+	// burst (at least 5: a join and a few renewals). MaxInFlight bounds requests
 	// being handled at once (default 8).
 	Rate        float64
 	Burst       int
@@ -115,7 +116,7 @@ func NewService(cfg Config) (*Service, error) {
 		cfg:   cfg,
 		ca:    ca,
 		st:    &store{dir: cfg.CADir},
-		lim:   newLimiter(cfg.Rate, cfg.Burst, cfg.Rate/10, max(cfg.Burst/10, 2)),
+		lim:   newLimiter(cfg.Rate, cfg.Burst, cfg.Rate/10, max(cfg.Burst/4, 5)),
 		slots: make(chan struct{}, cfg.MaxInFlight),
 	}, nil
 }
@@ -347,7 +348,23 @@ func (s *Service) enroll(r *http.Request) (any, error) {
 		return nil, err
 	}
 	if at, ok := list[name]; ok && !notBefore.After(at) {
-		notBefore = at.Add(time.Second) // a re-enrolled server must pass CheckRevoked
+		// A re-enrolled server must pass CheckRevoked: its certificate
+		// starts after the revocation, which is at most a second ahead
+		// (revocation times are whole seconds). Wait for it rather than
+		// hand out a certificate that is not valid yet.
+		notBefore = at.Add(time.Second)
+		if d := notBefore.Sub(now); d > 2*time.Second {
+			s.putBack(rec)
+			return nil, fmt.Errorf("%s was revoked at %s, in the future: check this machine's clock", name, at.Format(time.RFC3339))
+		} else if d > 0 {
+			select {
+			case <-time.After(d):
+			case <-r.Context().Done():
+				s.putBack(rec)
+				return nil, r.Context().Err()
+			}
+			now = now.Add(d)
+		}
 	}
 	certPEM, err := s.ca.SignServerWindow([]byte(req.CSR), name, notBefore, now.Add(s.cfg.CertTTL))
 	if err != nil {
