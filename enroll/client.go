@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -187,4 +188,18 @@ func keepRenewed(ctx context.Context, id *pki.Identity, log *slog.Logger, addr s
 		failures = 0
 		log.Info("certificate renewed", "server", id.Name(), "expires", id.NotAfter())
 	}
+}
+
+// Provision makes the identity of server name in identityDir directly from
+// the CA, with no join token, and records enrollAddr for renewals: for a lab
+// or tests, where one machine holds the CA and every server's directory.
+func Provision(ca *pki.CA, name, identityDir, enrollAddr string, ttl time.Duration) error {
+	if _, _, err := net.SplitHostPort(enrollAddr); err != nil {
+		return fmt.Errorf("enrollment address %q: want HOST:PORT (%v)", enrollAddr, err)
+	}
+	if err := ca.IssueServer(identityDir, name, ttl); err != nil {
+		return err
+	}
+	data, _ := json.Marshal(state{Addr: enrollAddr})
+	return pki.WriteFileAtomic(filepath.Join(identityDir, stateFile), data, 0o644)
 }

@@ -323,6 +323,24 @@ func TestRenew(t *testing.T) {
 	}
 }
 
+func TestProvision(t *testing.T) {
+	f := start(t, nil)
+	dir := filepath.Join(t.TempDir(), "s5")
+	if err := Provision(f.ca, "s5", dir, "nowhere", time.Hour); err == nil {
+		t.Fatal("a bad address was accepted")
+	}
+	if err := Provision(f.ca, "s5", dir, f.addr, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	id, err := pki.LoadIdentity(dir)
+	if err != nil || id.Name() != "s5" {
+		t.Fatalf("provisioned identity: %v", err)
+	}
+	if err := Renew(context.Background(), id); err != nil {
+		t.Fatalf("a provisioned identity cannot renew: %v", err)
+	}
+}
+
 func TestRevokeDropsTokens(t *testing.T) {
 	f := start(t, nil)
 	tok := f.token(t, "s1", time.Minute)

@@ -197,13 +197,18 @@ func (ca *CA) SignServerWindow(csrPEM []byte, name string, notBefore, notAfter t
 	if err != nil {
 		return nil, err
 	}
-	tmpl := &x509.Certificate{
+	return ca.issue(serverTemplate(name), pub, notBefore, notAfter)
+}
+
+// serverTemplate: a server certificate serves and calls the peer API (and
+// calls the directory) with one certificate, so it has both usages.
+func serverTemplate(name string) *x509.Certificate {
+	return &x509.Certificate{
 		Subject:     pkix.Name{CommonName: serverPrefix + name, Organization: []string{OrgServer}},
 		DNSNames:    []string{name},
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
-	return ca.issue(tmpl, pub, notBefore, notAfter)
 }
 
 // ParseCSR reads a PEM certificate request, checks its signature (the
@@ -236,6 +241,17 @@ func (ca *CA) IssueOperator(dir string, ttl time.Duration) error {
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
 	return ca.issueInto(dir, tmpl, ttl)
+}
+
+// IssueServer writes a new key and the certificate of server name with the
+// CA certificate into dir, without a join token: for provisioning by whoever
+// holds the CA (a lab, tests). Servers elsewhere enroll instead, so their
+// key never leaves them.
+func (ca *CA) IssueServer(dir, name string, ttl time.Duration) error {
+	if err := ValidName(name); err != nil {
+		return err
+	}
+	return ca.issueInto(dir, serverTemplate(name), ttl)
 }
 
 // IssueDirectory writes the directory's serving key and certificate, for the

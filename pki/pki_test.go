@@ -669,6 +669,26 @@ func TestIssueDirectory(t *testing.T) {
 	}
 }
 
+func TestIssueServer(t *testing.T) {
+	ca := newCA(t)
+	dir := filepath.Join(t.TempDir(), "s1")
+	if err := ca.IssueServer(dir, "Bad", time.Hour); err == nil {
+		t.Fatal("issued a bad name")
+	}
+	if err := ca.IssueServer(dir, "s1", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	s1, err := LoadIdentity(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2 := enrollServer(t, ca, "s2", time.Hour)
+	r := exchange(t, listen(t), s2.ServerTLS(), s1.ClientTLS("s2"), s2)
+	if r.serverErr != nil || r.clientErr != nil || r.peer != "s1" {
+		t.Fatalf("provisioned s1 to enrolled s2: server %v, client %v, peer %q", r.serverErr, r.clientErr, r.peer)
+	}
+}
+
 func TestLoadIdentityMissing(t *testing.T) {
 	dir := t.TempDir()
 	if _, err := LoadIdentity(dir); !errors.Is(err, ErrNoIdentity) {
