@@ -182,7 +182,12 @@ func keepRenewed(ctx context.Context, id *pki.Identity, log *slog.Logger, addr s
 				return ctx.Err()
 			}
 			failures++
-			log.Warn("certificate renewal failed; retrying", "err", err, "retry_in", backoff(failures-1), "expires", id.NotAfter())
+			if now().After(id.NotAfter()) {
+				log.Error("certificate expired and cannot be renewed: enroll this server again with a new token",
+					"err", err, "expired", id.NotAfter(), "identity_dir", id.Dir())
+			} else {
+				log.Warn("certificate renewal failed; retrying", "err", err, "retry_in", backoff(failures-1), "expires", id.NotAfter())
+			}
 			continue
 		}
 		failures = 0

@@ -531,3 +531,46 @@ func s1KeyFromDir(t *testing.T, dir string) *ecdsa.PrivateKey {
 	}
 	return k.(*ecdsa.PrivateKey)
 }
+
+func TestLimitListener(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &limitListener{Listener: inner, slots: make(chan struct{}, 1)}
+	defer ln.Close()
+	for range 2 {
+		c, err := net.Dial("tcp", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	first, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			second <- c
+		}
+	}()
+	select {
+	case <-second:
+		t.Fatal("a second connection was accepted while the only slot is taken")
+	case <-time.After(200 * time.Millisecond):
+	}
+	first.Close()
+	first.Close() // a second Close must not free a second slot
+	select {
+	case c := <-second:
+		c.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("closing the first connection did not let the second in")
+	}
+	if len(ln.slots) != 0 {
+		t.Fatalf("%d slots still taken after both closed", len(ln.slots))
+	}
+}

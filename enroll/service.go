@@ -198,7 +198,7 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener, dns []string) erro
 		}
 	}()
 	s.cfg.Logger.Info("enrollment service listening", "addr", ln.Addr().String(), "ca", s.ca.Pin())
-	err = srv.ServeTLS(ln, "", "")
+	err = srv.ServeTLS(&limitListener{Listener: ln, slots: make(chan struct{}, maxConns)}, "", "")
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -465,4 +465,36 @@ type RefusedError struct {
 
 func (e *RefusedError) Error() string {
 	return fmt.Sprintf("enrollment service refused (%d): %s", e.Status, e.Msg)
+}
+
+// maxConns bounds the service's open connections (each costs a TLS
+// handshake before any rate limit can look at it).
+const maxConns = 64
+
+// limitListener accepts at most cap(slots) connections at a time; more wait
+// in the kernel's backlog.
+type limitListener struct {
+	net.Listener
+	slots chan struct{}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	l.slots <- struct{}{}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &limitConn{Conn: c, release: sync.OnceFunc(func() { <-l.slots })}, nil
+}
+
+type limitConn struct {
+	net.Conn
+	release func()
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.release()
+	return err
 }

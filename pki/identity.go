@@ -149,6 +149,10 @@ func (id *Identity) check(certPEM []byte) (*x509.Certificate, error) {
 	if !id.key.PublicKey.Equal(leaf.PublicKey) {
 		return nil, errors.New("the certificate is not for this identity's key")
 	}
+	if now := time.Now(); now.After(leaf.NotAfter) {
+		return nil, fmt.Errorf("the certificate expired at %s: enroll again (remove %s, then start nvid with --join and a new token from 'nvictl server token')",
+			leaf.NotAfter.Format(time.RFC3339), CertFile)
+	}
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: id.roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return nil, fmt.Errorf("the certificate does not verify against the CA (expired, or from another CA): %w", err)
 	}

@@ -669,6 +669,30 @@ func TestIssueDirectory(t *testing.T) {
 	}
 }
 
+func TestExpiredIdentity(t *testing.T) {
+	ca := newCA(t)
+	dir := filepath.Join(t.TempDir(), "s1")
+	if err := GenerateKey(dir); err != nil {
+		t.Fatal(err)
+	}
+	csrPEM, _ := CSRFromKey(dir)
+	now := time.Now()
+	old, err := ca.SignServerWindow(csrPEM, "s1", now.Add(-2*time.Hour), now.Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := InstallIdentity(dir, old, ca.CertPEM()); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("installing an expired certificate: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, CertFile), old, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, CAFile), ca.CertPEM(), 0o644)
+	if _, err := LoadIdentity(dir); err == nil || !strings.Contains(err.Error(), "enroll again") {
+		t.Fatalf("loading an expired identity: %v", err)
+	}
+}
+
 func TestIssueServer(t *testing.T) {
 	ca := newCA(t)
 	dir := filepath.Join(t.TempDir(), "s1")
