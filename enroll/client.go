@@ -1,6 +1,7 @@
 package enroll
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -8,8 +9,10 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -207,4 +210,47 @@ func Provision(ca *pki.CA, name, identityDir, enrollAddr string, ttl time.Durati
 	}
 	data, _ := json.Marshal(state{Addr: enrollAddr})
 	return pki.WriteFileAtomic(filepath.Join(identityDir, stateFile), data, 0o644)
+}
+
+// post sends a JSON request to the service and decodes the answer.
+func post(ctx context.Context, tc *tls.Config, addr, path string, in, out any) error {
+	body, _ := json.Marshal(in)
+	tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: false, TLSHandshakeTimeout: 10 * time.Second}
+	defer tr.CloseIdleConnections()
+	cl := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+addr+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := cl.Do(req)
+	if err != nil {
+		return fmt.Errorf("enrollment service %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("enrollment service %s: %w", addr, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e errorResponse
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			return &RefusedError{Status: resp.StatusCode, Msg: e.Error}
+		}
+		return &RefusedError{Status: resp.StatusCode, Msg: resp.Status}
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("enrollment service %s: bad answer: %w", addr, err)
+	}
+	return nil
+}
+
+// RefusedError is the enrollment service's refusal.
+type RefusedError struct {
+	Status int
+	Msg    string
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("enrollment service refused (%d): %s", e.Status, e.Msg)
 }

@@ -574,3 +574,26 @@ func TestLimitListener(t *testing.T) {
 		t.Fatalf("%d slots still taken after both closed", len(ln.slots))
 	}
 }
+
+func TestCheckRecord(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	rec := record{ID: "0123456789abcdef", Name: "s1", Hash: hashSecret("right"), Expires: t0.Add(time.Minute)}
+	tests := []struct {
+		name   string
+		secret string
+		now    time.Time
+		want   error
+	}{
+		{"good", "right", t0, nil},
+		{"wrong secret", "wrong", t0, ErrTokenSecret},
+		{"empty secret", "", t0, ErrTokenSecret},
+		{"at expiry", "right", t0.Add(time.Minute), ErrTokenExpired},
+		{"expired, wrong secret too", "wrong", t0.Add(time.Hour), ErrTokenExpired},
+	}
+	for _, tt := range tests {
+		err := checkRecord(rec, tt.secret, tt.now)
+		if tt.want == nil && err != nil || tt.want != nil && !errors.Is(err, tt.want) {
+			t.Errorf("%s: %v, want %v", tt.name, err, tt.want)
+		}
+	}
+}
