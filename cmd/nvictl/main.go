@@ -139,6 +139,8 @@ func topCommands() []command {
 				return []string{sv.Name, sv.DataIP.String(), sv.DataMAC, sv.Site, sv.Role, sv.AgentAddr}
 			}),
 		sessionsCommand(),
+		group("ca", "create and run the cloud's certificate authority", caCommands()),
+		group("server", "issue join tokens for servers and revoke them", serverCommands()),
 		group("lab", "run a cloud of NVI servers on this machine", labCommands()),
 	}
 }

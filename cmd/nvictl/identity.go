@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"nvi/enroll"
+	"nvi/pki"
+)
+
+// defaultCADir is where the operator keeps the cloud's CA.
+func defaultCADir() string { return envOr("NVI_CA_DIR", "/etc/nvi/ca") }
+
+// operatorDir is where 'ca init' puts the operator's own certificate (for
+// nvictl with the directory).
+func operatorDir(caDir string) string { return filepath.Join(caDir, "operator") }
+
+func caCommands() []command {
+	return []command{caInitCmd(), caServeCmd(), caIssueDirectoryCmd()}
+}
+
+func serverCommands() []command {
+	return []command{serverTokenCmd(), serverRevokeCmd()}
+}
+
+func caDirFlag(fs *flag.FlagSet, dir *string) {
+	fs.StringVar(dir, "ca-dir", defaultCADir(), "the CA directory (or set NVI_CA_DIR)")
+}
+
+func positive(flagName string, d time.Duration) error {
+	if d <= 0 {
+		return usagef("--%s %v: want a positive duration, e.g. 15m or 24h", flagName, d)
+	}
+	return nil
+}
+
+func caInitCmd() command {
+	var dir, cloud string
+	var opTTL time.Duration
+	return command{
+		name: "init", help: "create the cloud's certificate authority, and the operator's certificate under it",
+		flags: func(fs *flag.FlagSet) {
+			caDirFlag(fs, &dir)
+			fs.StringVar(&cloud, "cloud", "nvi", "the cloud's name, written into the CA certificate")
+			fs.DurationVar(&opTTL, "operator-ttl", 365*24*time.Hour, "life of the operator's certificate")
+		},
+		run: func(e *env, _ *flag.FlagSet, args []string) error {
+			if err := wantArgs(args, 0, "no arguments"); err != nil {
+				return err
+			}
+			if err := positive("operator-ttl", opTTL); err != nil {
+				return err
+			}
+			ca, err := pki.InitCA(dir, cloud)
+			if err != nil {
+				return err
+			}
+			if err := ca.IssueOperator(operatorDir(dir), opTTL); err != nil {
+				return fmt.Errorf("the CA is created, but the operator's certificate is not: %w", err)
+			}
+			fmt.Fprintf(e.stdout, "CA created in %s (pin %s)\noperator certificate (CN=%s) in %s\nkeep %s secret: it signs every server's identity\n",
+				dir, ca.Pin(), pki.OperatorName, operatorDir(dir), filepath.Join(dir, pki.CAKeyFile))
+			return nil
+		},
+	}
+}
+
+func caServeCmd() command {
+	var dir, listen, dns, level string
+	var ttl time.Duration
+	return command{
+		name: "serve", help: "run the enrollment service: servers join with tokens and renew their certificates here",
+		flags: func(fs *flag.FlagSet) {
+			caDirFlag(fs, &dir)
+			fs.StringVar(&listen, "listen", "", "address to listen on, IP:PORT (required)")
+			fs.StringVar(&dns, "dns", "", "DNS names of the service, comma-separated, for its certificate")
+			fs.DurationVar(&ttl, "cert-ttl", enroll.DefaultCertTTL, "life of the server certificates it issues (renewed at 2/3)")
+			fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+		},
+		run: func(e *env, _ *flag.FlagSet, args []string) error {
+			if err := wantArgs(args, 0, "no arguments"); err != nil {
+				return err
+			}
+			if listen == "" {
+				return usagef("--listen IP:PORT is required")
+			}
+			if _, err := netip.ParseAddrPort(listen); err != nil {
+				return usagef("--listen %q: want IP:PORT, e.g. 198.18.0.254:7471", listen)
+			}
+			if err := positive("cert-ttl", ttl); err != nil {
+				return err
+			}
+			var l slog.Level
+			if err := l.UnmarshalText([]byte(level)); err != nil {
+				return usagef("--log-level %q: want debug, info, warn or error", level)
+			}
+			svc, err := enroll.NewService(enroll.Config{
+				CADir:   dir,
+				CertTTL: ttl,
+				Grant:   func(ctx context.Context, name string) error { return grantInDirectory(ctx, e, name) },
+				Logger:  slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: l})),
+			})
+			if err != nil {
+				return err
+			}
+			ln, err := listenTCP(listen)
+			if err != nil {
+				return err
+			}
+			return svc.Serve(e.ctx, ln, splitList(dns))
+		},
+	}
+}
+
+func caIssueDirectoryCmd() command {
+	var dir, ips, dns, out string
+	var ttl time.Duration
+	return command{
+		name: "issue-directory", help: "issue the directory's (etcd's) serving certificate",
+		flags: func(fs *flag.FlagSet) {
+			caDirFlag(fs, &dir)
+			fs.StringVar(&ips, "ip", "", "addresses clients dial the directory at, comma-separated")
+			fs.StringVar(&dns, "dns", "", "DNS names clients dial the directory at, comma-separated")
+			fs.StringVar(&out, "out", "", "directory to write key.pem, cert.pem and ca.pem into (required)")
+			fs.DurationVar(&ttl, "ttl", 365*24*time.Hour, "life of the certificate")
+		},
+		run: func(e *env, _ *flag.FlagSet, args []string) error {
+			if err := wantArgs(args, 0, "no arguments"); err != nil {
+				return err
+			}
+			if out == "" {
+				return usagef("--out DIR is required")
+			}
+			if err := positive("ttl", ttl); err != nil {
+				return err
+			}
+			var addrs []netip.Addr
+			for _, s := range splitList(ips) {
+				a, err := netip.ParseAddr(s)
+				if err != nil {
+					return usagef("--ip %q: not an IP address", s)
+				}
+				addrs = append(addrs, a)
+			}
+			if len(addrs) == 0 && dns == "" {
+				return usagef("give the directory's addresses (--ip) or names (--dns)")
+			}
+			ca, err := pki.LoadCA(dir)
+			if err != nil {
+				return err
+			}
+			if err := ca.IssueDirectory(out, addrs, splitList(dns), ttl); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "directory certificate in %s\n", out)
+			return nil
+		},
+	}
+}
+
+func serverTokenCmd() command {
+	var dir, addr string
+	var ttl time.Duration
+	return command{
+		name: "token", args: "NAME", help: "issue a single-use join token for a new server: nvid --join TOKEN",
+		flags: func(fs *flag.FlagSet) {
+			caDirFlag(fs, &dir)
+			fs.DurationVar(&ttl, "ttl", 15*time.Minute, "how long the token can be used")
+			fs.StringVar(&addr, "enroll", "", "address of the enrollment service ('nvictl ca serve'), HOST:PORT as the server dials it (required)")
+		},
+		run: func(e *env, _ *flag.FlagSet, args []string) error {
+			if err := wantArgs(args, 1, "the server's NAME"); err != nil {
+				return err
+			}
+			if err := pki.ValidName(args[0]); err != nil {
+				return usagef("%v", err)
+			}
+			if addr == "" {
+				return usagef("--enroll HOST:PORT is required: where 'nvictl ca serve' listens")
+			}
+			if err := positive("ttl", ttl); err != nil {
+				return err
+			}
+			if ttl > enroll.MaxTokenTTL {
+				return usagef("--ttl %v: a join token lives at most %v", ttl, enroll.MaxTokenTTL)
+			}
+			tok, err := enroll.IssueToken(dir, args[0], addr, ttl)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(e.stdout, tok)
+			fmt.Fprintf(e.stderr, "single use, valid until %s: on %s run  nvid --join TOKEN ...\n",
+				time.Now().Add(ttl).UTC().Format(time.RFC3339), args[0])
+			return nil
+		},
+	}
+}
+
+func serverRevokeCmd() command {
+	var dir string
+	return command{
+		name: "revoke", args: "NAME", help: "revoke a server's identity: it can no longer renew, and its peers refuse it",
+		flags: func(fs *flag.FlagSet) { caDirFlag(fs, &dir) },
+		run: func(e *env, _ *flag.FlagSet, args []string) error {
+			if err := wantArgs(args, 1, "the server's NAME"); err != nil {
+				return err
+			}
+			if err := pki.ValidName(args[0]); err != nil {
+				return usagef("%v", err)
+			}
+			at, err := enroll.Revoke(e.ctx, enroll.Config{
+				CADir:    dir,
+				OnRevoke: func(ctx context.Context, name string, at time.Time) error { return revokeInDirectory(ctx, e, name, at) },
+			}, args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "server %s revoked at %s\n", args[0], at.Format(time.RFC3339))
+			return nil
+		},
+	}
+}
+
+// revokeInDirectory is the directory side of 'nvictl server revoke': the
+// CA side (revoked.json, unused tokens) is done before it is called.
+// LEAD: publish the revocation in the directory, so every agent's
+// Identity.SetRevocationCheck refuses name's certificates from notBefore <= at,
+// and remove name's directory (etcd) role.
+func revokeInDirectory(ctx context.Context, e *env, name string, at time.Time) error {
+	return nil
+}
+
+// grantInDirectory is called by the enrollment service when server name
+// has redeemed its token, before it gets its certificate.
+// LEAD: grant name its directory (etcd) role here.
+func grantInDirectory(ctx context.Context, e *env, name string) error {
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func listenTCP(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("enrollment service: %w", err)
+	}
+	return ln, nil
+}
