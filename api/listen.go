@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // ListenLimits bound what connections can cost before they are
@@ -17,6 +19,11 @@ type ListenLimits struct {
 	PerIP            int           // open connections per remote address; 0: DefaultPerIP
 	Handshakes       int           // TLS handshakes in progress at once; 0: DefaultHandshakes
 	HandshakeTimeout time.Duration // 0: DefaultHandshakeTimeout
+	// NewPerIP bounds how fast one address may open connections (per
+	// second, with NewBurst at once): peers keep theirs open and resume
+	// TLS sessions, so only a flood opens many. 0: DefaultNewPerIP.
+	NewPerIP rate.Limit
+	NewBurst int // 0: DefaultNewBurst
 }
 
 // Defaults of ListenLimits.
@@ -24,6 +31,9 @@ const (
 	DefaultPerIP            = 64
 	DefaultHandshakes       = 64
 	DefaultHandshakeTimeout = 5 * time.Second
+	DefaultNewPerIP         = 50
+	DefaultNewBurst         = 100
+	maxTrackedAddrs         = 4096 // bounds the per-address rate table
 )
 
 func (l *ListenLimits) defaults() {
@@ -36,10 +46,17 @@ func (l *ListenLimits) defaults() {
 	if l.HandshakeTimeout == 0 {
 		l.HandshakeTimeout = DefaultHandshakeTimeout
 	}
+	if l.NewPerIP == 0 {
+		l.NewPerIP = DefaultNewPerIP
+	}
+	if l.NewBurst == 0 {
+		l.NewBurst = DefaultNewBurst
+	}
 }
 
 // PeerListener wraps l for the peer API: it refuses connections beyond
-// lim.PerIP per remote address, and, when conf is set, completes each TLS
+// lim.PerIP per remote address or faster than lim.NewPerIP, and, when
+// conf is set, completes each TLS
 // handshake (at most lim.Handshakes at once, each within
 // lim.HandshakeTimeout) before Accept returns the connection, so only
 // connections with a verified certificate reach the HTTP server. A
@@ -53,6 +70,7 @@ func PeerListener(l net.Listener, conf *tls.Config, lim ListenLimits, log *slog.
 		conns: make(chan net.Conn),
 		done:  make(chan struct{}),
 		perIP: map[netip.Addr]int{},
+		rates: map[netip.Addr]*rate.Limiter{},
 	}
 	go p.acceptLoop()
 	return p
@@ -70,6 +88,7 @@ type peerListener struct {
 
 	mu    sync.Mutex
 	perIP map[netip.Addr]int
+	rates map[netip.Addr]*rate.Limiter
 	err   error // why the inner listener stopped
 }
 
@@ -110,7 +129,7 @@ func (p *peerListener) acceptLoop() {
 		}
 		ip := remoteIP(c)
 		if !p.enter(ip) {
-			p.log.Debug("peer API: too many connections from one address", "remote", ip)
+			p.log.Debug("peer API: too many connections from one address, or too fast", "remote", ip)
 			c.Close()
 			continue
 		}
@@ -150,10 +169,29 @@ func (p *peerListener) deliver(c net.Conn) {
 	}
 }
 
+// enter admits a new connection from ip: under its count and its rate.
 func (p *peerListener) enter(ip netip.Addr) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.perIP[ip] >= p.lim.PerIP {
+		return false
+	}
+	r := p.rates[ip]
+	if r == nil {
+		if len(p.rates) >= maxTrackedAddrs {
+			for other, l := range p.rates {
+				if l.Tokens() >= float64(p.lim.NewBurst) {
+					delete(p.rates, other)
+				}
+			}
+			if len(p.rates) >= maxTrackedAddrs {
+				return false
+			}
+		}
+		r = rate.NewLimiter(p.lim.NewPerIP, p.lim.NewBurst)
+		p.rates[ip] = r
+	}
+	if !r.Allow() {
 		return false
 	}
 	p.perIP[ip]++

@@ -529,3 +529,30 @@ func TestBadBodyIsRejected(t *testing.T) {
 		t.Fatalf("%d bad bodies reached the service", n)
 	}
 }
+
+// TestPeerListenerBoundsNewConnectionsPerIP: one address cannot open
+// connections (and make the server pay for handshakes) faster than its
+// rate; connections it keeps open are not affected.
+func TestPeerListenerBoundsNewConnectionsPerIP(t *testing.T) {
+	cl := newCloud(t)
+	fp := &fakePeer{}
+	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{NewPerIP: 0.01, NewBurst: 2})
+	kept := peerClient(t, addr, cl.s1, time.Second)
+	if err := kept.Accept(context.Background(), acceptReq); err != nil { // connection 1
+		t.Fatal(err)
+	}
+	fresh := func() error {
+		c := NewPeerClient(addr, cl.s1.ClientTLS("s2"), time.Second)
+		defer c.Close()
+		return c.Accept(context.Background(), acceptReq)
+	}
+	if err := fresh(); err != nil { // connection 2
+		t.Fatalf("a second connection within the burst: %v", err)
+	}
+	if err := fresh(); CodeOf(err) != CodeUnavailable {
+		t.Fatalf("a third new connection at once: err = %v, want it refused", err)
+	}
+	if err := kept.Accept(context.Background(), acceptReq); err != nil {
+		t.Fatalf("the connection kept open beside it: %v", err)
+	}
+}
