@@ -187,8 +187,11 @@ func (c *Config) checkServing() error {
 	if c.PeerListen == "" {
 		errs = append(errs, errors.New("--peer-listen is required: without it no peer can set up sessions with this server"))
 	}
-	if c.Identity == nil && !c.InsecurePeerAPI {
+	switch {
+	case c.Identity == nil && !c.InsecurePeerAPI:
 		errs = append(errs, errors.New("the peer API needs this server's certificate (--identity-dir); --insecure-peer-api runs it unauthenticated, for benchmarks only"))
+	case c.Identity != nil && c.InsecurePeerAPI:
+		errs = append(errs, errors.New("--insecure-peer-api contradicts the server's certificate: pick one"))
 	}
 	return errors.Join(errs...)
 }

@@ -462,6 +462,7 @@ func TestCheckServing(t *testing.T) {
 		{"identity", Config{PeerListen: "198.18.0.1:7470", Identity: id}, true},
 		{"insecure by choice", Config{PeerListen: "198.18.0.1:7470", InsecurePeerAPI: true}, true},
 		{"neither", Config{PeerListen: "198.18.0.1:7470"}, false},
+		{"both", Config{PeerListen: "198.18.0.1:7470", Identity: id, InsecurePeerAPI: true}, false},
 		{"no peer address", Config{Identity: id}, false},
 	} {
 		if err := tc.cfg.checkServing(); (err == nil) != tc.ok {
@@ -532,5 +533,22 @@ func TestPeerClientsPerNameAndAddress(t *testing.T) {
 	a.cfg.Identity = nil
 	if _, err := a.peer(directory.Server{Name: "s4", AgentAddr: "192.0.2.4:7470"}); err == nil {
 		t.Fatal("a client without identity or --insecure-peer-api")
+	}
+}
+
+// TestInsecurePeerAPI: the benchmark's comparison mode serves plain HTTP
+// and takes the body's From, as before authentication existed.
+func TestInsecurePeerAPI(t *testing.T) {
+	w := newPeerWorld(t, nil)
+	a := w.agent(t, w.s2, netip.MustParsePrefix("192.0.2.2/24"), peerIPs, func(c *Config) { c.Identity, c.InsecurePeerAPI = nil, true })
+	addr := servePeerAPI(t, a)
+	c := api.NewPeerClient(addr, nil, 5*time.Second)
+	defer c.Close()
+	tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: peerIPc, Server: peerIPs, Port: 5432}
+	if err := c.Accept(context.Background(), api.AcceptRequest{From: "s1", Tuple: tu, Key: 61999}); !passedChecks(err) {
+		t.Fatalf("insecure Accept from s1: err = %v, want it to pass every check", err)
+	}
+	if err := c.Accept(context.Background(), api.AcceptRequest{From: "s3", Tuple: tu, Key: 61999}); api.CodeOf(err) != api.CodeDenied {
+		t.Fatalf("insecure Accept claiming s3 for s1's client: err = %v, want denied", err)
 	}
 }
