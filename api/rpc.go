@@ -1,7 +1,10 @@
 // Package api holds NVI's two RPC services: the peer API that agents use to
 // agree sessions with each other, and the local API through which a server's
 // tools (nvictl, the CNI plugin, the lab) talk to its agent. Both are JSON
-// over HTTP: easy to inspect with curl, with deadlines on every call.
+// over HTTP, with deadlines on every call. The peer API runs over mutual
+// TLS 1.3: a caller is the server its certificate names, and what it may
+// do is bounded per caller (rate), in all (calls at once) and before
+// authentication (connections and handshakes per address).
 package api
 
 import (
