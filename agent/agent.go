@@ -2,14 +2,18 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"nvi/api"
 	"nvi/directory"
@@ -43,10 +47,14 @@ type Agent struct {
 	byWire     map[wireKey]*entry     // cross-server sessions as the underlay names them
 	punts      map[netip.Addr]int     // ICMP sessions per peer, for the punt flow
 	keys       *session.KeyPool
-	peers      map[string]*api.PeerClient
+	peers      map[peerAddr]*api.PeerClient
 	registered bool
 	dirErr     string
 }
+
+// peerAddr names a peer client: the connection authenticates the server
+// by name, and is made to its address.
+type peerAddr struct{ name, addr string }
 
 type addrKey struct {
 	tenant string
@@ -81,7 +89,7 @@ func New(cfg Config) (*Agent, error) {
 		byWire:   map[wireKey]*entry{},
 		punts:    map[netip.Addr]int{},
 		keys:     session.NewKeyPool(cfg.KeyRange, cfg.KeyRest),
-		peers:    map[string]*api.PeerClient{},
+		peers:    map[peerAddr]*api.PeerClient{},
 	}, nil
 }
 
@@ -91,6 +99,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	a.ctx = ctx
+	if err := a.cfg.checkServing(); err != nil {
+		return err
+	}
+	peerTLS, err := a.peerServerTLS()
+	if err != nil {
+		return err
+	}
 	a.warnEphemeralOverlap()
 
 	// The local API first, so that tools can ask why the agent is not ready.
@@ -145,22 +160,25 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); a.watchInterfaces(ctx) }()
 
-	if a.cfg.PeerListen != "" {
-		pl, err := net.Listen("tcp", a.cfg.PeerListen)
-		if err != nil {
-			return fmt.Errorf("peer API on %s: %w", a.cfg.PeerListen, err)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := api.Serve(ctx, pl, api.PeerHandler(peerService{a}, a.log), a.log); err != nil {
-				a.log.Error("peer API stopped", "err", err)
-			}
-		}()
+	pl, err := net.Listen("tcp", a.cfg.PeerListen)
+	if err != nil {
+		return fmt.Errorf("peer API on %s: %w", a.cfg.PeerListen, err)
+	}
+	if peerTLS == nil {
+		a.log.Warn("THE PEER API IS UNAUTHENTICATED (--insecure-peer-api): anyone who reaches it can install, hijack and tear down sessions as any server; use it only to measure what TLS costs",
+			"peer_api", a.cfg.PeerListen)
 	}
 	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		l := api.PeerListener(pl, peerTLS, api.ListenLimits{}, a.log)
+		if err := api.Serve(ctx, l, a.peerHandler(), a.log); err != nil {
+			a.log.Error("peer API stopped", "err", err)
+		}
+	}()
+	wg.Add(1)
 	go func() { defer wg.Done(); a.expireLoop(ctx) }()
-	a.log.Info("agent running", "server", a.cfg.Name, "bridge", a.cfg.Bridge, "data", a.cfg.DataIP, "peer_api", a.cfg.PeerListen)
+	a.log.Info("agent running", "server", a.cfg.Name, "bridge", a.cfg.Bridge, "data", a.cfg.DataIP, "peer_api", a.cfg.PeerListen, "peer_tls", peerTLS != nil)
 	<-ctx.Done()
 	a.log.Info("agent stopping; flows stay on the bridge")
 	return nil
@@ -330,17 +348,70 @@ func (a *Agent) bridge() pipeline.Bridge {
 	return a.br
 }
 
-// peer returns a client for a peer agent.
+// peer returns the client for a peer agent, one per (name, address), kept
+// for the agent's life so that its connections persist across sessions.
+// It authenticates the answering agent as srv.Name.
 func (a *Agent) peer(srv directory.Server) (*api.PeerClient, error) {
 	if srv.AgentAddr == "" {
 		return nil, api.Errorf(api.CodeUnavailable, "server %s has no agent address", srv.Name)
 	}
+	k := peerAddr{srv.Name, srv.AgentAddr}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	c := a.peers[srv.AgentAddr]
-	if c == nil {
-		c = api.NewPeerClient(srv.AgentAddr, a.cfg.PeerTimeout)
-		a.peers[srv.AgentAddr] = c
+	if c := a.peers[k]; c != nil {
+		return c, nil
 	}
+	var conf *tls.Config
+	if a.cfg.Identity != nil {
+		if conf = a.cfg.Identity.ClientTLS(srv.Name); conf == nil {
+			return nil, api.Errorf(api.CodeUnavailable, "no TLS configuration toward server %s", srv.Name)
+		}
+	} else if !a.cfg.InsecurePeerAPI {
+		return nil, api.Errorf(api.CodeUnavailable, "this server has no certificate to call server %s with", srv.Name)
+	}
+	for old, c := range a.peers {
+		if old.name == srv.Name {
+			// The server moved: its old address is no one's to trust.
+			c.Close()
+			delete(a.peers, old)
+		}
+	}
+	c := api.NewPeerClient(srv.AgentAddr, conf, a.cfg.PeerTimeout)
+	a.peers[k] = c
 	return c, nil
+}
+
+// peerServerTLS is the peer API's server side: the identity's, held to
+// TLS 1.3 with client certificates required. Nil means unauthenticated
+// (InsecurePeerAPI).
+func (a *Agent) peerServerTLS() (*tls.Config, error) {
+	if a.cfg.Identity == nil {
+		return nil, nil
+	}
+	conf := a.cfg.Identity.ServerTLS()
+	if conf == nil {
+		return nil, errors.New("the identity gave no server TLS configuration for the peer API")
+	}
+	if conf.ClientAuth != tls.RequireAndVerifyClientCert {
+		return nil, errors.New("the identity's server TLS configuration does not require and verify client certificates; the peer API would be open to anyone")
+	}
+	conf = conf.Clone()
+	conf.MinVersion = tls.VersionTLS13
+	conf.NextProtos = []string{"http/1.1"}
+	return conf, nil
+}
+
+// peerHandler serves the peer API to callers that prove who they are.
+func (a *Agent) peerHandler() http.Handler {
+	opts := api.PeerOptions{
+		Rate:        rate.Limit(a.cfg.PeerRate),
+		Burst:       a.cfg.PeerBurst,
+		MaxInFlight: a.cfg.PeerMaxInFlight,
+	}
+	if a.cfg.Identity != nil {
+		opts.Caller = api.TLSCaller(a.cfg.Identity.PeerName)
+	} else if a.cfg.InsecurePeerAPI {
+		opts.InsecureTrustFrom = true
+	}
+	return api.PeerHandler(peerService{a}, opts, a.log)
 }

@@ -11,6 +11,7 @@
 package agent
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,8 +19,17 @@ import (
 	"net/netip"
 	"time"
 
+	"nvi/api"
 	"nvi/session"
 )
+
+// Identity is this server's certificate as the peer API needs it;
+// *pki.Identity implements it.
+type Identity interface {
+	ServerTLS() *tls.Config                           // TLS 1.3, client certificates required and verified against the cloud's CA
+	ClientTLS(peer string) *tls.Config                // verifies that the answering certificate names server peer
+	PeerName(cs *tls.ConnectionState) (string, error) // the server a verified connection speaks for
+}
 
 // Config is everything nvid is told at start.
 type Config struct {
@@ -33,7 +43,7 @@ type Config struct {
 	OVSDB      string     // "unix:/run/nvi/s1/db.sock"
 	OVSRunDir  string     // ovs-vswitchd's run directory: the controller socket goes there
 	Socket     string     // the local API's unix socket
-	PeerListen string     // "ip:port" of the peer API
+	PeerListen string     // "ip:port" of the peer API, on the data address
 	Etcd       []string   // directory endpoints
 	Site       string
 
@@ -46,6 +56,16 @@ type Config struct {
 	PuntRate     uint32           // packet-ins per second the meter lets through
 	PuntBurst    uint32
 	LeaseTTL     time.Duration // the server record's lease in the directory
+
+	// Identity authenticates the peer API both ways (mutual TLS). Without
+	// one the agent refuses to start unless InsecurePeerAPI is set, which
+	// lets anyone who reaches PeerListen speak for any server: only for
+	// measuring what authentication costs.
+	Identity        Identity
+	InsecurePeerAPI bool
+	PeerRate        float64 // peer API calls per second per calling server
+	PeerBurst       int
+	PeerMaxInFlight int // peer API calls served at once
 
 	Logger *slog.Logger
 }
@@ -85,6 +105,15 @@ func (c *Config) Defaults() {
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = 10 * time.Second
 	}
+	if c.PeerRate == 0 {
+		c.PeerRate = api.DefaultPeerRate
+	}
+	if c.PeerBurst == 0 {
+		c.PeerBurst = api.DefaultPeerBurst
+	}
+	if c.PeerMaxInFlight == 0 {
+		c.PeerMaxInFlight = api.DefaultPeerMaxInFlight
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -123,6 +152,46 @@ func (c *Config) Validate() error {
 	}
 	if c.DenyTimeout < time.Second || c.DenyTimeout > time.Hour {
 		errs = append(errs, fmt.Errorf("--deny-timeout %v: want 1s..1h", c.DenyTimeout))
+	}
+	if c.PeerListen != "" {
+		if err := checkPeerListen(c.PeerListen, c.DataIP); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.PeerRate < 0 || c.PeerBurst < 0 || c.PeerMaxInFlight < 0 {
+		errs = append(errs, errors.New("peer API limits must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// checkPeerListen: peers dial the address the server records, so it must
+// be a concrete ip:port on the data address.
+func checkPeerListen(listen string, data netip.Prefix) error {
+	ap, err := netip.ParseAddrPort(listen)
+	switch {
+	case err != nil:
+		return fmt.Errorf("--peer-listen %q: want IP:PORT on the data address, e.g. 198.18.0.1:7470", listen)
+	case ap.Port() == 0:
+		return fmt.Errorf("--peer-listen %s: peers need a fixed port, not 0", listen)
+	case data.IsValid() && ap.Addr().Unmap() != data.Addr():
+		return fmt.Errorf("--peer-listen %s: peers reach this server at its data address %s; listen there", listen, data.Addr())
+	}
+	return nil
+}
+
+// checkServing says what keeps the agent from serving peers: no peer API
+// address, or a peer API with no authentication that nobody asked for.
+// New does not check it, so that tests can make agents without either.
+func (c *Config) checkServing() error {
+	var errs []error
+	if c.PeerListen == "" {
+		errs = append(errs, errors.New("--peer-listen is required: without it no peer can set up sessions with this server"))
+	}
+	switch {
+	case c.Identity == nil && !c.InsecurePeerAPI:
+		errs = append(errs, errors.New("the peer API needs this server's certificate (--identity-dir); --insecure-peer-api runs it unauthenticated, for benchmarks only"))
+	case c.Identity != nil && c.InsecurePeerAPI:
+		errs = append(errs, errors.New("--insecure-peer-api contradicts the server's certificate: pick one"))
 	}
 	return errors.Join(errs...)
 }

@@ -1,7 +1,10 @@
 // Package api holds NVI's two RPC services: the peer API that agents use to
 // agree sessions with each other, and the local API through which a server's
 // tools (nvictl, the CNI plugin, the lab) talk to its agent. Both are JSON
-// over HTTP: easy to inspect with curl, with deadlines on every call.
+// over HTTP, with deadlines on every call. The peer API runs over mutual
+// TLS 1.3: a caller is the server its certificate names, and what it may
+// do is bounded per caller (rate), in all (calls at once) and before
+// authentication (connections and handshakes per address).
 package api
 
 import (
@@ -23,13 +26,14 @@ type Code string
 
 // Error codes.
 const (
-	CodeInvalid     Code = "invalid"     // the request is malformed or breaks a rule
-	CodeNotFound    Code = "not_found"   // something named does not exist
-	CodeExists      Code = "exists"      // something to create already exists
-	CodeConflict    Code = "conflict"    // the request clashes with current state
-	CodeDenied      Code = "denied"      // policy refuses it
-	CodeUnavailable Code = "unavailable" // a dependency (directory, switch) is down
-	CodeInternal    Code = "internal"
+	CodeInvalid         Code = "invalid"         // the request is malformed or breaks a rule
+	CodeNotFound        Code = "not_found"       // something named does not exist
+	CodeExists          Code = "exists"          // something to create already exists
+	CodeConflict        Code = "conflict"        // the request clashes with current state
+	CodeDenied          Code = "denied"          // policy or the caller's identity refuses it
+	CodeUnauthenticated Code = "unauthenticated" // the caller proved no identity
+	CodeUnavailable     Code = "unavailable"     // a dependency (directory, switch) is down, or the service is busy
+	CodeInternal        Code = "internal"
 )
 
 // Error is an error carried across the API.
@@ -55,13 +59,14 @@ func CodeOf(err error) Code {
 }
 
 var httpStatus = map[Code]int{
-	CodeInvalid:     http.StatusBadRequest,
-	CodeNotFound:    http.StatusNotFound,
-	CodeExists:      http.StatusConflict,
-	CodeConflict:    http.StatusConflict,
-	CodeDenied:      http.StatusForbidden,
-	CodeUnavailable: http.StatusServiceUnavailable,
-	CodeInternal:    http.StatusInternalServerError,
+	CodeInvalid:         http.StatusBadRequest,
+	CodeNotFound:        http.StatusNotFound,
+	CodeExists:          http.StatusConflict,
+	CodeConflict:        http.StatusConflict,
+	CodeDenied:          http.StatusForbidden,
+	CodeUnauthenticated: http.StatusUnauthorized,
+	CodeUnavailable:     http.StatusServiceUnavailable,
+	CodeInternal:        http.StatusInternalServerError,
 }
 
 // maxBody bounds request and response bodies: no NVI message comes close.
@@ -123,6 +128,10 @@ func newClient(base string, dial func(ctx context.Context) (net.Conn, error), ti
 		d := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
 		tr.DialContext = d.DialContext
 	}
+	return newClientWith(base, tr, timeout)
+}
+
+func newClientWith(base string, tr *http.Transport, timeout time.Duration) *client {
 	return &client{base: strings.TrimRight(base, "/"), hc: &http.Client{Transport: tr}, timeout: timeout}
 }
 

@@ -75,6 +75,7 @@ func runAgent(ctx context.Context, args []string) error {
 	var rate uint
 	fs.UintVar(&rate, "punt-rate", 5000, "packet-ins per second the meter lets through to the agent")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&cfg.InsecurePeerAPI, "insecure-peer-api", false, "serve and call the peer API without TLS: anyone who reaches it can hijack sessions (benchmark comparison only)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

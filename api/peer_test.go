@@ -1,0 +1,558 @@
+package api
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"nvi/internal/testca"
+	"nvi/session"
+)
+
+// fakePeer records what reaches the service; block makes calls wait for
+// release (or their deadline).
+type fakePeer struct {
+	mu      sync.Mutex
+	calls   int
+	callers []string
+	got     AcceptRequest
+	err     error
+	block   chan struct{}
+	entered chan struct{}
+}
+
+func (f *fakePeer) record(ctx context.Context, caller string) error {
+	f.mu.Lock()
+	f.calls++
+	f.callers = append(f.callers, caller)
+	block, entered, err := f.block, f.entered, f.err
+	f.mu.Unlock()
+	if entered != nil {
+		entered <- struct{}{}
+	}
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return err
+}
+
+func (f *fakePeer) Accept(ctx context.Context, caller string, req AcceptRequest) error {
+	f.mu.Lock()
+	f.got = req
+	f.mu.Unlock()
+	return f.record(ctx, caller)
+}
+
+func (f *fakePeer) Release(ctx context.Context, caller string, req ReleaseRequest) error {
+	return f.record(ctx, caller)
+}
+
+func (f *fakePeer) Reopen(ctx context.Context, caller string, req ReopenRequest) error {
+	return f.record(ctx, caller)
+}
+
+func (f *fakePeer) seen() (int, []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls, append([]string(nil), f.callers...)
+}
+
+// cloud is a test CA with the identities of servers s1, s2 and s3.
+type cloud struct {
+	ca         *testca.CA
+	s1, s2, s3 *testca.Identity
+}
+
+func newCloud(t *testing.T) *cloud {
+	ca := testca.New(t)
+	return &cloud{ca: ca, s1: ca.Server(t, "s1"), s2: ca.Server(t, "s2"), s3: ca.Server(t, "s3")}
+}
+
+// servePeer runs svc as server id on loopback with the peer API's TLS
+// listener; it returns the address and the listener.
+func servePeer(t *testing.T, svc PeerService, id *testca.Identity, opts PeerOptions, lim ListenLimits) (string, *peerListener) {
+	t.Helper()
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conf *tls.Config
+	if id != nil {
+		conf = id.ServerTLS()
+		if opts.Caller == nil && !opts.InsecureTrustFrom {
+			opts.Caller = TLSCaller(id.PeerName)
+		}
+	}
+	l := PeerListener(raw, conf, lim, quiet)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, l, PeerHandler(svc, opts, quiet), quiet) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return raw.Addr().String(), l.(*peerListener)
+}
+
+// client is from's client toward server s2.
+func peerClient(t *testing.T, addr string, from *testca.Identity, timeout time.Duration) *PeerClient {
+	c := NewPeerClient(addr, from.ClientTLS("s2"), timeout)
+	t.Cleanup(c.Close)
+	return c
+}
+
+var acceptReq = AcceptRequest{From: "s1", Key: 61441, Tuple: session.Tuple{
+	Tenant: "acme", Proto: session.UDP, Client: netip.MustParseAddr("10.1.0.2"),
+	Server: netip.MustParseAddr("10.1.0.3"), Port: 53,
+}}
+
+func TestPeerRoundTripOverMutualTLS(t *testing.T) {
+	cl := newCloud(t)
+	fp := &fakePeer{}
+	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{})
+	c := peerClient(t, addr, cl.s1, time.Second)
+	if err := c.Accept(context.Background(), acceptReq); err != nil {
+		t.Fatal(err)
+	}
+	noFrom := acceptReq
+	noFrom.From = ""
+	if err := c.Accept(context.Background(), noFrom); err != nil {
+		t.Fatal(err)
+	}
+	n, callers := fp.seen()
+	if n != 2 || callers[0] != "s1" || callers[1] != "s1" {
+		t.Fatalf("service saw %d calls from %v, want 2 from s1", n, callers)
+	}
+	if fp.got != noFrom {
+		t.Fatalf("server got %+v, want %+v", fp.got, noFrom)
+	}
+}
+
+// TestPeerHandshakeRefusals: whoever cannot show a current certificate of
+// the cloud's CA never reaches the service.
+func TestPeerHandshakeRefusals(t *testing.T) {
+	cl := newCloud(t)
+	other := testca.New(t).Server(t, "s1")
+	expired := cl.ca.ServerWith(t, "s1", testca.Options{NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
+	fp := &fakePeer{}
+	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{})
+	noCert := cl.s1.ClientTLS("s2")
+	noCert.Certificates = nil
+	withCert := func(id *testca.Identity) *tls.Config {
+		conf := cl.s1.ClientTLS("s2")                           // trusts the right CA for the server...
+		conf.Certificates = []tls.Certificate{id.Certificate()} // ...but shows id's certificate
+		return conf
+	}
+	for _, tc := range []struct {
+		name string
+		conf *tls.Config
+	}{
+		{"no client certificate", noCert},
+		{"a certificate of another CA", withCert(other)},
+		{"an expired certificate", withCert(expired)},
+		{"plain HTTP", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := NewPeerClient(addr, tc.conf, time.Second)
+			defer c.Close()
+			err := c.Accept(context.Background(), acceptReq)
+			if err == nil || CodeOf(err) != CodeUnavailable {
+				t.Fatalf("err = %v (code %s), want the connection refused", err, CodeOf(err))
+			}
+		})
+	}
+	if n, _ := fp.seen(); n != 0 {
+		t.Fatalf("%d refused callers reached the service", n)
+	}
+	// Beside them, s1's real certificate works.
+	if err := peerClient(t, addr, cl.s1, time.Second).Accept(context.Background(), acceptReq); err != nil {
+		t.Fatalf("legitimate call: %v", err)
+	}
+}
+
+// TestPeerClientChecksTheServer: a client asks for s2 and refuses whoever
+// else answers, even with a valid certificate of the cloud.
+func TestPeerClientChecksTheServer(t *testing.T) {
+	cl := newCloud(t)
+	fp := &fakePeer{}
+	addr, _ := servePeer(t, fp, cl.s3, PeerOptions{}, ListenLimits{}) // s3 answers at "s2's" address
+	err := peerClient(t, addr, cl.s1, time.Second).Accept(context.Background(), acceptReq)
+	if err == nil {
+		t.Fatal("the client accepted s3 answering for s2")
+	}
+	if n, _ := fp.seen(); n != 0 {
+		t.Fatalf("the request reached the wrong server (%d calls)", n)
+	}
+}
+
+// TestPeerCertificateThatIsNotAServer: the CA's certificate for something
+// other than a server passes the handshake but speaks for no server.
+func TestPeerCertificateThatIsNotAServer(t *testing.T) {
+	cl := newCloud(t)
+	op := cl.ca.ServerWith(t, "root", testca.Options{CommonName: "root", Organization: "nvi-operator"})
+	fp := &fakePeer{}
+	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{})
+	err := peerClient(t, addr, op, time.Second).Accept(context.Background(), AcceptRequest{})
+	if CodeOf(err) != CodeDenied {
+		t.Fatalf("err = %v (code %s), want denied", err, CodeOf(err))
+	}
+	if n, _ := fp.seen(); n != 0 {
+		t.Fatalf("%d calls reached the service", n)
+	}
+}
+
+// TestPeerFromMustBeTheCaller: s3's valid certificate cannot speak for s1.
+func TestPeerFromMustBeTheCaller(t *testing.T) {
+	cl := newCloud(t)
+	fp := &fakePeer{}
+	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{})
+	c3 := peerClient(t, addr, cl.s3, time.Second)
+	ctx := context.Background()
+	for name, call := range map[string]func() error{
+		"accept":  func() error { return c3.Accept(ctx, acceptReq) },
+		"release": func() error { return c3.Release(ctx, ReleaseRequest{From: "s1", Tuple: acceptReq.Tuple, Key: 61441}) },
+		"reopen":  func() error { return c3.Reopen(ctx, ReopenRequest{From: "s1", Tuple: acceptReq.Tuple}) },
+	} {
+		if err := call(); CodeOf(err) != CodeDenied {
+			t.Errorf("%s from s3 claiming s1: err = %v (code %s), want denied", name, err, CodeOf(err))
+		}
+	}
+	if n, _ := fp.seen(); n != 0 {
+		t.Fatalf("%d forged calls reached the service", n)
+	}
+	own := acceptReq
+	own.From = "s3"
+	if err := c3.Accept(ctx, own); err != nil {
+		t.Fatalf("s3 speaking for itself: %v", err)
+	}
+	if _, callers := fp.seen(); len(callers) != 1 || callers[0] != "s3" {
+		t.Fatalf("callers = %v, want [s3]", callers)
+	}
+}
+
+func TestPeerWithoutCallerIsRefused(t *testing.T) {
+	for name, opts := range map[string]PeerOptions{
+		"no caller function":      {},
+		"no TLS on the request":   {Caller: TLSCaller(func(*tls.ConnectionState) (string, error) { return "s1", nil })},
+		"caller function refuses": {Caller: func(*http.Request) (string, error) { return "", errors.New("who?") }},
+	} {
+		t.Run(name, func(t *testing.T) {
+			fp := &fakePeer{}
+			srv := httptest.NewServer(PeerHandler(fp, opts, quiet))
+			defer srv.Close()
+			err := NewPeerClient(strings.TrimPrefix(srv.URL, "http://"), nil, time.Second).Accept(context.Background(), acceptReq)
+			if c := CodeOf(err); c != CodeUnauthenticated && c != CodeDenied {
+				t.Fatalf("err = %v (code %s), want unauthenticated or denied", err, c)
+			}
+			if n, _ := fp.seen(); n != 0 {
+				t.Fatalf("%d calls reached the service", n)
+			}
+		})
+	}
+}
+
+// TestPeerInsecureTrustsFrom: the benchmark's unauthenticated mode takes
+// the caller from the body, and needs one.
+func TestPeerInsecureTrustsFrom(t *testing.T) {
+	fp := &fakePeer{}
+	srv := httptest.NewServer(PeerHandler(fp, PeerOptions{InsecureTrustFrom: true}, quiet))
+	defer srv.Close()
+	c := NewPeerClient(strings.TrimPrefix(srv.URL, "http://"), nil, time.Second)
+	defer c.Close()
+	if err := c.Accept(context.Background(), acceptReq); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Reopen(context.Background(), ReopenRequest{Tuple: acceptReq.Tuple}); CodeOf(err) != CodeInvalid {
+		t.Fatalf("no From: err = %v, want invalid", err)
+	}
+	if n, callers := fp.seen(); n != 1 || callers[0] != "s1" {
+		t.Fatalf("service saw %d calls from %v, want 1 from s1", n, callers)
+	}
+}
+
+// TestPeerRateLimitPerCaller: beyond its bucket a caller is told to come
+// back later; another caller beside it is served.
+func TestPeerRateLimitPerCaller(t *testing.T) {
+	cl := newCloud(t)
+	fp := &fakePeer{}
+	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{Rate: 0.01, Burst: 3}, ListenLimits{})
+	c1, c3 := peerClient(t, addr, cl.s1, time.Second), peerClient(t, addr, cl.s3, time.Second)
+	ctx := context.Background()
+	for i := range 3 {
+		if err := c1.Release(ctx, ReleaseRequest{}); err != nil {
+			t.Fatalf("call %d within the burst: %v", i+1, err)
+		}
+	}
+	if err := c1.Release(ctx, ReleaseRequest{}); CodeOf(err) != CodeUnavailable {
+		t.Fatalf("call beyond the burst: err = %v (code %s), want unavailable", err, CodeOf(err))
+	}
+	if err := c3.Release(ctx, ReleaseRequest{}); err != nil {
+		t.Fatalf("another caller beside it: %v", err)
+	}
+	// The refusal says when to come back.
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: cl.s1.ClientTLS("s2")}}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Post("https://"+addr+pathRelease, "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("status %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if n, _ := fp.seen(); n != 4 {
+		t.Fatalf("service saw %d calls, want 4", n)
+	}
+}
+
+// TestPeerConcurrencyBound: with every slot busy the next call is refused
+// at once, and served again once a slot frees.
+func TestPeerConcurrencyBound(t *testing.T) {
+	cl := newCloud(t)
+	fp := &fakePeer{block: make(chan struct{}), entered: make(chan struct{}, 2)}
+	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{MaxInFlight: 2}, ListenLimits{})
+	c1 := peerClient(t, addr, cl.s1, 5*time.Second)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for range 2 {
+		wg.Go(func() { errs <- c1.Accept(ctx, acceptReq) })
+	}
+	<-fp.entered
+	<-fp.entered
+	start := time.Now()
+	if err := c1.Release(ctx, ReleaseRequest{}); CodeOf(err) != CodeUnavailable {
+		t.Fatalf("third call while two are served: err = %v (code %s), want unavailable", err, CodeOf(err))
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("the refusal took %v; it should not wait", d)
+	}
+	fp.mu.Lock()
+	close(fp.block)
+	fp.block, fp.entered = nil, nil
+	fp.mu.Unlock()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("a call within the bound: %v", err)
+		}
+	}
+	if err := c1.Release(ctx, ReleaseRequest{}); err != nil {
+		t.Fatalf("after the slots freed: %v", err)
+	}
+}
+
+// stall opens n connections that never start a handshake.
+func stall(t *testing.T, addr string, n int) []net.Conn {
+	t.Helper()
+	var cs []net.Conn
+	for range n {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs = append(cs, c)
+	}
+	t.Cleanup(func() {
+		for _, c := range cs {
+			c.Close()
+		}
+	})
+	return cs
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// TestPeerListenerBoundsHandshakes: connections that stall their handshake
+// hold at most Handshakes slots, for at most HandshakeTimeout.
+func TestPeerListenerBoundsHandshakes(t *testing.T) {
+	cl := newCloud(t)
+	fp := &fakePeer{}
+	addr, l := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{PerIP: 100, Handshakes: 2, HandshakeTimeout: 500 * time.Millisecond})
+	stall(t, addr, 2)
+	waitFor(t, "two handshakes in progress", func() bool { return len(l.slots) == 2 })
+	c1 := NewPeerClient(addr, cl.s1.ClientTLS("s2"), time.Second)
+	defer c1.Close()
+	if err := c1.Accept(context.Background(), acceptReq); CodeOf(err) != CodeUnavailable {
+		t.Fatalf("with every handshake slot taken: err = %v, want the connection refused", err)
+	}
+	waitFor(t, "the stalled handshakes to time out", func() bool { return len(l.slots) == 0 })
+	if err := c1.Accept(context.Background(), acceptReq); err != nil {
+		t.Fatalf("after the stalled handshakes timed out: %v", err)
+	}
+}
+
+// TestPeerListenerBoundsConnectionsPerIP: one address cannot hold more
+// than PerIP connections; closing them frees the room.
+func TestPeerListenerBoundsConnectionsPerIP(t *testing.T) {
+	cl := newCloud(t)
+	fp := &fakePeer{}
+	addr, l := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{PerIP: 2, Handshakes: 10, HandshakeTimeout: time.Minute})
+	held := stall(t, addr, 2)
+	count := func() int {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.perIP[netip.MustParseAddr("127.0.0.1")]
+	}
+	waitFor(t, "two connections counted", func() bool { return count() == 2 })
+	extra := stall(t, addr, 1)[0]
+	_ = extra.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := extra.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("a third connection from the same address was kept open (read: %v)", err)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	waitFor(t, "the closed connections to leave", func() bool { return count() == 0 })
+	c1 := peerClient(t, addr, cl.s1, time.Second)
+	if err := c1.Accept(context.Background(), acceptReq); err != nil {
+		t.Fatalf("after the held connections closed: %v", err)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestPeerConnectionsPersist: calls share one connection, and a new
+// connection resumes the TLS session instead of a full handshake.
+func TestPeerConnectionsPersist(t *testing.T) {
+	cl := newCloud(t)
+	addr, _ := servePeer(t, &fakePeer{}, cl.s2, PeerOptions{}, ListenLimits{})
+	c1 := peerClient(t, addr, cl.s1, time.Second)
+	var reused, resumed bool
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+		GotConn:          func(i httptrace.GotConnInfo) { reused = i.Reused },
+		TLSHandshakeDone: func(cs tls.ConnectionState, _ error) { resumed = cs.DidResume },
+	})
+	if err := c1.Accept(ctx, acceptReq); err != nil {
+		t.Fatal(err)
+	}
+	if reused {
+		t.Fatal("the first call claims a reused connection")
+	}
+	if err := c1.Accept(ctx, acceptReq); err != nil {
+		t.Fatal(err)
+	}
+	if !reused {
+		t.Fatal("the second call made a new connection")
+	}
+	c1.Close() // drops the idle connection; the session ticket stays
+	if err := c1.Accept(ctx, acceptReq); err != nil {
+		t.Fatal(err)
+	}
+	if reused || !resumed {
+		t.Fatalf("after the connection closed: reused=%v resumed=%v, want a new connection resuming the TLS session", reused, resumed)
+	}
+}
+
+func TestErrorsKeepTheirCode(t *testing.T) {
+	cl := newCloud(t)
+	fp := &fakePeer{err: Errorf(CodeDenied, "networks web and db are isolated")}
+	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{})
+	c := peerClient(t, addr, cl.s1, time.Second)
+	err := c.Accept(context.Background(), AcceptRequest{})
+	if CodeOf(err) != CodeDenied || !strings.Contains(err.Error(), "isolated") {
+		t.Fatalf("err = %v (code %s), want denied with the reason", err, CodeOf(err))
+	}
+	fp.mu.Lock()
+	fp.err = errors.New("plain failure")
+	fp.mu.Unlock()
+	if err := c.Release(context.Background(), ReleaseRequest{}); CodeOf(err) != CodeInternal {
+		t.Fatalf("plain error came back as %v (code %s)", err, CodeOf(err))
+	}
+}
+
+func TestCallsHaveDeadlines(t *testing.T) {
+	cl := newCloud(t)
+	fp := &fakePeer{block: make(chan struct{})}
+	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{})
+	c := peerClient(t, addr, cl.s1, 300*time.Millisecond)
+	start := time.Now()
+	err := c.Accept(context.Background(), AcceptRequest{})
+	if CodeOf(err) != CodeUnavailable || time.Since(start) > 5*time.Second {
+		t.Fatalf("blocked call: err = %v after %v, want unavailable after ~300ms", err, time.Since(start))
+	}
+}
+
+func TestUnreachablePeer(t *testing.T) {
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	err := NewPeerClient(addr, newCloud(t).s1.ClientTLS("s2"), time.Second).Accept(context.Background(), AcceptRequest{})
+	if CodeOf(err) != CodeUnavailable {
+		t.Fatalf("err = %v, want unavailable", err)
+	}
+}
+
+func TestBadBodyIsRejected(t *testing.T) {
+	cl := newCloud(t)
+	fp := &fakePeer{}
+	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{})
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: cl.s1.ClientTLS("s2")}}
+	defer hc.CloseIdleConnections()
+	for _, body := range []string{"{", `{"from": 5}`, `{"bogus": 1}`, `{"tuple":{"proto":"sctp"}}`} {
+		resp, err := hc.Post("https://"+addr+pathAccept, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("body %q: status %d, want 400", body, resp.StatusCode)
+		}
+	}
+	if n, _ := fp.seen(); n != 0 {
+		t.Fatalf("%d bad bodies reached the service", n)
+	}
+}
+
+// TestPeerListenerBoundsNewConnectionsPerIP: one address cannot open
+// connections (and make the server pay for handshakes) faster than its
+// rate; connections it keeps open are not affected.
+func TestPeerListenerBoundsNewConnectionsPerIP(t *testing.T) {
+	cl := newCloud(t)
+	fp := &fakePeer{}
+	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{NewPerIP: 0.01, NewBurst: 2})
+	kept := peerClient(t, addr, cl.s1, time.Second)
+	if err := kept.Accept(context.Background(), acceptReq); err != nil { // connection 1
+		t.Fatal(err)
+	}
+	fresh := func() error {
+		c := NewPeerClient(addr, cl.s1.ClientTLS("s2"), time.Second)
+		defer c.Close()
+		return c.Accept(context.Background(), acceptReq)
+	}
+	if err := fresh(); err != nil { // connection 2
+		t.Fatalf("a second connection within the burst: %v", err)
+	}
+	if err := fresh(); CodeOf(err) != CodeUnavailable {
+		t.Fatalf("a third new connection at once: err = %v, want it refused", err)
+	}
+	if err := kept.Accept(context.Background(), acceptReq); err != nil {
+		t.Fatalf("the connection kept open beside it: %v", err)
+	}
+}
