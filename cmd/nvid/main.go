@@ -122,10 +122,9 @@ func runAgent(ctx context.Context, args []string) error {
 			cfg.Logger.Error("this server's certificate will not be renewed", "err", err, "expires", id.NotAfter())
 		}
 	}()
-	// LEAD: enable the next line once agent.Config has the Identity field
-	// (agent.Identity, added by the peer-mTLS change); *pki.Identity
-	// satisfies it (asserted in pki's tests).
-	// cfg.Identity = id
+	if !cfg.InsecurePeerAPI {
+		cfg.Identity = id
+	}
 	a, err := agent.New(cfg)
 	if err != nil {
 		return err
