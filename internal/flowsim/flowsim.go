@@ -20,7 +20,7 @@ import (
 // Switch is a flow table set, with a small connection tracker.
 type Switch struct {
 	tables map[uint8][]*openflow.FlowMod
-	conns  map[connKey]*conn // by original direction
+	conns  map[connKey]*conn   // by original direction
 	nats   map[connKey]connKey // reply direction after NAT -> original tuple
 	fwd    map[connKey]connKey // original tuple -> its tuple after NAT
 	// ctState is the state conntrack gave the frame being run.
