@@ -32,6 +32,7 @@ import (
 	"slices"
 
 	"nvi/openflow"
+	"nvi/packet"
 	"nvi/session"
 )
 
@@ -633,6 +634,28 @@ func DenyICMP(b Bridge, from uint32, src, dst netip.Addr, icmpType uint8) *openf
 	f := flow(AskAgent, prioDeny+1, DenyCookie(from), []openflow.Field{openflow.InPort(from), ipv4, openflow.IPv4Src(src), openflow.IPv4Dst(dst), openflow.IPProto(1), openflow.ICMPv4Type(icmpType)})
 	f.HardTimeout = b.DenyTimeout
 	return f
+}
+
+// DenyStray is the drop flow for a packet a workload sent that reached the
+// agent and that the agent does not make a session of: an ICMP message of
+// no session (by type), or a protocol the slow path does not carry. It
+// returns nil for what has no drop flow of its own (TCP and UDP, which are
+// sessions or refused with Deny; non-IPv4, which never reaches the agent).
+func DenyStray(b Bridge, from uint32, f *packet.Frame) *openflow.FlowMod {
+	if f.EthType() != packet.EtherTypeIPv4 || !f.IPv4Src().Is4() || !f.IPv4Dst().Is4() {
+		return nil
+	}
+	switch p := f.IPProto(); {
+	case p == packet.ProtoTCP || p == packet.ProtoUDP:
+		return nil
+	case p == packet.ProtoICMP:
+		if f.L4() == nil {
+			return nil
+		}
+		return DenyICMP(b, from, f.IPv4Src(), f.IPv4Dst(), f.ICMPType())
+	default:
+		return Deny(b, from, session.Tuple{Proto: session.Proto(p), Client: f.IPv4Src(), Server: f.IPv4Dst()})
+	}
 }
 
 // TenantNetFlows send a workload's traffic toward its tenant's networks,

@@ -456,3 +456,47 @@ func TestEgressNeverLeaksInternalAddresses(t *testing.T) {
 		t.Fatalf("ping left as %s", f.IPv4Src())
 	}
 }
+
+// TestDenyStray: what the agent will not make a session of gets a drop
+// flow, and the drop flow stops exactly that traffic.
+func TestDenyStray(t *testing.T) {
+	bA := guarded(brA)
+	dst := netip.MustParseAddr("10.9.0.77")
+	reply, err := packet.BuildICMPEcho(packet.Header{EthSrc: macW, EthDst: GatewayMAC, Src: ipW, Dst: dst}, packet.ICMPEchoReply, 1, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	request, err := packet.BuildICMPEcho(packet.Header{EthSrc: macW, EthDst: GatewayMAC, Src: ipW, Dst: dst}, packet.ICMPEchoRequest, 1, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gre, err := packet.BuildIPv4(packet.Header{EthSrc: macW, EthDst: GatewayMAC, Src: ipW, Dst: dst}, 47, []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	parse := func(b []byte) *packet.Frame {
+		f, err := packet.Parse(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &f
+	}
+	if DenyStray(bA, evil.OFPort, parse(frame(t, session.UDP, macW, GatewayMAC, ipW, dst, 1, 2, nil))) != nil {
+		t.Error("a UDP packet got a stray drop flow; sessions and Deny handle those")
+	}
+	for name, fr := range map[string][]byte{"stray echo reply": reply, "GRE": gre} {
+		fm := DenyStray(bA, evil.OFPort, parse(fr))
+		if fm == nil || fm.HardTimeout != bA.DenyTimeout || fm.Cookie != uint64(DenyCookie(evil.OFPort)) {
+			t.Fatalf("%s: drop flow %+v", name, fm)
+		}
+		sw := mustSim(t, append(append(BaseFlows(bA), WorkloadFlows(bA, evil)...), fm)...)
+		if name == "GRE" {
+			nothing(t, name, run(t, sw, evil.OFPort, fr))
+			continue
+		}
+		nothing(t, name+" after its drop flow", run(t, sw, evil.OFPort, fr))
+		if res := run(t, sw, evil.OFPort, request); !res.Punted {
+			t.Errorf("an echo request to the same address is no longer punted: %+v", res)
+		}
+	}
+}
