@@ -53,7 +53,7 @@ type Config struct {
 	// management network, other sites' server subnets) to the data
 	// subnet, the underlay router and the directory, which are always in.
 	Underlay []netip.Prefix
-	LeaseTTL     time.Duration // the server record's lease in the directory
+	LeaseTTL time.Duration // the server record's lease in the directory
 
 	Logger *slog.Logger
 }
