@@ -45,6 +45,8 @@ type Config struct {
 	DenyTimeout  time.Duration    // life of a drop flow
 	PuntRate     uint32           // packet-ins per second each workload's meter lets through
 	PuntBurst    uint32
+	LeaseTTL     time.Duration // the server record's lease in the directory
+
 	// UplinkPuntRate bounds the packet-ins from the uplink (ICMP errors
 	// from anyone, peers' echoes), which have a meter of their own.
 	UplinkPuntRate  uint32
@@ -53,7 +55,6 @@ type Config struct {
 	// management network, other sites' server subnets) to the data
 	// subnet, the underlay router and the directory, which are always in.
 	Underlay []netip.Prefix
-	LeaseTTL time.Duration // the server record's lease in the directory
 
 	Logger *slog.Logger
 }
