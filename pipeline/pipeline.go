@@ -265,7 +265,9 @@ var (
 	// notLater matches whole packets and first fragments: later fragments
 	// carry no ports, so the agent could do nothing with them.
 	notLater = openflow.IPFrag(0, openflow.IPFragLater)
-	// untagged: the spoof guard admits no 802.1Q or 802.1ad frames.
+	// untagged: the spoof guard admits no 802.1Q or 802.1ad frames, and
+	// nothing tagged from the underlay reaches a workload or the agent
+	// (tagged frames there are the host's business).
 	untagged = openflow.VLANUntagged()
 )
 
@@ -378,9 +380,9 @@ func BaseFlows(b Bridge) []*openflow.FlowMod {
 		unNAT := apply(ct(false, EgressZone, EgressIn, &openflow.NXNat{}))
 		toRouter := []openflow.Action{set(openflow.EthSrc(b.DataMAC)), set(openflow.EthDst(b.RouterMAC)), output(b.Uplink)}
 		fs = append(fs,
-			flow(SessionIn, prioEgressReply, base, []openflow.Field{ipv4, openflow.IPProto(6), openflow.IPv4Dst(b.DataIP), openflow.TCPDstMasked(NATPortBase, NATPortMask)}, unNAT),
-			flow(SessionIn, prioEgressReply, base, []openflow.Field{ipv4, openflow.IPProto(17), openflow.IPv4Dst(b.DataIP), openflow.UDPDstMasked(NATPortBase, NATPortMask)}, unNAT),
-			flow(SessionIn, prioEgressEcho, base, []openflow.Field{ipv4, openflow.IPProto(1), openflow.IPv4Dst(b.DataIP), openflow.ICMPv4Type(0)}, unNAT),
+			flow(SessionIn, prioEgressReply, base, []openflow.Field{untagged, ipv4, openflow.IPProto(6), openflow.IPv4Dst(b.DataIP), openflow.TCPDstMasked(NATPortBase, NATPortMask)}, unNAT),
+			flow(SessionIn, prioEgressReply, base, []openflow.Field{untagged, ipv4, openflow.IPProto(17), openflow.IPv4Dst(b.DataIP), openflow.UDPDstMasked(NATPortBase, NATPortMask)}, unNAT),
+			flow(SessionIn, prioEgressEcho, base, []openflow.Field{untagged, ipv4, openflow.IPProto(1), openflow.IPv4Dst(b.DataIP), openflow.ICMPv4Type(0)}, unNAT),
 			flow(EgressOut, prioInvalid, base, []openflow.Field{ipv4, ctInvalid}),
 			flow(EgressOut, prioEgressNew, base, []openflow.Field{ipv4, ctNew}, apply(append([]openflow.Action{
 				ct(true, EgressZone, noTable, &openflow.NXNat{
@@ -396,7 +398,7 @@ func BaseFlows(b Bridge) []*openflow.FlowMod {
 	// anyone, so they have a meter of their own.
 	for _, typ := range []uint8{icmpDestUnreachable, icmpTimeExceeded} {
 		fs = append(fs, flow(SessionIn, prioICMPError, base,
-			[]openflow.Field{openflow.InPort(b.Uplink), ipv4, notLater, openflow.IPProto(1), openflow.IPv4Dst(b.DataIP), openflow.ICMPv4Type(typ)},
+			[]openflow.Field{openflow.InPort(b.Uplink), untagged, ipv4, notLater, openflow.IPProto(1), openflow.IPv4Dst(b.DataIP), openflow.ICMPv4Type(typ)},
 			punt(b.PuntMeter)...))
 	}
 	return fs
@@ -562,7 +564,7 @@ func SessionFlows(b Bridge, s session.Session) ([]*openflow.FlowMod, error) {
 	}
 	// Into this server from the peer, as the underlay carries it.
 	fromPeer := func(l4 openflow.Field) []openflow.Field {
-		return []openflow.Field{openflow.InPort(b.Uplink), ipv4, openflow.IPv4Src(s.Peer.IP), openflow.IPv4Dst(b.DataIP), proto, l4}
+		return []openflow.Field{openflow.InPort(b.Uplink), untagged, ipv4, openflow.IPv4Src(s.Peer.IP), openflow.IPv4Dst(b.DataIP), proto, l4}
 	}
 	gate := flow(ReplyGate, prioSession, c, toClient(sv.OFPort), apply(ct(false, s.Zone, ReplyCheck, nil)))
 	replies := append(toClient(sv.OFPort), ctReply)
@@ -601,7 +603,7 @@ func DeleteSessionFlows(s session.Session) *openflow.FlowMod {
 // without a detour. It shares the uplink's meter, never a workload's.
 func Punt(b Bridge, peer netip.Addr) *openflow.FlowMod {
 	return flow(SessionIn, prioPunt, PuntCookie(peer),
-		[]openflow.Field{openflow.InPort(b.Uplink), ipv4, notLater, openflow.IPProto(1), openflow.IPv4Src(peer), openflow.IPv4Dst(b.DataIP)},
+		[]openflow.Field{openflow.InPort(b.Uplink), untagged, ipv4, notLater, openflow.IPProto(1), openflow.IPv4Src(peer), openflow.IPv4Dst(b.DataIP)},
 		punt(b.PuntMeter)...)
 }
 
@@ -711,7 +713,7 @@ func PortMapFlows(b Bridge, pm PortMap) ([]*openflow.FlowMod, error) {
 	w := pm.Target
 	fromW := []openflow.Field{openflow.InPort(w.OFPort), ipv4, openflow.IPv4Src(w.IP), proto, src(pm.TargetPort)}
 	fs := []*openflow.FlowMod{
-		flow(SessionIn, prioPortMap, c, []openflow.Field{openflow.InPort(b.Uplink), ipv4, openflow.IPv4Dst(b.DataIP), proto, dst(pm.Port)}, apply(
+		flow(SessionIn, prioPortMap, c, []openflow.Field{openflow.InPort(b.Uplink), untagged, ipv4, openflow.IPv4Dst(b.DataIP), proto, dst(pm.Port)}, apply(
 			set(openflow.EthSrc(GatewayMAC)), set(openflow.EthDst(w.MAC)),
 			set(openflow.IPv4Dst(w.IP)), set(dst(pm.TargetPort)), output(w.OFPort))),
 		flow(SessionOut, prioPortMapRply, c, fromW, apply(

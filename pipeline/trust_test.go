@@ -341,6 +341,22 @@ func TestTaggedFramesAreDropped(t *testing.T) {
 	}
 	outOf(t, "the same datagram untagged", run(t, sw, evil.OFPort, plain), bA.Uplink)
 	outOf(t, "an untagged ARP request", run(t, sw, evil.OFPort, arpReq), evil.OFPort)
+
+	// From the underlay, a tagged frame reaches no workload through a
+	// session; the host gets it, as any frame no NVI flow claims.
+	swA, _ := bridges(t, session.UDP)
+	h = packet.Header{EthSrc: macB, EthDst: macA, Src: ipB, Dst: ipA}
+	fromPeer, err := packet.BuildUDP(h, key, 40000, []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.VLANs = []uint16{42}
+	taggedFromPeer, err := packet.BuildUDP(h, key, 40000, []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	outOf(t, "a peer's untagged session frame", run(t, swA, brA.Uplink, fromPeer), wlC.OFPort)
+	outOf(t, "a peer's tagged session frame", run(t, swA, brA.Uplink, taggedFromPeer), openflow.PortLocal)
 }
 
 // TestFairSlowPath closes H4 and M9's meter: every workload punts through
