@@ -134,7 +134,7 @@ func flowMods(fms ...*openflow.FlowMod) []openflow.Message {
 	return out
 }
 
-// onConnect brings a freshly connected switch up to date: the meter, the
+// onConnect brings a freshly connected switch up to date: the meters, the
 // base pipeline, every bound workload, and every session the agent knows —
 // re-sent, never flushed, so that traffic on established sessions does not
 // notice a reconnect (invariant 5). Session flows the agent does not know
