@@ -53,7 +53,7 @@ type Config struct {
 	SetupTimeout time.Duration    // bound on one session setup, handshake included
 	PeerTimeout  time.Duration    // bound on one peer API call
 	DenyTimeout  time.Duration    // life of a drop flow
-	PuntRate     uint32           // packet-ins per second the meter lets through
+	PuntRate     uint32           // packet-ins per second each workload's meter lets through
 	PuntBurst    uint32
 	LeaseTTL     time.Duration // the server record's lease in the directory
 
@@ -66,6 +66,14 @@ type Config struct {
 	PeerRate        float64 // peer API calls per second per calling server
 	PeerBurst       int
 	PeerMaxInFlight int // peer API calls served at once
+	// UplinkPuntRate bounds the packet-ins from the uplink (ICMP errors
+	// from anyone, peers' echoes), which have a meter of their own.
+	UplinkPuntRate  uint32
+	UplinkPuntBurst uint32
+	// Underlay adds infrastructure prefixes no workload may reach (a
+	// management network, other sites' server subnets) to the data
+	// subnet, the underlay router and the directory, which are always in.
+	Underlay []netip.Prefix
 
 	Logger *slog.Logger
 }
@@ -101,6 +109,12 @@ func (c *Config) Defaults() {
 	}
 	if c.PuntBurst == 0 {
 		c.PuntBurst = c.PuntRate / 2
+	}
+	if c.UplinkPuntRate == 0 {
+		c.UplinkPuntRate = 1000
+	}
+	if c.UplinkPuntBurst == 0 {
+		c.UplinkPuntBurst = c.UplinkPuntRate / 2
 	}
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = 10 * time.Second
@@ -143,6 +157,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Gateway.IsValid() && !c.DataIP.Contains(c.Gateway) {
 		errs = append(errs, fmt.Errorf("--underlay-gateway %s is outside %s", c.Gateway, c.DataIP))
+	}
+	for _, p := range c.Underlay {
+		if !p.IsValid() || !p.Addr().Is4() {
+			errs = append(errs, fmt.Errorf("underlay prefix %v is not an IPv4 prefix", p))
+		}
 	}
 	if err := c.KeyRange.Validate(); err != nil {
 		errs = append(errs, err)

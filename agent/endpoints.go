@@ -178,6 +178,9 @@ func (a *Agent) bind(ctx context.Context, iface string, ofport uint32, ifaceID s
 	a.locals[ofport] = l
 	a.byAddr[addrKey{ep.Tenant, ep.IP}] = l
 	a.mu.Unlock()
+	if err := a.addWorkloadMeter(ctx, ofport); err != nil {
+		return fmt.Errorf("installing the punt meter: %w", err)
+	}
 	if err := a.sw.apply(ctx, flowMods(pipeline.WorkloadFlows(a.bridge(), l.workload())...)...); err != nil && !errors.Is(err, errNoSwitch) {
 		return fmt.Errorf("installing flows: %w", err)
 	}
@@ -216,6 +219,7 @@ func (a *Agent) unbindPort(ctx context.Context, ofport uint32, reason string) {
 	if err := a.sw.apply(ctx, flowMods(pipeline.DeleteWorkloadFlows(ofport)...)...); err != nil && !errors.Is(err, errNoSwitch) {
 		a.log.Warn("removing a workload's flows failed", "endpoint", l.ep.Ref(), "err", err)
 	}
+	a.removeWorkloadMeter(ctx, ofport)
 	a.log.Info("workload unbound", "endpoint", l.ep.Ref(), "ofport", ofport, "reason", reason)
 }
 

@@ -115,12 +115,14 @@ func (a *Agent) fromWorkload(port uint32, f *packet.Frame, ct uint32) {
 	switch t.Proto {
 	case session.TCP, session.UDP:
 		if f.L4() == nil {
-			return // a later fragment: nothing to key it on
+			return // a later fragment: nothing to key it on (flows drop them)
 		}
 		t.Port = f.L4Dst()
 	case session.ICMP:
 		if f.IsICMPError() {
-			a.errorFromWorkload(l, f)
+			if !a.errorFromWorkload(l, f) {
+				a.denyStray(port, f)
+			}
 			return
 		}
 		switch f.ICMPType() {
@@ -140,15 +142,22 @@ func (a *Agent) fromWorkload(port uint32, f *packet.Frame, ct uint32) {
 			a.mu.Unlock()
 			if ok {
 				a.forwardEcho(e, f, false, port)
+			} else {
+				a.denyStray(port, f)
 			}
 			return
 		default:
+			a.denyStray(port, f)
 			return
 		}
 	default:
+		a.denyStray(port, f)
 		return
 	}
-	if t.Proto.HasPorts() {
+	// Only what conntrack calls the answer of a connection the client
+	// opened is a reply: anything else a server workload sends, even from
+	// its session's port, is a session of its own, which policy judges.
+	if t.Proto.HasPorts() && answersEarlier(ct) {
 		reversed := session.Tuple{Tenant: t.Tenant, Proto: t.Proto, Client: t.Server, Server: t.Client, Port: f.L4Src()}
 		if a.isReply(reversed) {
 			// The reverse direction of a session this workload serves: its
@@ -156,11 +165,9 @@ func (a *Agent) fromWorkload(port uint32, f *packet.Frame, ct uint32) {
 			a.resubmit(port, f.Bytes())
 			return
 		}
-		if answersEarlier(ct) {
-			// The server answers in a connection whose session idled out.
-			a.reopen(l, reversed, t.Port, f.Bytes())
-			return
-		}
+		// The server answers in a connection whose session idled out.
+		a.reopen(l, reversed, t.Port, f.Bytes())
+		return
 	}
 	a.submit(l, t, f.Bytes())
 }
@@ -498,6 +505,10 @@ func (a *Agent) fromPeer(f *packet.Frame) {
 	a.mu.Unlock()
 	if f.EthType() == packet.EtherTypeIPv4 && f.IPProto() == uint8(session.ICMP) {
 		if f.IsICMPError() {
+			if err := pipeline.CheckError(f); err != nil {
+				a.log.Debug("ICMP error from the underlay ignored", "from", f.IPv4Src(), "reason", err)
+				return
+			}
 			if e, toward := a.sessionOfWireError(f); e != nil {
 				a.forwardError(e, f, toward, uplink)
 				return
@@ -558,12 +569,16 @@ func (a *Agent) sessionOfWireError(f *packet.Frame) (e *entry, towardClient bool
 
 // errorFromWorkload handles an ICMP error a local workload sent about a
 // packet it received: from the session's client (the error goes back to
-// the server) or from its server (back to the client).
-func (a *Agent) errorFromWorkload(l *local, f *packet.Frame) {
+// the server) or from its server (back to the client). It reports whether
+// the error belonged to a session.
+func (a *Agent) errorFromWorkload(l *local, f *packet.Frame) bool {
+	if pipeline.CheckError(f) != nil {
+		return false
+	}
 	for _, towardClient := range []bool{true, false} {
 		t, ok := pipeline.QuotedTuple(f, towardClient)
 		if !ok {
-			return
+			return false
 		}
 		t.Tenant = l.ep.Tenant
 		a.mu.Lock()
@@ -580,9 +595,10 @@ func (a *Agent) errorFromWorkload(l *local, f *packet.Frame) {
 		a.mu.Unlock()
 		if ok {
 			a.forwardError(e, f, towardClient, l.ofport)
-			return
+			return true
 		}
 	}
+	return false
 }
 
 func (a *Agent) answerGatewayPing(l *local, f *packet.Frame) {

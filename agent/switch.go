@@ -134,10 +134,7 @@ func flowMods(fms ...*openflow.FlowMod) []openflow.Message {
 	return out
 }
 
-// puntMeterID is the meter every punt to the agent goes through.
-const puntMeterID = 1
-
-// onConnect brings a freshly connected switch up to date: the meter, the
+// onConnect brings a freshly connected switch up to date: the meters, the
 // base pipeline, every bound workload, and every session the agent knows —
 // re-sent, never flushed, so that traffic on established sessions does not
 // notice a reconnect (invariant 5). Session flows the agent does not know
@@ -162,7 +159,8 @@ func (a *Agent) onConnect(ctx context.Context, c *openflow.Conn) error {
 	a.br.DataIP = a.cfg.DataIP.Addr()
 	a.br.DataMAC = append([]byte(nil), localMAC...)
 	a.br.Keys = a.cfg.KeyRange
-	a.br.PuntMeter = puntMeterID
+	a.br.PuntMeter = uplinkMeterID
+	a.br.Underlay = underlayOf(a.cfg)
 	a.br.DenyTimeout = uint16(a.cfg.DenyTimeout / time.Second)
 	br := a.br
 	a.mu.Unlock()
@@ -170,19 +168,9 @@ func (a *Agent) onConnect(ctx context.Context, c *openflow.Conn) error {
 		return err
 	}
 
-	meter := pipeline.PuntMeter(br, a.cfg.PuntRate, a.cfg.PuntBurst)
-	if _, err := c.Send(meter); err != nil {
+	// Meters first: the flows that punt name them.
+	if err := a.setMeters(ctx, c); err != nil {
 		return err
-	}
-	if err := c.Barrier(ctx); err != nil {
-		// The meter survives agent restarts; then it is modified instead.
-		meter.Command = openflow.MeterModify
-		if _, err := c.Send(meter); err != nil {
-			return err
-		}
-		if err := c.Barrier(ctx); err != nil {
-			return fmt.Errorf("punt meter: %w", err)
-		}
 	}
 	msgs := flowMods(pipeline.BaseFlows(br)...)
 	msgs = append(msgs, a.knownFlows(br)...)

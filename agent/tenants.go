@@ -88,7 +88,7 @@ func (a *Agent) tenantNetsChanged(ctx context.Context, name string) {
 		gone.Nets = slices.DeleteFunc(slices.Clone(old), func(p netip.Prefix) bool { return slices.Contains(nets, p) })
 		l.nets = nets
 		msgs = append(msgs, flowMods(pipeline.WorkloadFlows(br, l.workload())...)...)
-		for _, fm := range pipeline.TenantNetFlows(gone) {
+		for _, fm := range pipeline.TenantNetFlows(br, gone) {
 			fm.Command = openflow.FlowDeleteStrict
 			msgs = append(msgs, fm)
 		}

@@ -198,20 +198,26 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() er
 	t.Fatalf("%s: still not true after %v: %v", what, timeout, err)
 }
 
-// packetIns is how many packets a server's bridge has sent its agent.
+// packetIns is how many packets a server's bridge has sent its agent: the
+// sum over its punt meters (the uplink's and one per workload).
 func (l *Lab) packetIns(server string) int {
 	l.t.Helper()
 	mgmt := fmt.Sprintf("unix:%s/%s/br-nvi.mgmt", l.runDir(), server)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	r := sh(ctx, nil, "ovs-ofctl", "-O", "OpenFlow13", "meter-stats", mgmt)
-	var n int
-	if i := strings.Index(r.Out, "packet_in_count:"); r.Code != 0 || i < 0 {
+	if r.Code != 0 || !strings.Contains(r.Out, "packet_in_count:") {
 		l.t.Fatalf("meter stats of %s: %s", server, r)
-	} else if _, err := fmt.Sscanf(r.Out[i:], "packet_in_count:%d", &n); err != nil {
-		l.t.Fatalf("meter stats of %s: %v in %q", server, err, r.Out)
 	}
-	return n
+	total := 0
+	for _, part := range strings.Split(r.Out, "packet_in_count:")[1:] {
+		var n int
+		if _, err := fmt.Sscanf(part, "%d", &n); err != nil {
+			l.t.Fatalf("meter stats of %s: %v in %q", server, err, r.Out)
+		}
+		total += n
+	}
+	return total
 }
 
 // with is the lab as seen from a subtest: failures are the subtest's.

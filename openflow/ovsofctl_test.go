@@ -121,11 +121,18 @@ func TestOfctlPrintsOurEncodings(t *testing.T) {
 	icmp.Match.Fields = icmp.Match.Fields[:len(icmp.Match.Fields)-1] // tcp field only for the constructor, not valid here
 	icmp.Instructions = []Instruction{InstructionApplyActions{Actions: []Action{ActionOutput{Port: PortController, MaxLen: 128}}}}
 
+	guard := NewFlowMod(FlowAdd, 35, 100)
+	guard.Match = Match{Fields: []Field{InPort(3), EthType(EthTypeIPv4), VLANUntagged(), IPProto(6), IPFrag(0, IPFragLater)}}
+	guard.Instructions = []Instruction{InstructionMeter{MeterID: 0x103}, InstructionApplyActions{Actions: []Action{ActionOutput{Port: PortController, MaxLen: ControllerMaxLenNoBuffer}}}}
+	firstFrag := NewFlowMod(FlowAdd, 35, 90)
+	firstFrag.Match = Match{Fields: []Field{EthType(EthTypeIPv4), IPFrag(IPFragAny, IPFragAny|IPFragLater)}}
 	cases := []struct {
 		name string
 		m    Message
 		want string
 	}{
+		{"untagged, not a later fragment", guard, "OFPT_FLOW_MOD (OF1.3) (xid=0x9): ADD table:35 priority=100,tcp,in_port=3,vlan_tci=0x0000/0x1000,nw_frag=not_later actions=meter:259,CONTROLLER:65535"},
+		{"first fragment", firstFrag, "OFPT_FLOW_MOD (OF1.3) (xid=0x9): ADD table:35 priority=90,ip,nw_frag=first actions=drop"},
 		{"nvi flow", nviFlow(), "OFPT_FLOW_MOD (OF1.3) (xid=0x9): ADD table:20 priority=100,ct_state=-new+est+trk,tcp,reg3=0x5/0xff,in_port=3,dl_src=aa:bb:cc:dd:ee:01,nw_src=10.0.0.0/24,nw_dst=10.1.0.3,tp_dst=80 cookie:0x1234 idle:30 send_flow_rem actions=meter:1,set_field:aa:bb:cc:dd:ee:01->eth_dst,set_field:192.0.2.1->ip_src,set_field:4000->tcp_dst,move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],move:NXM_NX_REG0[0..15]->NXM_NX_REG1[16..31],resubmit(,30),resubmit:5,ct(commit,table=40,zone=7,nat(src=192.0.2.1-192.0.2.9:1000-2000),exec(set_field:0x5->ct_mark)),ct(zone=NXM_NX_REG4[0..15]),dec_ttl,output:2,CONTROLLER:65535,write_metadata:0x1/0xff,goto_table:21"},
 		{"arp responder", arpResponderFlow(), "OFPT_FLOW_MOD (OF1.3) (xid=0x9): ADD table:10 priority=200,arp,arp_tpa=10.0.0.1,arp_op=1 actions=move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],set_field:aa:bb:cc:dd:ee:01->eth_src,move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],set_field:2->arp_op,set_field:aa:bb:cc:dd:ee:01->arp_sha,set_field:10.0.0.1->arp_spa,IN_PORT"},
 		{"delete by cookie", delFlows, "OFPT_FLOW_MOD (OF1.3) (xid=0x9): DEL table:255 priority=0 cookie:0x10/0xff actions=drop"},

@@ -91,6 +91,7 @@ var (
 	IDCtLabel    = FieldID{Class: ClassNXM1, Field: 108}
 	IDNXTunID    = FieldID{Class: ClassNXM1, Field: 16}
 	IDIPTTL      = FieldID{Class: ClassNXM1, Field: 29}
+	IDIPFrag     = FieldID{Class: ClassNXM1, Field: 26} // NXM_NX_IP_FRAG: OXM has no fragment field
 )
 
 // IDNXReg is the FieldID of Nicira register n (0..15); NXM_NX_REGn.
@@ -176,7 +177,7 @@ var knownFields = map[FieldID]*fieldInfo{
 	{Class: ClassNXM0, Field: 5}: {1, "nw_tos", "", fmtDec},
 
 	// NXM_NX_*.
-	{Class: ClassNXM1, Field: 26}:  {1, "ip_frag", "", fmtHex},
+	IDIPFrag:                       {1, "nw_frag", "", fmtHex},
 	IDIPTTL:                        {1, "nw_ttl", "", fmtDec},
 	IDTunIPv4Src:                   {4, "tun_src", "", fmtIP},
 	IDTunIPv4Dst:                   {4, "tun_dst", "", fmtIP},
@@ -852,6 +853,11 @@ func VLANAny() Field {
 	return maskedUintField(IDVLANVID, 2, uint64(VLANPresent), uint64(VLANPresent))
 }
 
+// VLANUntagged matches packets that carry no VLAN tag, by the
+// OFPVID_PRESENT bit alone (vlan_vid=0x0000/0x1000), as OVN's port security
+// does: a tagged frame, whatever its VID, never matches.
+func VLANUntagged() Field { return maskedUintField(IDVLANVID, 2, 0, uint64(VLANPresent)) }
+
 // VLANPCP matches the VLAN priority.
 func VLANPCP(p uint8) Field { return uintField(IDVLANPCP, 1, uint64(p)) }
 
@@ -1004,6 +1010,17 @@ func CtMark(v, mask uint32) Field {
 	}
 	return maskedUintField(IDCtMark, 4, uint64(v), uint64(mask))
 }
+
+// IP fragment bits of NXM_NX_IP_FRAG, as Open vSwitch sets them.
+const (
+	IPFragAny   uint8 = 1 // the packet is a fragment, first or later
+	IPFragLater uint8 = 2 // the packet is a fragment other than the first
+)
+
+// IPFrag matches the fragment bits set in mask: IPFrag(0, IPFragAny) is
+// ovs-ofctl's nw_frag=no, IPFrag(0, IPFragLater) nw_frag=not_later (whole
+// packets and first fragments, which carry the L4 header).
+func IPFrag(v, mask uint8) Field { return maskedUintField(IDIPFrag, 1, uint64(v), uint64(mask)) }
 
 // PktMark matches the packet mark (skb mark).
 func PktMark(v uint32) Field { return uintField(IDPktMark, 4, uint64(v)) }

@@ -54,20 +54,38 @@ func (ff flowFacts) get(m map[openflow.FieldID]openflow.Field, id openflow.Field
 	return f
 }
 
-// AdoptSession rebuilds a session from the two flows SessionFlows made for
-// it, as read back from the bridge. An agent that restarts uses it to take
-// its sessions back instead of flushing them (invariant 5). Tenant is left
+// AdoptSession rebuilds a session from the flows SessionFlows made for it,
+// as read back from the bridge. An agent that restarts uses it to take its
+// sessions back instead of flushing them (invariant 5). Tenant is left
 // empty: the caller knows it from the local workload's port.
-func AdoptSession(b Bridge, flows []InstalledFlow) (session.Session, error) {
-	if len(flows) != 2 {
-		return session.Session{}, fmt.Errorf("pipeline: a session has 2 flows, found %d", len(flows))
+func AdoptSession(b Bridge, all []InstalledFlow) (session.Session, error) {
+	if len(all) == 0 {
+		return session.Session{}, fmt.Errorf("pipeline: no flows to adopt a session from")
 	}
-	if flows[0].Cookie != flows[1].Cookie {
-		return session.Session{}, fmt.Errorf("pipeline: flows of one session carry cookies %s and %s", flows[0].Cookie, flows[1].Cookie)
+	// The reply gate only sends the server's packets through conntrack; the
+	// two flows that forward say what the session is.
+	var flows []InstalledFlow
+	gates := 0
+	for _, f := range all {
+		if f.Cookie != all[0].Cookie {
+			return session.Session{}, fmt.Errorf("pipeline: flows of one session carry cookies %s and %s", all[0].Cookie, f.Cookie)
+		}
+		if f.Table == ReplyGate {
+			gates++
+			continue
+		}
+		flows = append(flows, f)
 	}
-	id, err := ParseSessionCookie(flows[0].Cookie)
+	id, err := ParseSessionCookie(all[0].Cookie)
 	if err != nil {
 		return session.Session{}, fmt.Errorf("pipeline: %w", err)
+	}
+	wantGates := 1
+	if id.Role == session.RoleClient {
+		wantGates = 0
+	}
+	if len(flows) != 2 || gates != wantGates {
+		return session.Session{}, fmt.Errorf("pipeline: a %s session has %d flows, found %d", id.Role, 2+wantGates, len(all))
 	}
 	if !id.Proto.HasPorts() {
 		return session.Session{}, fmt.Errorf("pipeline: %s sessions have no flows", id.Proto)

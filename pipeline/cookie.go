@@ -29,7 +29,7 @@ type Feature uint8
 const (
 	FeatureBase     Feature = 1 // table defaults, host pass-through, punts to the agent
 	FeatureEndpoint Feature = 2 // classifier, spoof guard and ARP responder of one workload
-	FeatureSession  Feature = 3 // the two flows of one session
+	FeatureSession  Feature = 3 // the flows of one session half (two, or three with the reply gate)
 	FeatureDeny     Feature = 4 // short-lived drops for denied or unresolvable destinations
 	FeaturePunt     Feature = 5 // ICMP from one peer server, sent to the agent's slow path
 	FeaturePortMap  Feature = 6 // a workload port exposed on the server's address

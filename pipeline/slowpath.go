@@ -117,8 +117,8 @@ func QuotedTuple(f *packet.Frame, quotedToServer bool) (session.Tuple, bool) {
 // keeps its outer source unless it came from the peer server itself: a
 // router's error stays the router's, so traceroute shows the real hops.
 func TranslateError(b Bridge, s session.Session, f *packet.Frame, towardClient bool) (uint32, error) {
-	if !f.IsICMPError() {
-		return 0, fmt.Errorf("pipeline: not an ICMP error")
+	if err := CheckError(f); err != nil {
+		return 0, err
 	}
 	cl, sv := s.ClientEnd(), s.ServerEnd()
 	// leaving: this server sends the error to its peer.
@@ -182,3 +182,24 @@ func TranslateError(b Bridge, s session.Session, f *packet.Frame, towardClient b
 	}
 	return out, nil
 }
+
+// MinPathMTU is the smallest next-hop MTU a "fragmentation needed" error
+// may announce: every IPv4 path carries 576-byte datagrams (RFC 791), so a
+// smaller value is forged or broken, and honouring it would let anyone who
+// can send ICMP to a server shrink its sessions' packets to a crawl.
+const MinPathMTU = 576
+
+// CheckError says why an ICMP error must not be translated into a session,
+// or nil if it may.
+func CheckError(f *packet.Frame) error {
+	switch {
+	case !f.IsICMPError():
+		return fmt.Errorf("pipeline: not an ICMP error")
+	case f.ICMPType() == icmpDestUnreachable && f.ICMPCode() == icmpFragNeeded && f.ICMPNextHopMTU() < MinPathMTU:
+		return fmt.Errorf("pipeline: fragmentation needed with next-hop MTU %d, below the minimum %d: ignored", f.ICMPNextHopMTU(), MinPathMTU)
+	}
+	return nil
+}
+
+// icmpFragNeeded is the code of "fragmentation needed and DF set" (RFC 1191).
+const icmpFragNeeded = 4

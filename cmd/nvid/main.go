@@ -73,7 +73,9 @@ func runAgent(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.DenyTimeout, "deny-timeout", 0, "life of drop flows for refused destinations (default 5s)")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 0, "life of this server's directory record without renewal (default 10s)")
 	var rate uint
-	fs.UintVar(&rate, "punt-rate", 5000, "packet-ins per second the meter lets through to the agent")
+	fs.UintVar(&rate, "punt-rate", 5000, "packet-ins per second each workload's meter lets through to the agent")
+	var underlay string
+	fs.StringVar(&underlay, "underlay", "", "more infrastructure prefixes workloads must not reach, comma-separated (the data subnet, router and directory are always in)")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&cfg.InsecurePeerAPI, "insecure-peer-api", false, "serve and call the peer API without TLS: anyone who reaches it can hijack sessions (benchmark comparison only)")
 	if err := fs.Parse(args); err != nil {
@@ -108,6 +110,16 @@ func runAgent(ctx context.Context, args []string) error {
 		return fmt.Errorf("--key-range: %w", err)
 	}
 	cfg.PuntRate = uint32(rate)
+	for _, p := range strings.Split(underlay, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		pfx, err := netip.ParsePrefix(p)
+		if err != nil {
+			return fmt.Errorf("--underlay %q: want IPv4 prefixes, e.g. 10.250.0.0/16", p)
+		}
+		cfg.Underlay = append(cfg.Underlay, pfx)
+	}
 	id, err := loadOrJoin(ctx, identityDir, join, cfg.Logger)
 	if err != nil {
 		return err

@@ -20,8 +20,9 @@ import (
 // Switch is a flow table set, with a small connection tracker.
 type Switch struct {
 	tables map[uint8][]*openflow.FlowMod
-	conns  map[connKey]*conn // by original direction
-	nats   map[connKey]connKey
+	conns  map[connKey]*conn   // by original direction
+	nats   map[connKey]connKey // reply direction after NAT -> original tuple
+	fwd    map[connKey]connKey // original tuple -> its tuple after NAT
 	// ctState is the state conntrack gave the frame being run.
 	ctState uint32
 }
@@ -42,7 +43,7 @@ type conn struct{}
 
 // New makes a switch holding flows (all FlowAdd).
 func New(flows ...*openflow.FlowMod) (*Switch, error) {
-	s := &Switch{tables: map[uint8][]*openflow.FlowMod{}, conns: map[connKey]*conn{}, nats: map[connKey]connKey{}}
+	s := &Switch{tables: map[uint8][]*openflow.FlowMod{}, conns: map[connKey]*conn{}, nats: map[connKey]connKey{}, fwd: map[connKey]connKey{}}
 	return s, s.Add(flows...)
 }
 
@@ -216,6 +217,23 @@ func get(f *packet.Frame, inPort uint32, ctState uint32, id openflow.FieldID) (o
 		return openflow.EthSrc(f.EthSrc()), true
 	case openflow.IDEthType:
 		return openflow.EthType(f.EthType()), true
+	case openflow.IDVLANVID:
+		// OpenFlow 1.3: the outermost tag's VID with OFPVID_PRESENT, or 0
+		// for an untagged frame.
+		if f.VLANTags() == 0 {
+			return openflow.VLANNone(), true
+		}
+		b := f.Bytes()
+		return openflow.VLANVID(uint16(b[14])<<8 | uint16(b[15])), true
+	case openflow.IDIPFrag:
+		var v uint8
+		if ip && f.IsFragment() {
+			v = openflow.IPFragAny
+			if l3 := f.L3(); len(l3) >= 8 && (uint16(l3[6])<<8|uint16(l3[7]))&0x1fff != 0 {
+				v |= openflow.IPFragLater
+			}
+		}
+		return openflow.Field{Class: openflow.IDIPFrag.Class, Field: openflow.IDIPFrag.Field, Value: []byte{v}}, ip
 	case openflow.IDIPProto:
 		return openflow.IPProto(proto), ip
 	case openflow.IDIPv4Src:
@@ -280,6 +298,7 @@ func matches(m openflow.Match, inPort, ctState uint32, f *packet.Frame) (bool, e
 
 var simulated = map[openflow.FieldID]bool{
 	openflow.IDInPort: true, openflow.IDEthDst: true, openflow.IDEthSrc: true, openflow.IDEthType: true,
+	openflow.IDVLANVID: true, openflow.IDIPFrag: true,
 	openflow.IDIPProto: true, openflow.IDIPv4Src: true, openflow.IDIPv4Dst: true,
 	openflow.IDTCPSrc: true, openflow.IDTCPDst: true, openflow.IDUDPSrc: true, openflow.IDUDPDst: true,
 	openflow.IDICMPv4Type: true, openflow.IDICMPv4Code: true,
@@ -317,19 +336,38 @@ func (s *Switch) track(ct openflow.NXConntrack, f *packet.Frame) error {
 		s.ctState = openflow.CtStateTrk | openflow.CtStateEst
 	case s.conns[k.reverse()] != nil:
 		s.ctState = openflow.CtStateTrk | openflow.CtStateEst | openflow.CtStateRpl
+	case invalidFirst(f, k, s.conns):
+		s.ctState = openflow.CtStateTrk | openflow.CtStateInv
+		return nil
+	case k.proto == packet.ProtoICMP && f.IsICMPError():
+		s.ctState = openflow.CtStateTrk | openflow.CtStateRel
+		return nil
 	default:
 		s.ctState = openflow.CtStateTrk | openflow.CtStateNew
 	}
-	if orig, ok := s.nats[k]; ok && nat != nil && nat.Flags == 0 {
-		// A reply to a NATed connection: give it back its original
-		// destination.
-		if err := f.SetIPv4Dst(orig.src); err != nil {
-			return err
+	if nat != nil && nat.Flags == 0 {
+		if orig, ok := s.nats[k]; ok {
+			// A reply to a NATed connection: give it back its original
+			// destination.
+			if err := f.SetIPv4Dst(orig.src); err != nil {
+				return err
+			}
+			if hasPorts {
+				return f.SetL4Dst(orig.srcPort)
+			}
+			return nil
 		}
-		if hasPorts {
-			return f.SetL4Dst(orig.srcPort)
+		if to, ok := s.fwd[k]; ok {
+			// A later packet of a NATed connection: the same translation
+			// as its first.
+			if err := f.SetIPv4Src(to.src); err != nil {
+				return err
+			}
+			if hasPorts {
+				return f.SetL4Src(to.srcPort)
+			}
+			return nil
 		}
-		return nil
 	}
 	if ct.Flags&openflow.NXCtCommit == 0 || s.ctState&openflow.CtStateNew == 0 {
 		return nil
@@ -360,8 +398,30 @@ func (s *Switch) track(ct openflow.NXConntrack, f *packet.Frame) error {
 		}
 	}
 	s.nats[translated.reverse()] = k
+	s.fwd[k] = translated
 	s.conns[translated] = &conn{}
 	return nil
+}
+
+// invalidFirst reports whether a packet that belongs to no connection is
+// one conntrack marks invalid rather than new: a TCP reset, an ICMP echo
+// reply or other answer that nothing asked for, an ICMP error about no
+// connection it knows. (Open vSwitch's conntrack refuses more; these are
+// the cases NVI's flows depend on.)
+func invalidFirst(f *packet.Frame, k connKey, conns map[connKey]*conn) bool {
+	switch {
+	case k.proto == packet.ProtoTCP && f.L4() != nil:
+		return f.L4()[13]&0x04 != 0 // RST
+	case k.proto == packet.ProtoICMP && f.L4() != nil && f.IsICMPError():
+		in := connKey{zone: k.zone, proto: f.InnerProto(), src: f.InnerIPv4Src(), dst: f.InnerIPv4Dst()}
+		if in.proto == packet.ProtoTCP || in.proto == packet.ProtoUDP {
+			in.srcPort, in.dstPort = f.InnerL4Src(), f.InnerL4Dst()
+		}
+		return conns[in] == nil && conns[in.reverse()] == nil
+	case k.proto == packet.ProtoICMP && f.L4() != nil:
+		return f.ICMPType() != packet.ICMPEchoRequest
+	}
+	return false
 }
 
 // set writes a field into the frame; the packet package keeps checksums
