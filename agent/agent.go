@@ -271,7 +271,7 @@ func (a *Agent) controllerSocket() string {
 // whose directory is down keeps forwarding, it just cannot register yet.
 func (a *Agent) openDirectory(ctx context.Context) error {
 	for attempt := 0; ; attempt++ {
-		d, err := directory.Open(ctx, directory.Config{Endpoints: a.cfg.Etcd, Logger: a.log})
+		d, err := directory.Open(ctx, directory.Config{Endpoints: a.cfg.Etcd, TLS: a.cfg.DirectoryTLS, Logger: a.log})
 		if err == nil {
 			a.dir = d
 			a.setDirErr("")

@@ -45,7 +45,10 @@ type Config struct {
 	Socket     string     // the local API's unix socket
 	PeerListen string     // "ip:port" of the peer API, on the data address
 	Etcd       []string   // directory endpoints
-	Site       string
+	// DirectoryTLS authenticates the agent to the directory with its
+	// certificate (etcd takes the user from it); nil speaks plain etcd.
+	DirectoryTLS *tls.Config
+	Site         string
 
 	IdleTimeout  time.Duration    // a session with no packets this long is torn down
 	KeyRange     session.KeyRange // ports reserved for keys; must hold no host service

@@ -58,6 +58,7 @@ func down(ctx context.Context, st *State) error {
 			killWait(readPidfile(filepath.Join(d, pf)), 3*time.Second)
 		}
 	}
+	killWait(st.Trust.EnrollPID, 3*time.Second)
 	killWait(st.Directory.PID, 3*time.Second)
 	for _, ns := range netnsList() {
 		if ns == st.Underlay || ns == InternetNetns(st.Prefix) || ns == MgmtNetns(st.Prefix) || strings.HasPrefix(ns, st.Prefix+"-s") {

@@ -32,6 +32,9 @@ type Config struct {
 	Etcd    []string     // an external directory; empty starts the embedded one
 	// AgentArgs are extra flags for every nvid (e.g. "--idle-timeout=5s").
 	AgentArgs []string
+	// CertTTL is the life of the servers' certificates (default
+	// DefaultCertTTL); they renew at two thirds of it.
+	CertTTL time.Duration
 	// Log receives progress lines; nil discards them.
 	Log func(format string, args ...any)
 }
@@ -93,6 +96,7 @@ type Directory struct {
 	Embedded  bool     `json:"embedded"`
 	Endpoints []string `json:"endpoints"` // reachable from the servers
 	Local     []string `json:"local"`     // reachable from the machine's own namespace
+	TLS       bool     `json:"tls"`       // mutual TLS with the lab's certificates
 	PID       int      `json:"pid,omitempty"`
 }
 
@@ -104,6 +108,7 @@ type State struct {
 	Underlay  string     `json:"underlay"`
 	Internet  string     `json:"internet"`
 	Mgmt      string     `json:"mgmt"` // the management network's namespace
+	Trust     Trust      `json:"trust"`
 	Directory Directory  `json:"directory"`
 	Servers   []Server   `json:"servers"`
 	Workloads []Workload `json:"workloads"`

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"nvi/api"
+	"nvi/pki"
 )
 
 const ovsSchema = "/usr/share/openvswitch/vswitch.ovsschema"
@@ -45,6 +46,10 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 	if err != nil {
 		return nil, err
 	}
+	nvictl, err := findBinary(cfg.Bin, "nvictl")
+	if err != nil {
+		return nil, err
+	}
 	if _, err := Load(cfg.Prefix); err == nil {
 		return nil, fmt.Errorf("a lab %q is already up: run 'nvictl lab down' first", cfg.Prefix)
 	}
@@ -72,7 +77,18 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 	if err := makeUnderlay(ctx, &cfg, st); err != nil {
 		return st, err
 	}
+	if err := makeCA(&cfg, st); err != nil {
+		return st, err
+	}
 	if err := startDirectory(ctx, &cfg, st, nvid); err != nil {
+		return st, err
+	}
+	if st.Directory.TLS {
+		if err := enableAuth(ctx, st); err != nil {
+			return st, fmt.Errorf("directory authentication: %w", err)
+		}
+	}
+	if err := startEnroll(ctx, &cfg, st, nvictl); err != nil {
 		return st, err
 	}
 	for i := 1; i <= cfg.Servers; i++ {
@@ -211,12 +227,18 @@ func makeInternet(ctx context.Context, cfg *Config, st *State) error {
 // spawn starts a long-running program inside a namespace, detached from us,
 // with its output in logPath.
 func spawn(ns, logPath string, prog string, args ...string) (int, error) {
+	return spawnEnv(ns, logPath, nil, prog, args...)
+}
+
+// spawnEnv is spawn with extra environment variables.
+func spawnEnv(ns, logPath string, env []string, prog string, args ...string) (int, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return 0, err
 	}
 	defer logf.Close()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, prog}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -237,8 +259,9 @@ func startDirectory(ctx context.Context, cfg *Config, st *State, nvid string) er
 	sock := filepath.Join(st.RunDir, "etcd.sock")
 	st.Directory = Directory{
 		Embedded:  true,
-		Endpoints: []string{"http://" + netip.AddrPortFrom(lastHost(MgmtSubnet), 2379).String()},
-		Local:     []string{"unix://" + sock},
+		Endpoints: []string{"https://" + netip.AddrPortFrom(lastHost(MgmtSubnet), 2379).String()},
+		Local:     []string{"unixs://" + sock},
+		TLS:       true,
 	}
 	if err := st.save(); err != nil {
 		return err
@@ -247,7 +270,10 @@ func startDirectory(ctx context.Context, cfg *Config, st *State, nvid string) er
 	pid, err := spawn(st.Mgmt, filepath.Join(st.RunDir, "directory.log"), nvid, "directory",
 		"--data-dir", dataDir,
 		"--listen", st.Directory.Endpoints[0]+","+st.Directory.Local[0],
-		"--peer", "http://127.0.0.1:2380")
+		"--peer", "http://127.0.0.1:2380",
+		"--tls-cert", filepath.Join(st.Trust.Directory, pki.CertFile),
+		"--tls-key", filepath.Join(st.Trust.Directory, pki.KeyFile),
+		"--client-ca", filepath.Join(st.Trust.Directory, pki.CAFile))
 	if err != nil {
 		return err
 	}
@@ -319,8 +345,14 @@ func makeServer(ctx context.Context, cfg *Config, st *State, n int, nvid string)
 	if err := startOVS(ctx, sv); err != nil {
 		return err
 	}
+	token, err := joinToken(st, name)
+	if err != nil {
+		return err
+	}
 	args := []string{
 		"--name", name,
+		"--identity-dir", filepath.Join(sv.Dir, "identity"),
+		"--join", token,
 		"--bridge", BridgeName,
 		"--uplink", UplinkName,
 		"--data-ip", netip.PrefixFrom(sv.DataIP, cfg.Subnet.Bits()).String(),

@@ -324,8 +324,21 @@ func (id *Identity) EnrollClientTLS() *tls.Config {
 // enrollment service's certificate issued by a CA in roots. A server
 // certificate, which also allows serving TLS, does not pass.
 func CheckEnrollService(certs []*x509.Certificate, roots *x509.CertPool) error {
+	return checkService(certs, roots, OrgEnroll, "the enrollment service")
+}
+
+// CheckDirectory verifies that certs are the directory's (etcd's) serving
+// certificate from a CA in roots.
+func CheckDirectory(certs []*x509.Certificate, roots *x509.CertPool) error {
+	return checkService(certs, roots, OrgDirectory, "the directory")
+}
+
+// checkService verifies a service's certificate by its kind (the subject's
+// organization), not by a host name: the same check holds whether the
+// service was dialled by address, name or unix socket.
+func checkService(certs []*x509.Certificate, roots *x509.CertPool, org, what string) error {
 	if len(certs) == 0 {
-		return errors.New("the enrollment service presented no certificate")
+		return fmt.Errorf("%s presented no certificate", what)
 	}
 	leaf := certs[0]
 	inter := x509.NewCertPool()
@@ -335,10 +348,26 @@ func CheckEnrollService(certs []*x509.Certificate, roots *x509.CertPool) error {
 		}
 	}
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
-		return fmt.Errorf("the enrollment service's certificate does not verify against the CA: %w", err)
+		return fmt.Errorf("%s's certificate does not verify against the CA: %w", what, err)
 	}
-	if o := leaf.Subject.Organization; len(o) != 1 || o[0] != OrgEnroll {
-		return fmt.Errorf("certificate %q is not an enrollment service's", leaf.Subject.CommonName)
+	if o := leaf.Subject.Organization; len(o) != 1 || o[0] != org {
+		return fmt.Errorf("certificate %q is not %s's", leaf.Subject.CommonName, what)
 	}
 	return nil
+}
+
+// DirectoryTLS is the client side toward the directory (etcd): TLS 1.3, the
+// current certificate is presented (etcd takes the user from its common
+// name), and the answer must be the directory's certificate from the CA.
+func (id *Identity) DirectoryTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return id.current(), nil
+		},
+		InsecureSkipVerify: true, // VerifyConnection checks the kind, not a host name
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return CheckDirectory(cs.PeerCertificates, id.roots)
+		},
+	}
 }

@@ -7,16 +7,27 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"nvi/enroll"
+	"nvi/lab"
 	"nvi/pki"
 )
 
-// defaultCADir is where the operator keeps the cloud's CA.
-func defaultCADir() string { return envOr("NVI_CA_DIR", "/etc/nvi/ca") }
+// defaultCADir is where the operator keeps the cloud's CA: NVI_CA_DIR, the
+// lab's own CA when a lab is up, or /etc/nvi/ca.
+func defaultCADir() string {
+	if d := os.Getenv("NVI_CA_DIR"); d != "" {
+		return d
+	}
+	if st, err := lab.Load(envOr("NVI_LAB", "nvi")); err == nil && st.Trust.CA != "" {
+		return st.Trust.CA
+	}
+	return "/etc/nvi/ca"
+}
 
 // operatorDir is where 'ca init' puts the operator's own certificate (for
 // nvictl with the directory).
@@ -228,20 +239,28 @@ func serverRevokeCmd() command {
 	}
 }
 
-// revokeInDirectory is the directory side of 'nvictl server revoke': the
-// CA side (revoked.json, unused tokens) is done before it is called.
-// LEAD: publish the revocation in the directory, so every agent's
-// Identity.SetRevocationCheck refuses name's certificates from notBefore <= at,
-// and remove name's directory (etcd) role.
+// revokeInDirectory is the directory side of 'nvictl server revoke', after
+// the CA side (revoked.json, unused tokens): the server's directory user and
+// role go, its record goes, and the revocation is published under revoked/
+// where every agent's cache sees it and refuses the server's certificates
+// from then on.
 func revokeInDirectory(ctx context.Context, e *env, name string, at time.Time) error {
-	return nil
+	d, err := e.directory()
+	if err != nil {
+		return fmt.Errorf("publishing the revocation in the directory: %w", err)
+	}
+	return d.RevokeServer(ctx, name, at)
 }
 
 // grantInDirectory is called by the enrollment service when server name
-// has redeemed its token, before it gets its certificate.
-// LEAD: grant name its directory (etcd) role here.
+// has redeemed its token, before it gets its certificate: the server's
+// directory user and role, which let it write its own records only.
 func grantInDirectory(ctx context.Context, e *env, name string) error {
-	return nil
+	d, err := e.directory()
+	if err != nil {
+		return fmt.Errorf("granting %s its directory role: %w", name, err)
+	}
+	return d.GrantServer(ctx, name)
 }
 
 func splitList(s string) []string {

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,12 +14,14 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"nvi/api"
 	"nvi/directory"
 	"nvi/lab"
+	"nvi/pki"
 )
 
 // env is what every command can reach: the global flags and the outputs.
@@ -26,29 +29,49 @@ type env struct {
 	ctx    context.Context
 	stdout io.Writer
 	stderr io.Writer
-	etcd   string // --etcd, or NVI_ETCD
-	lab    string // --lab, or NVI_LAB
+	etcd   string     // --etcd, or NVI_ETCD
+	etcdID string     // --etcd-identity, or NVI_ETCD_IDENTITY: the certificate shown to etcd
+	lab    string     // --lab, or NVI_LAB
+	mu     sync.Mutex // guards store: the enrollment service grants roles from many requests at once
 	store  *directory.Store
 }
 
 // directory opens the directory named by --etcd, NVI_ETCD, or the lab.
 func (e *env) directory() (*directory.Store, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	if e.store != nil {
 		return e.store, nil
 	}
 	var eps []string
+	var tc *tls.Config
 	switch {
 	case e.etcd != "":
 		eps = strings.Split(e.etcd, ",")
+		if tlsEndpoints(eps) {
+			dir := e.etcdID
+			if dir == "" {
+				dir = operatorDir(defaultCADir())
+			}
+			id, err := pki.LoadIdentity(dir)
+			if err != nil {
+				return nil, fmt.Errorf("the directory speaks TLS and wants a certificate: %w (pass --etcd-identity DIR with key.pem, cert.pem and ca.pem, e.g. the operator's from 'nvictl ca init')", err)
+			}
+			tc = id.DirectoryTLS()
+		}
 	default:
 		st, err := lab.Load(e.lab)
 		if err != nil {
 			return nil, fmt.Errorf("no directory given: pass --etcd URL[,URL...], set NVI_ETCD, or bring up a lab with 'nvictl lab up' (%v)", err)
 		}
 		eps = st.Directory.Local
+		if tc, err = st.OperatorTLS(); err != nil {
+			return nil, err
+		}
 	}
 	s, err := directory.Open(e.ctx, directory.Config{
 		Endpoints:   eps,
+		TLS:         tc,
 		DialTimeout: 5 * time.Second,
 		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -57,6 +80,16 @@ func (e *env) directory() (*directory.Store, error) {
 	}
 	e.store = s
 	return s, nil
+}
+
+// tlsEndpoints says whether directory endpoints speak TLS.
+func tlsEndpoints(eps []string) bool {
+	for _, ep := range eps {
+		if strings.HasPrefix(ep, "https://") || strings.HasPrefix(ep, "unixs://") {
+			return true
+		}
+	}
+	return false
 }
 
 // agent returns a client for the local API of a server's agent: the lab's,
@@ -91,6 +124,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("nvictl", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&e.etcd, "etcd", os.Getenv("NVI_ETCD"), "directory (etcd) endpoints, comma-separated; default: the lab's")
+	fs.StringVar(&e.etcdID, "etcd-identity", os.Getenv("NVI_ETCD_IDENTITY"), "directory holding the certificate for a TLS directory (key.pem, cert.pem, ca.pem); default: the operator's under --ca-dir")
 	fs.StringVar(&e.lab, "lab", envOr("NVI_LAB", "nvi"), "lab prefix: names its namespaces and /run directory")
 	if err := fs.Parse(args); err != nil {
 		fmt.Fprintf(stderr, "nvictl: %v\n", err)

@@ -137,6 +137,9 @@ func runAgent(ctx context.Context, args []string) error {
 	if !cfg.InsecurePeerAPI {
 		cfg.Identity = id
 	}
+	if etcdTLS(cfg.Etcd) {
+		cfg.DirectoryTLS = id.DirectoryTLS()
+	}
 	a, err := agent.New(cfg)
 	if err != nil {
 		return err
@@ -175,9 +178,12 @@ func runDirectory(ctx context.Context, args []string) error {
 	var listen, level string
 	fs.StringVar(&cfg.Name, "name", "nvi", "member name")
 	fs.StringVar(&cfg.DataDir, "data-dir", "/var/lib/nvi/etcd", "where etcd keeps its data")
-	fs.StringVar(&listen, "listen", "http://127.0.0.1:2379", "client URLs, comma-separated (http://IP:PORT or unix:///PATH)")
+	fs.StringVar(&listen, "listen", "http://127.0.0.1:2379", "client URLs, comma-separated (http://IP:PORT or unix:///PATH; https:// and unixs:// with --tls-cert)")
 	fs.StringVar(&cfg.PeerURL, "peer", "http://127.0.0.1:2380", "peer URL (a single member needs one all the same)")
 	fs.StringVar(&cfg.LogFile, "etcd-log", "", "file for etcd's own log (default: discarded)")
+	fs.StringVar(&cfg.TLS.CertFile, "tls-cert", "", "the directory's serving certificate ('nvictl ca issue-directory'); with it, clients need certificates of --client-ca")
+	fs.StringVar(&cfg.TLS.KeyFile, "tls-key", "", "the serving certificate's key")
+	fs.StringVar(&cfg.TLS.ClientCAFile, "client-ca", "", "the CA whose client certificates the directory accepts (the cloud's ca.pem)")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
@@ -200,4 +206,14 @@ func runDirectory(ctx context.Context, args []string) error {
 	case err := <-m.Err():
 		return err
 	}
+}
+
+// etcdTLS says whether the directory's endpoints speak TLS.
+func etcdTLS(endpoints []string) bool {
+	for _, ep := range endpoints {
+		if strings.HasPrefix(ep, "https://") || strings.HasPrefix(ep, "unixs://") {
+			return true
+		}
+	}
+	return false
 }
