@@ -45,7 +45,7 @@ func (s *Store) ClaimBlock(ctx context.Context, reg *Registration, tenant, netwo
 		if err != nil {
 			return netip.Prefix{}, false, err
 		}
-		nr, found, err := recordOf[Network](op, nkey, kvs(resp, 0), resp.Header.Revision)
+		nr, found, err := recordOf[Network](s, op, nkey, kvs(resp, 0), resp.Header.Revision)
 		if err != nil {
 			return netip.Prefix{}, false, err
 		}
