@@ -211,7 +211,7 @@ func (s *Store) ensureRole(ctx context.Context, op, role string) error {
 // authError tells a refusal (the caller is not root) from an outage.
 func authError(op string, err error) error {
 	if isPermissionDenied(err) {
-		return errorf(ErrInvalid, "directory: %s: %w (only the root credential, CN %s, may manage users and roles)", op, err, RootUser)
+		return errorf(ErrDenied, "directory: %s: %w (only the root credential, CN %s, may manage users and roles)", op, err, RootUser)
 	}
 	return unavailable(op, err)
 }

@@ -53,7 +53,9 @@ type EmbedConfig struct {
 // and every client must present a certificate signed by ClientCAFile: etcd
 // then takes the client's etcd user name from the certificate's CN (see
 // [Store.EnableAuth]). That holds for unixs:// sockets too, so local tools
-// need a certificate like everyone else.
+// need a certificate like everyone else; etcd's client checks a socket's
+// serving certificate against the socket's file name, so the certificate
+// must also carry that name (e.g. "etcd.sock") as a DNS name.
 type ServeTLS struct {
 	CertFile     string // the directory's serving certificate (IP SANs of its addresses)
 	KeyFile      string // its private key
