@@ -260,7 +260,7 @@ func TestServerRole(t *testing.T) {
 	}
 	c2 := NewCache(s2, testLogger(t))
 	go c2.Run(cctx)
-	waitFor(t, "s2's cache to know s1 is revoked", func() bool { got, ok := c2.Revoked("s1"); return ok && got.Equal(at) })
+	eventually(t, "s2's cache to know s1 is revoked", func() bool { got, ok := c2.Revoked("s1"); return ok && got.Equal(at) })
 	if _, ok := c2.Revoked("s2"); ok {
 		t.Fatal("s2 reported revoked")
 	}
@@ -274,16 +274,5 @@ func TestServerRole(t *testing.T) {
 	if err := root.RevokeServer(ctx, "s3", at.Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "s2's cache to hear of s3's revocation", func() bool { _, ok := c2.Revoked("s3"); return ok })
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	eventually(t, "s2's cache to hear of s3's revocation", func() bool { _, ok := c2.Revoked("s3"); return ok })
 }
