@@ -103,7 +103,7 @@ func (r *Registration) registerCtx(ctx context.Context) error {
 	if err != nil {
 		return unavailable("granting lease for server "+r.srv.Name, err)
 	}
-	if err := r.claim(ctx, lease.ID); err != nil {
+	if err := r.claim(ctx, lease.ID, true); err != nil {
 		// The lease would expire by itself; revoking just tidies up early.
 		if _, rerr := r.s.cli.Revoke(context.WithoutCancel(ctx), lease.ID); rerr != nil {
 			r.log.Debug("directory: could not revoke an unused lease; it expires by itself", "lease", int64(lease.ID), "err", rerr)
@@ -118,8 +118,9 @@ func (r *Registration) registerCtx(ctx context.Context) error {
 }
 
 // claim puts the record under lease with compare-and-swap (see
-// RegisterServer for when a stored record may be replaced).
-func (r *Registration) claim(ctx context.Context, lease clientv3.LeaseID) error {
+// RegisterServer for when a stored record may be replaced; takeover allows
+// replacing an earlier process of the same agent).
+func (r *Registration) claim(ctx context.Context, lease clientv3.LeaseID, takeover bool) error {
 	key, name := r.s.k.server(r.srv.Name), r.srv.Name
 	op := "registering server " + name
 	_, err := retry(ctx, op, "the record keeps changing", func() (struct{}, bool, error) {
@@ -129,7 +130,7 @@ func (r *Registration) claim(ctx context.Context, lease clientv3.LeaseID) error 
 		}
 		var modRev int64
 		if kv := kvs(resp, 0); len(kv) > 0 {
-			if err := r.replaceable(kv[0], lease); err != nil {
+			if err := r.replaceable(kv[0], lease, takeover); err != nil {
 				return struct{}{}, false, err
 			}
 			modRev = kv[0].ModRevision
@@ -146,7 +147,7 @@ func (r *Registration) claim(ctx context.Context, lease clientv3.LeaseID) error 
 
 // replaceable says whether the stored record kv may be replaced by r's
 // under lease, and if not, why (ErrConflict).
-func (r *Registration) replaceable(kv *mvccpb.KeyValue, lease clientv3.LeaseID) error {
+func (r *Registration) replaceable(kv *mvccpb.KeyValue, lease clientv3.LeaseID, takeover bool) error {
 	r.mu.Lock()
 	mine := r.lease
 	r.mu.Unlock()
@@ -159,7 +160,7 @@ func (r *Registration) replaceable(kv *mvccpb.KeyValue, lease clientv3.LeaseID) 
 		r.log.Warn("directory: replacing a malformed server record", "err", err)
 		return nil
 	}
-	if old.Instance != "" && old.Instance == r.srv.Instance && old.DataIP == r.srv.DataIP {
+	if takeover && old.Instance != "" && old.Instance == r.srv.Instance && old.DataIP == r.srv.DataIP {
 		return nil // an earlier process of this agent, its lease not run out yet
 	}
 	return errorf(ErrConflict, "server name %s is already registered by another agent at data address %s (agent %s, instance %s), whose lease is live; give this server another name, or stop that agent and wait for its record to expire", r.srv.Name, old.DataIP, cmpOr(old.AgentAddr, "-"), cmpOr(old.Instance, "-"))
@@ -175,8 +176,9 @@ func cmpOr(s, dflt string) string {
 // Reassert checks that the stored record is still the one this
 // registration wrote, under its lease, and puts it back if it vanished (or
 // was replaced by a leaseless or malformed record) while the lease lives.
-// A record another agent now holds under a live lease is not fought over:
-// the error wraps ErrConflict. The keep-alive calls it after each renewal;
+// A record another agent now holds under a live lease (even a newer
+// process of this same agent) is not fought over: the error wraps
+// ErrConflict. The keep-alive calls it after each renewal;
 // agents may call it too (e.g. when the watch reports their record gone).
 func (r *Registration) Reassert(ctx context.Context) error {
 	r.blockMu.Lock()
@@ -198,7 +200,7 @@ func (r *Registration) Reassert(ctx context.Context) error {
 	} else {
 		r.log.Warn("directory: the server record vanished while its lease lives; putting it back")
 	}
-	if err := r.claim(ctx, lease); err != nil {
+	if err := r.claim(ctx, lease, false); err != nil {
 		if errors.Is(err, ErrConflict) {
 			r.log.Error("directory: another agent holds this server's name; not fighting over it", "err", err)
 		}
