@@ -105,7 +105,11 @@ func leaseLapsed(reg *Registration, err error) error {
 // blockOf parses a block key of tenant/network.
 func (s *Store) blockOf(tenant, network string, kv *mvccpb.KeyValue) (netip.Prefix, bool) {
 	b, err := netip.ParsePrefix(strings.TrimPrefix(string(kv.Key), s.k.blocks(tenant, network)))
-	return b, err == nil
+	if err != nil {
+		s.warnOnce(string(kv.Key), kv.ModRevision, errorf(ErrInvalid, "not an address block key: %w", err))
+		return netip.Prefix{}, false
+	}
+	return b, true
 }
 
 // Blocks lists the held blocks of a network and the server holding each.

@@ -97,6 +97,7 @@ func (s *Store) watch(ctx context.Context, next int64, out chan<- Event) {
 			return false
 		}
 	}
+	failures := 0 // consecutive watches that ended without delivering anything
 	for ctx.Err() == nil {
 		opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithCreatedNotify(), clientv3.WithProgressNotify()}
 		if next > 0 {
@@ -111,9 +112,12 @@ func (s *Store) watch(ctx context.Context, next int64, out chan<- Event) {
 				break
 			}
 			if err := resp.Err(); err != nil {
-				s.log.Warn("directory: watch interrupted, resuming", "from", next, "err", err)
+				if failures < 3 || failures%20 == 0 {
+					s.log.Warn("directory: watch interrupted, resuming", "from", next, "err", err, "attempt", failures+1)
+				}
 				break
 			}
+			failures = -1
 			if next == 0 && resp.Created {
 				next = resp.Header.Revision + 1
 			}
@@ -142,8 +146,14 @@ func (s *Store) watch(ctx context.Context, next int64, out chan<- Event) {
 			continue
 		}
 		if ctx.Err() == nil {
-			s.log.Warn("directory: watch closed, resuming", "from", next)
-			if sleepCtx(ctx, watchRetry) != nil {
+			failures++
+			if failures < 3 || failures%20 == 0 {
+				s.log.Warn("directory: watch closed, resuming", "from", next, "attempt", failures)
+			}
+			// Back off while it keeps failing (a revoked credential, an
+			// etcd down for long), up to 10s, so the log and etcd are
+			// not hammered twice a second.
+			if sleepCtx(ctx, min(watchRetry<<min(max(failures-1, 0), 5), 10*time.Second)) != nil {
 				return
 			}
 		}
