@@ -10,7 +10,8 @@
 //     single etcd transaction guarded by compare-and-swap, so invariants hold
 //     with any number of processes writing at once.
 //   - [Cache] is what an agent consults on the packet path: lazy, served from
-//     memory, kept current by a watch, with short negative caching. With the
+//     memory, kept current by a watch, with short, bounded negative caching
+//     (O(1) per miss) and a cap on the etcd reads in flight. With the
 //     directory down, cached look-ups keep working; only new ones fail.
 //   - [Store.Watch] turns etcd's watch into typed [Event]s that survive
 //     disconnects and compaction.
@@ -75,7 +76,8 @@
 //     agents need today to create, bind and delete their workloads'
 //     endpoints and to claim address blocks. Nothing else: not tenants,
 //     zones, networks, groups, pairs, rules, another server's record or
-//     port maps, nor revoked/.
+//     port maps, nor revoked/. (So a tenant stored before conntrack zones
+//     existed gets its zone only when root reads it.)
 //
 // The shared claim spaces are writable by EVERY server: a compromised
 // server can create, rebind or delete any tenant's endpoints (and so place

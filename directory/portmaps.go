@@ -90,9 +90,12 @@ func (s Server) CheckPort(port uint16) error {
 
 // Expose maps p.Port of the server the endpoint lives on to the endpoint's
 // p.TargetPort, and returns the map with its server filled in. p.Server may
-// be empty; when given, it must be the endpoint's server. The write compares
-// the port unmapped and the endpoint unchanged, so a port is never mapped
-// twice and never to an endpoint being deleted.
+// be empty; when given, it must be the endpoint's server. That server must
+// be registered, and the port free of what it keeps for itself
+// ([Server.CheckPort]: its key range, egress NAT, its agent and reserved
+// ports). The write compares the port unmapped and the endpoint and server
+// record unchanged, so a port is never mapped twice, never to an endpoint
+// being deleted, and never past a change of the server's reserved ports.
 func (s *Store) Expose(ctx context.Context, p PortMap) (PortMap, error) {
 	if err := p.validate(); err != nil {
 		return PortMap{}, err

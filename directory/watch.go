@@ -35,8 +35,8 @@ func (k EventKind) String() string {
 	return "unknown"
 }
 
-// Event is one change to a server, tenant, network, endpoint, policy or
-// port map record; exactly one of the record pointers is set (none for
+// Event is one change to a server, tenant, network, endpoint, policy,
+// port map or revocation record; exactly one of the record pointers is set (none for
 // Reset). For a Delete the record is the last stored value when etcd still
 // had it, and otherwise only the identity that the key carries (names, no
 // addresses).
@@ -73,7 +73,9 @@ const watchRetry = 500 * time.Millisecond
 // at fromRevision (inclusive; 0 means "from now"), until ctx is done, when
 // the channel is closed. Index keys (addrs, ifaces, zones) are not
 // reported: they mirror other records; nor are address blocks, which concern
-// only the server holding them.
+// only the server holding them. Revocations are. Every record is checked
+// before it is reported (see the package documentation, "Validation on
+// read").
 //
 // The stream survives disconnects (the client resumes from the last
 // revision delivered) and compaction: when the revisions needed were
