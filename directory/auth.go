@@ -48,8 +48,8 @@ func (k keys) serverGrants() []string {
 // write the shared claim spaces) when they are missing, re-grants the
 // shared role's permissions, and enables auth if it is off. Once auth is on
 // only root may call it again. Call it with a store whose certificate has
-// CN root; an etcd that does not check client certificates would let
-// anyone claim any user name, so serve it with [ServeTLS].
+// CN root, on an etcd served with [ServeTLS]: NVI's users have no
+// passwords, so a client certificate is the only way in.
 func (s *Store) EnableAuth(ctx context.Context) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
@@ -57,23 +57,8 @@ func (s *Store) EnableAuth(ctx context.Context) error {
 	if err := s.ensureUser(ctx, op, RootUser, "root"); err != nil {
 		return err
 	}
-	if err := s.ensureRole(ctx, op, SharedServerRole); err != nil {
+	if err := s.ensureSharedRole(ctx, op); err != nil {
 		return err
-	}
-	perms := []struct {
-		key  string
-		perm clientv3.PermissionType
-	}{{s.k.prefix, clientv3.PermissionType(clientv3.PermRead)}}
-	for _, p := range s.k.serverGrants() {
-		perms = append(perms, struct {
-			key  string
-			perm clientv3.PermissionType
-		}{p, clientv3.PermissionType(clientv3.PermReadWrite)})
-	}
-	for _, p := range perms {
-		if _, err := s.cli.RoleGrantPermission(ctx, SharedServerRole, p.key, clientv3.GetPrefixRangeEnd(p.key), p.perm); err != nil {
-			return authError(op, err)
-		}
 	}
 	st, err := s.cli.AuthStatus(ctx)
 	if err != nil {
@@ -89,10 +74,34 @@ func (s *Store) EnableAuth(ctx context.Context) error {
 	return nil
 }
 
+// ensureSharedRole creates SharedServerRole if missing and grants it its
+// permissions (granting again is a no-op in etcd).
+func (s *Store) ensureSharedRole(ctx context.Context, op string) error {
+	if err := s.ensureRole(ctx, op, SharedServerRole); err != nil {
+		return err
+	}
+	grant := func(key string, perm clientv3.PermissionType) error {
+		if _, err := s.cli.RoleGrantPermission(ctx, SharedServerRole, key, clientv3.GetPrefixRangeEnd(key), perm); err != nil {
+			return authError(op, err)
+		}
+		return nil
+	}
+	if err := grant(s.k.prefix, clientv3.PermissionType(clientv3.PermRead)); err != nil {
+		return err
+	}
+	for _, p := range s.k.serverGrants() {
+		if err := grant(p, clientv3.PermissionType(clientv3.PermReadWrite)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // GrantServer creates (or completes) the etcd user of server name, CN
 // "server:<name>", with the shared server role and its own role: write its
 // record servers/<name> and its port maps portmaps/<name>/. Idempotent; it
-// needs root.
+// needs root. A name revoked earlier keeps its revocation record, so peers
+// keep refusing its certificates issued before the revocation time.
 func (s *Store) GrantServer(ctx context.Context, name string) error {
 	if err := ValidateName("server", name); err != nil {
 		return err
@@ -101,6 +110,9 @@ func (s *Store) GrantServer(ctx context.Context, name string) error {
 	defer cancel()
 	op := "granting server " + name + " its directory credential"
 	user := ServerUser(name)
+	if err := s.ensureSharedRole(ctx, op); err != nil {
+		return err
+	}
 	if err := s.ensureRole(ctx, op, user); err != nil {
 		return err
 	}
@@ -123,8 +135,13 @@ func (s *Store) GrantServer(ctx context.Context, name string) error {
 // are deleted (etcd refuses its certificate from the next request on), the
 // revocation is recorded at revoked/<name> for peer agents, and its server
 // record is deleted, with the lease it lived under (taking the server's
-// address blocks with it). It needs root. Revoking a name twice moves the
-// revocation time to the later at.
+// address blocks with it). It needs root. Revoking a name again moves the
+// revocation time to the new at.
+//
+// etcd knows a client only by its certificate's CN: if the name is granted
+// again, every certificate with that CN the CA ever signed gets in again.
+// Put the old certificate on the CA's revocation list ([ServeTLS] CRLFile)
+// before granting a revoked name again.
 func (s *Store) RevokeServer(ctx context.Context, name string, at time.Time) error {
 	if err := ValidateName("server", name); err != nil {
 		return err

@@ -165,7 +165,7 @@ func TestServerRole(t *testing.T) {
 	}
 	defer reg1.Close()
 	b := must[netip.Prefix](t)(s1.ClaimBlock(ctx, reg1, "acme", "web"))
-	ep := must[Endpoint](t)(s1.CreateEndpoint(ctx, Endpoint{Tenant: "acme", Network: "web", Name: "w1", IP: b.Addr().Next().Next(), Server: "s1", IfaceID: "vm-1"}))
+	must[Endpoint](t)(s1.CreateEndpoint(ctx, Endpoint{Tenant: "acme", Network: "web", Name: "w1", IP: b.Addr().Next().Next(), Server: "s1", IfaceID: "vm-1"}))
 	must[Endpoint](t)(s1.UpdateEndpointPort(ctx, "acme", "w1", 7))
 	if p := must[policy.Policy](t)(s1.Policy(ctx, "acme")); len(p.Rules) != 1 || p.Rules[0].ID != rule.ID {
 		t.Fatalf("s1 reads policy %+v", p)
@@ -227,7 +227,6 @@ func TestServerRole(t *testing.T) {
 	if err := root.DeleteEndpoint(ctx, "acme", "w1"); err != nil {
 		t.Fatal(err)
 	}
-	_ = ep
 
 	// Revocation: s1's credential is refused from the next request on,
 	// peers' caches learn it without asking, and s2 is unaffected.
