@@ -128,9 +128,8 @@ func NewCache(s *Store, logger *slog.Logger, opts ...CacheOption) *Cache {
 // OnChange registers fn to be called, in revision order and from Run's
 // goroutine, with every change the watch reports (servers, tenants,
 // networks, endpoints, policy records, port maps, revocations, cached or
-// not), after the
-// cache has applied it: when fn hears that a tenant's policy changed,
-// LookupPolicy already reads the new one. After a Reset, fn first receives a
+// not), after the cache has applied it: when fn hears that a tenant's
+// policy changed, LookupPolicy already reads the new one. After a Reset, fn first receives a
 // synthesized Delete or Put for each cached entry that vanished or changed
 // during the lost history (for each cached policy, a Put whose PolicyChange
 // names only the tenant: it may have changed), then the Reset itself. fn

@@ -47,7 +47,7 @@ type EmbedConfig struct {
 	Logger *slog.Logger
 }
 
-// ServeTLS are the files of the directory's serving side. With CertFile set,
+// ServeTLS are the files of the directory's serving side. When it is set,
 // every client URL must be https:// or unixs:// (etcd would serve a plain
 // URL in the clear, ignoring the certificate, so a plain one is refused),
 // and every client must present a certificate signed by ClientCAFile: etcd
