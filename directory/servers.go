@@ -38,6 +38,9 @@ type Registration struct {
 	// so that no claim lands under a lease the registration left behind.
 	blockMu sync.Mutex
 	blocks  map[string]struct{} // keys of the address blocks held
+	// conflicted: Reassert found another agent holding the name (logged
+	// once until it is resolved). Guarded by blockMu.
+	conflicted bool
 
 	closeOnce sync.Once
 }
@@ -193,19 +196,24 @@ func (r *Registration) Reassert(ctx context.Context) error {
 	}
 	want := mustJSON(r.srv)
 	if kv := kvs(resp, 0); len(kv) > 0 && clientv3.LeaseID(kv[0].Lease) == lease && string(kv[0].Value) == want {
+		r.conflicted = false
 		return nil
 	}
-	if kv := kvs(resp, 0); len(kv) > 0 {
-		r.log.Warn("directory: the server record was changed by another writer; putting ours back", "stored", string(kv[0].Value), "lease", kv[0].Lease)
-	} else {
+	switch kv := kvs(resp, 0); {
+	case r.conflicted: // said already
+	case len(kv) > 0:
+		r.log.Warn("directory: the server record was changed by another writer; putting ours back unless another agent holds it", "stored", string(kv[0].Value), "lease", kv[0].Lease)
+	default:
 		r.log.Warn("directory: the server record vanished while its lease lives; putting it back")
 	}
 	if err := r.claim(ctx, lease, false); err != nil {
-		if errors.Is(err, ErrConflict) {
+		if errors.Is(err, ErrConflict) && !r.conflicted {
 			r.log.Error("directory: another agent holds this server's name; not fighting over it", "err", err)
+			r.conflicted = true
 		}
 		return err
 	}
+	r.conflicted = false
 	return nil
 }
 
@@ -272,9 +280,11 @@ func (r *Registration) keepAlive(ctx context.Context) {
 			}
 			failures = 0
 			lastOK = time.Now()
-			if err := r.Reassert(ctx); err != nil && ctx.Err() == nil {
+			actx, cancel := context.WithTimeout(ctx, r.retryTimeout())
+			if err := r.Reassert(actx); err != nil && ctx.Err() == nil && !errors.Is(err, ErrConflict) {
 				r.log.Warn("directory: could not re-assert the server record", "err", err)
 			}
+			cancel()
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, rpctypes.ErrLeaseNotFound) || time.Since(lastOK) > r.ttl:
