@@ -45,7 +45,7 @@ func (s *Store) ClaimBlock(ctx context.Context, reg *Registration, tenant, netwo
 		if err != nil {
 			return netip.Prefix{}, false, err
 		}
-		nr, found, err := recordOf[Network](op, nkey, kvs(resp, 0), resp.Header.Revision)
+		nr, found, err := recordOf[Network](s, op, nkey, kvs(resp, 0), resp.Header.Revision)
 		if err != nil {
 			return netip.Prefix{}, false, err
 		}
@@ -105,7 +105,11 @@ func leaseLapsed(reg *Registration, err error) error {
 // blockOf parses a block key of tenant/network.
 func (s *Store) blockOf(tenant, network string, kv *mvccpb.KeyValue) (netip.Prefix, bool) {
 	b, err := netip.ParsePrefix(strings.TrimPrefix(string(kv.Key), s.k.blocks(tenant, network)))
-	return b, err == nil
+	if err != nil {
+		s.warnOnce(string(kv.Key), kv.ModRevision, errorf(ErrInvalid, "not an address block key: %w", err))
+		return netip.Prefix{}, false
+	}
+	return b, true
 }
 
 // Blocks lists the held blocks of a network and the server holding each.

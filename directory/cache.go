@@ -16,6 +16,11 @@ import (
 const (
 	DefaultNegativeTTL   = 2 * time.Second
 	DefaultLookupTimeout = time.Second
+	// DefaultMaxFetches bounds the etcd reads one cache has in flight for
+	// misses, so a flood of distinct misses turns into waiting (and
+	// ErrUnavailable after the look-up timeout), not into unbounded
+	// goroutines and reads against a single etcd member.
+	DefaultMaxFetches = 64
 )
 
 // CacheOption adjusts a Cache.
@@ -32,6 +37,14 @@ func WithNegativeTTL(d time.Duration) CacheOption { return func(c *Cache) { c.ne
 // holding a packet-in for as long as the caller's context allows.
 func WithLookupTimeout(d time.Duration) CacheOption { return func(c *Cache) { c.lookupTimeout = d } }
 
+// WithNegativeMax bounds how many "not found" answers are remembered
+// (default DefaultNegativeMax); past it the oldest are forgotten first.
+func WithNegativeMax(n int) CacheOption { return func(c *Cache) { c.negMax = n } }
+
+// WithMaxFetches bounds the etcd reads in flight for misses (default
+// DefaultMaxFetches).
+func WithMaxFetches(n int) CacheOption { return func(c *Cache) { c.maxFetches = n } }
+
 // Cache is what agents consult on the packet path. It is lazy: a miss reads
 // etcd once and remembers the answer; a hit is served from memory without
 // contacting etcd, so a directory outage only stops look-ups of things never
@@ -45,8 +58,11 @@ type Cache struct {
 	s             *Store
 	log           *slog.Logger
 	negTTL        time.Duration
+	negMax        int
 	lookupTimeout time.Duration
-	reads         atomic.Int64 // etcd reads done for misses (tests watch it)
+	maxFetches    int
+	fetches       chan struct{} // one token per etcd read in flight for a miss
+	reads         atomic.Int64  // etcd reads done for misses (tests watch it)
 
 	mu        sync.RWMutex
 	servers   map[string]entry[Server]
@@ -55,7 +71,9 @@ type Cache struct {
 	policies  map[string]entry[policy.Policy] // by tenant; modRev is the read revision
 	endpoints map[epAddr]entry[Endpoint]      // by (tenant, ip): the packet path's question
 	epByName  map[string]epAddr               // "tenant/name" -> address, to apply watch events
-	negative  map[string]negEntry             // lookup key -> remembered "not found"
+	negative  *negCache                       // lookup key -> remembered "not found"
+	revoked   map[string]time.Time            // every revoked server, loaded by Run
+	revokedOK bool                            // Run has loaded revoked
 	watching  bool                            // Run is following the watch
 	watchRev  int64                           // highest revision the watch has applied
 	lowRead   int64                           // lowest read revision cached before Run started
@@ -71,11 +89,6 @@ type entry[T any] struct {
 type epAddr struct {
 	tenant string
 	ip     netip.Addr
-}
-
-type negEntry struct {
-	until time.Time
-	err   error
 }
 
 type flightCall struct {
@@ -97,20 +110,26 @@ func NewCache(s *Store, logger *slog.Logger, opts ...CacheOption) *Cache {
 		policies:  map[string]entry[policy.Policy]{},
 		endpoints: map[epAddr]entry[Endpoint]{},
 		epByName:  map[string]epAddr{},
-		negative:  map[string]negEntry{},
+		revoked:   map[string]time.Time{},
 		flight:    map[string]*flightCall{},
+		negMax:    DefaultNegativeMax, maxFetches: DefaultMaxFetches,
 	}
 	for _, o := range opts {
 		o(c)
 	}
+	c.negative = newNegCache(c.negMax)
+	if c.maxFetches <= 0 {
+		c.maxFetches = DefaultMaxFetches
+	}
+	c.fetches = make(chan struct{}, c.maxFetches)
 	return c
 }
 
 // OnChange registers fn to be called, in revision order and from Run's
 // goroutine, with every change the watch reports (servers, tenants,
-// networks, endpoints, policy records, port maps, cached or not), after the
-// cache has applied it: when fn hears that a tenant's policy changed,
-// LookupPolicy already reads the new one. After a Reset, fn first receives a
+// networks, endpoints, policy records, port maps, revocations, cached or
+// not), after the cache has applied it: when fn hears that a tenant's
+// policy changed, LookupPolicy already reads the new one. After a Reset, fn first receives a
 // synthesized Delete or Put for each cached entry that vanished or changed
 // during the lost history (for each cached policy, a Put whose PolicyChange
 // names only the tenant: it may have changed), then the Reset itself. fn
@@ -126,9 +145,10 @@ func (c *Cache) OnChange(fn func(Event)) {
 // be started before the directory is up.
 func (c *Cache) Run(ctx context.Context) error {
 	var rev int64
+	var revoked map[string]time.Time
 	for attempt := 1; ; attempt++ {
 		var err error
-		if rev, err = c.s.Revision(ctx); err == nil {
+		if revoked, rev, err = c.s.revocations(ctx); err == nil {
 			break
 		}
 		if ctx.Err() != nil {
@@ -155,6 +175,7 @@ func (c *Cache) Run(ctx context.Context) error {
 		}
 	}
 	c.watching, c.watchRev, c.lowRead = true, from-1, 0
+	c.revoked, c.revokedOK = revoked, true
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
@@ -215,7 +236,9 @@ func (c *Cache) LookupNetwork(ctx context.Context, tenant, name string) (Network
 
 // lookup serves a hit from memory, a remembered miss from the negative
 // cache, and otherwise reads etcd once for all concurrent callers asking for
-// the same key.
+// the same key, with at most maxFetches such reads in flight per cache.
+// Absent and malformed records are remembered as misses for the negative
+// TTL; any other error (an outage) is returned and not remembered.
 func lookup[T any](ctx context.Context, c *Cache, key string,
 	hit func() (entry[T], bool),
 	fetch func(context.Context) (record[T], error),
@@ -224,13 +247,13 @@ func lookup[T any](ctx context.Context, c *Cache, key string,
 	var zero T
 	c.mu.RLock()
 	e, ok := hit()
-	neg, negOK := c.negative[key]
+	negErr, negOK := c.negative.get(key, time.Now())
 	c.mu.RUnlock()
 	if ok {
 		return e.val, nil
 	}
-	if negOK && time.Now().Before(neg.until) {
-		return zero, neg.err
+	if negOK {
+		return zero, negErr
 	}
 
 	c.mu.Lock()
@@ -241,9 +264,18 @@ func lookup[T any](ctx context.Context, c *Cache, key string,
 	}
 	c.mu.Unlock()
 	if !joined {
+		if err := c.acquireFetch(ctx, key); err != nil {
+			c.mu.Lock()
+			delete(c.flight, key)
+			call.err = err
+			c.mu.Unlock()
+			close(call.done)
+			return zero, err
+		}
 		// The read is not tied to this caller's context: others may be
 		// waiting for it too.
 		go func() {
+			defer func() { <-c.fetches }()
 			c.reads.Add(1)
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.lookupTimeout)
 			r, err := fetch(fctx)
@@ -256,7 +288,7 @@ func lookup[T any](ctx context.Context, c *Cache, key string,
 					store(r)
 				}
 				call.val = r.val
-			case errors.Is(err, ErrNotFound) && c.negTTL > 0:
+			case (errors.Is(err, ErrNotFound) || errors.Is(err, ErrMalformed)) && c.negTTL > 0:
 				if c.fresh(r.readRev) {
 					c.remember(key, err)
 				}
@@ -277,6 +309,26 @@ func lookup[T any](ctx context.Context, c *Cache, key string,
 	}
 }
 
+// acquireFetch takes a token for one etcd read, waiting at most the
+// look-up timeout (or the caller's context).
+func (c *Cache) acquireFetch(ctx context.Context, key string) error {
+	select {
+	case c.fetches <- struct{}{}:
+		return nil
+	default:
+	}
+	t := time.NewTimer(c.lookupTimeout)
+	defer t.Stop()
+	select {
+	case c.fetches <- struct{}{}:
+		return nil
+	case <-t.C:
+		return errorf(ErrUnavailable, "directory: look-up of %s refused: %d directory reads already in flight for misses; try again", key[2:], c.maxFetches)
+	case <-ctx.Done():
+		return errorf(ErrUnavailable, "directory: look-up of %s abandoned: %w", key[2:], ctx.Err())
+	}
+}
+
 // fresh reports whether a value read at readRev may be cached: once the
 // watch runs, only if it is not older than what the watch already applied
 // (later events will then bring it up to date). Caller holds c.mu.
@@ -293,18 +345,27 @@ func (c *Cache) fresh(readRev int64) bool {
 	return readRev >= c.watchRev
 }
 
-// remember stores a negative answer, sweeping expired ones when the map
-// grows so a scan of many absent addresses cannot grow it without bound.
+// remember stores a negative answer (O(1): see negCache). Caller holds c.mu.
 func (c *Cache) remember(key string, err error) {
-	now := time.Now()
-	if len(c.negative) >= 4096 {
-		for k, n := range c.negative {
-			if now.After(n.until) {
-				delete(c.negative, k)
-			}
-		}
-	}
-	c.negative[key] = negEntry{until: now.Add(c.negTTL), err: err}
+	c.negative.put(key, err, time.Now(), c.negTTL)
+}
+
+// Revoked reports whether server name's credential was revoked, and when,
+// from memory: Run loads every revocation when it starts and follows them
+// with the watch. Before Run has loaded them it reports false; agents that
+// must not accept a peer before knowing call [Cache.RevocationsLoaded].
+func (c *Cache) Revoked(name string) (time.Time, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	at, ok := c.revoked[name]
+	return at, ok
+}
+
+// RevocationsLoaded reports whether Revoked answers from a loaded list.
+func (c *Cache) RevocationsLoaded() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.revokedOK
 }
 
 // putEndpoint caches e. Caller holds c.mu.
@@ -349,30 +410,36 @@ func (c *Cache) applyOne(ev Event) {
 	case ev.Server != nil:
 		k := ev.Server.Name
 		if put {
-			delete(c.negative, "s:"+k)
+			c.negative.drop("s:" + k)
 		}
 		applyTo(c.servers, k, ev, *ev.Server)
 	case ev.Tenant != nil:
 		k := ev.Tenant.Name
 		if put {
-			delete(c.negative, "t:"+k)
-			delete(c.negative, "p:"+k)
+			c.negative.drop("t:" + k)
+			c.negative.drop("p:" + k)
 		}
 		applyTo(c.tenants, k, ev, *ev.Tenant)
 		c.dropPolicy(k, ev.Revision) // a deleted tenant has no policy
 	case ev.Policy != nil:
-		delete(c.negative, "p:"+ev.Policy.Tenant)
+		c.negative.drop("p:" + ev.Policy.Tenant)
 		c.dropPolicy(ev.Policy.Tenant, ev.Revision)
 	case ev.Network != nil:
 		k := ev.Network.Ref()
 		if put {
-			delete(c.negative, "n:"+k)
+			c.negative.drop("n:" + k)
 		}
 		applyTo(c.networks, k, ev, *ev.Network)
+	case ev.Revocation != nil:
+		if put {
+			c.revoked[ev.Revocation.Name] = ev.Revocation.At
+		} else {
+			delete(c.revoked, ev.Revocation.Name)
+		}
 	case ev.Endpoint != nil:
 		e := ev.Endpoint
 		if put {
-			delete(c.negative, "e:"+e.Tenant+"/"+e.IP.String())
+			c.negative.drop("e:" + e.Tenant + "/" + e.IP.String())
 		}
 		k, ok := c.epByName[e.Ref()]
 		if !ok || ev.Revision <= c.endpoints[k].modRev {
@@ -454,6 +521,13 @@ func (c *Cache) reconcile(reset Event) []Event {
 	for _, ch := range changes {
 		c.applyOne(ch)
 	}
-	clear(c.negative)
+	c.negative.clear()
+	revoked := map[string]time.Time{}
+	for _, e := range reset.Snapshot {
+		if e.Revocation != nil {
+			revoked[e.Revocation.Name] = e.Revocation.At
+		}
+	}
+	c.revoked = revoked
 	return changes
 }

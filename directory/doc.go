@@ -10,7 +10,8 @@
 //     single etcd transaction guarded by compare-and-swap, so invariants hold
 //     with any number of processes writing at once.
 //   - [Cache] is what an agent consults on the packet path: lazy, served from
-//     memory, kept current by a watch, with short negative caching. With the
+//     memory, kept current by a watch, with short, bounded negative caching
+//     (O(1) per miss) and a cap on the etcd reads in flight. With the
 //     directory down, cached look-ups keep working; only new ones fail.
 //   - [Store.Watch] turns etcd's watch into typed [Event]s that survive
 //     disconnects and compaction.
@@ -39,6 +40,7 @@
 //	                         server's lease: a per-server address block
 //	portmaps/<server>/<proto>/<port>
 //	                         PortMap: a workload port exposed on the server
+//	revoked/<server>         {"at": time}: the server's credential was revoked
 //
 // An endpoint, its index entries and its port maps are created and deleted
 // together in one transaction; so are a tenant and its zone. Networks and
@@ -57,9 +59,55 @@
 // ipam.Pool, passing the address explicitly. Either way the address index
 // is the final guarantee: a taken address fails with [ErrConflict].
 //
+// # Credentials
+//
+// A directory that workloads or other hosts can reach must be served with
+// [ServeTLS] (or an external etcd set up the same way): mutual TLS, client
+// certificates required, and etcd's auth on ([Store.EnableAuth]). etcd then
+// takes each client's user name from its certificate's CN. Who may write
+// what:
+//
+//   - root (CN "root", the operator: nvictl, orchestrator plugins acting
+//     for the cloud): everything, including users and roles.
+//   - server:<name> (CN "server:<name>", one server's agent, made by
+//     [Store.GrantServer]): reads the whole prefix; writes its own record
+//     servers/<name> and its own port maps portmaps/<name>/; and writes the
+//     shared claim spaces endpoints/, addrs/, ifaces/ and blocks/, which
+//     agents need today to create, bind and delete their workloads'
+//     endpoints and to claim address blocks. Nothing else: not tenants,
+//     zones, networks, groups, pairs, rules, another server's record or
+//     port maps, nor revoked/. (So a tenant stored before conntrack zones
+//     existed gets its zone only when root reads it.)
+//
+// The shared claim spaces are writable by EVERY server: a compromised
+// server can create, rebind or delete any tenant's endpoints (and so place
+// a workload of its own in any tenant as far as peers can tell), and take
+// or drop any network's address blocks. Closing that needs those claims
+// made by a trusted party (the cloud's control plane) instead of by the
+// agents; until then, a server's credential is as strong as its weakest
+// host. [Store.RevokeServer] withdraws one: etcd refuses it from the next
+// request on, its record goes, and revoked/<name> tells peer agents
+// ([Cache.Revoked]) to stop trusting its certificates.
+//
+// A [Config] with TLS nil speaks plain http:// or unix:// to an etcd
+// without auth: for tests and old single-host setups only.
+//
+// # Validation on read
+//
+// Every record read (look-ups, listings, the [Cache], [Store.Watch]) is
+// checked as its writer should have checked it, and against its key: a
+// server needs an IPv4 unicast data address, a unicast MAC and a valid
+// agent address; an endpoint an IPv4 address; a record must name what its
+// key names. A malformed record is logged once and ignored as if absent
+// ([ErrMalformed] with [ErrNotFound]); the watch reports a malformed Put as
+// a Delete. Policy is the exception: a tenant with a malformed group, pair
+// or rule fails closed: [Store.Policy] and [Cache.LookupPolicy] return an
+// error, so the agent refuses the tenant's new sessions until it is fixed.
+//
 // # Errors
 //
 // Every error wraps one of [ErrNotFound], [ErrExists], [ErrInvalid],
-// [ErrConflict] or [ErrUnavailable] (and the underlying cause, if any), and
-// reads as a sentence: "address 10.1.0.5 is already used by acme/db".
+// [ErrConflict], [ErrUnavailable] or [ErrDenied] (and the underlying cause,
+// if any), and reads as a sentence: "address 10.1.0.5 is already used by
+// acme/db". Errors about a malformed record also wrap [ErrMalformed].
 package directory

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -24,10 +25,16 @@ type EmbedConfig struct {
 	Name string
 	// DataDir holds etcd's data; created if missing. Required.
 	DataDir string
-	// ClientURLs to serve clients on, e.g. "http://198.18.0.254:2379" or
-	// "unix:///run/nvi/lab/etcd.sock" (default "http://127.0.0.1:2379").
+	// ClientURLs to serve clients on, e.g. "https://10.0.0.1:2379" or
+	// "unixs:///run/nvi/etcd.sock" with TLS, "http://127.0.0.1:2379" or
+	// "unix:///run/nvi/lab/etcd.sock" without (default
+	// "https://127.0.0.1:2379", or "http://127.0.0.1:2379" without TLS).
 	// A TCP port of 0 picks a free port; Endpoints reports the real one.
 	ClientURLs []string
+	// TLS makes the member serve clients only over mutual TLS. Leave it
+	// empty only for tests and single-host labs: without it anyone who
+	// reaches a client URL reads and writes everything.
+	TLS ServeTLS
 	// PeerURL for raft traffic (default "http://127.0.0.1:0": a single
 	// member never receives peer traffic, but etcd insists on a listener, and
 	// an ephemeral port cannot collide with anything).
@@ -38,6 +45,40 @@ type EmbedConfig struct {
 	LogFile string
 	// Logger receives our start and stop lines (default slog.Default()).
 	Logger *slog.Logger
+}
+
+// ServeTLS are the files of the directory's serving side. When it is set,
+// every client URL must be https:// or unixs:// (etcd would serve a plain
+// URL in the clear, ignoring the certificate, so a plain one is refused),
+// and every client must present a certificate signed by ClientCAFile: etcd
+// then takes the client's etcd user name from the certificate's CN (see
+// [Store.EnableAuth]). That holds for unixs:// sockets too, so local tools
+// need a certificate like everyone else; etcd's client checks a socket's
+// serving certificate against the socket's file name, so the certificate
+// must also carry that name (e.g. "etcd.sock") as a DNS name.
+type ServeTLS struct {
+	CertFile     string // the directory's serving certificate (IP SANs of its addresses)
+	KeyFile      string // its private key
+	ClientCAFile string // CA(s) whose client certificates are accepted
+	CRLFile      string // optional revocation list of that CA
+}
+
+func (t ServeTLS) enabled() bool { return t != ServeTLS{} }
+
+// check says what is missing from a partly filled ServeTLS.
+func (t ServeTLS) check() error {
+	if t.CertFile == "" || t.KeyFile == "" || t.ClientCAFile == "" {
+		return errorf(ErrInvalid, "directory: embedded etcd TLS needs a certificate, its key and the client CA (got cert %q, key %q, client CA %q)", t.CertFile, t.KeyFile, t.ClientCAFile)
+	}
+	for _, f := range []string{t.CertFile, t.KeyFile, t.ClientCAFile, t.CRLFile} {
+		if f == "" {
+			continue
+		}
+		if _, err := os.Stat(f); err != nil {
+			return errorf(ErrInvalid, "directory: embedded etcd TLS: %w", err)
+		}
+	}
+	return nil
 }
 
 // Embedded is a running embedded etcd member.
@@ -59,8 +100,20 @@ func ServeEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 	if cfg.Name == "" {
 		cfg.Name = "nvi"
 	}
+	withTLS := cfg.TLS.enabled()
+	if withTLS {
+		if err := cfg.TLS.check(); err != nil {
+			return nil, err
+		}
+	}
 	if len(cfg.ClientURLs) == 0 {
 		cfg.ClientURLs = []string{"http://127.0.0.1:2379"}
+		if withTLS {
+			cfg.ClientURLs = []string{"https://127.0.0.1:2379"}
+		}
+	}
+	if err := checkSchemes(cfg.ClientURLs, withTLS); err != nil {
+		return nil, err
 	}
 	if cfg.PeerURL == "" {
 		cfg.PeerURL = "http://127.0.0.1:0"
@@ -90,6 +143,16 @@ func ServeEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 	ec.AdvertisePeerUrls = ec.ListenPeerUrls
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
 	ec.EnableGRPCGateway = false
+	if withTLS {
+		ec.ClientTLSInfo = transport.TLSInfo{
+			CertFile:       cfg.TLS.CertFile,
+			KeyFile:        cfg.TLS.KeyFile,
+			TrustedCAFile:  cfg.TLS.ClientCAFile,
+			CRLFile:        cfg.TLS.CRLFile,
+			ClientCertAuth: true,
+		}
+		ec.ClientAutoTLS = false
+	}
 	// Keep an hour of history for watchers that reconnect, then compact so
 	// the database does not grow with every lease renewal.
 	ec.AutoCompactionMode = embed.CompactorModePeriodic
@@ -125,15 +188,19 @@ func ServeEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 		return nil, fmt.Errorf("directory: starting embedded etcd: %w", ctx.Err())
 	}
 	m := &Embedded{etcd: e, log: log}
+	unix, tcp := "unix://", "http://"
+	if withTLS {
+		unix, tcp = "unixs://", "https://"
+	}
 	for _, l := range e.Clients {
 		a := l.Addr()
 		if a.Network() == "unix" {
-			m.endpoints = append(m.endpoints, "unix://"+a.String())
+			m.endpoints = append(m.endpoints, unix+a.String())
 		} else {
-			m.endpoints = append(m.endpoints, "http://"+a.String())
+			m.endpoints = append(m.endpoints, tcp+a.String())
 		}
 	}
-	log.Info("directory: embedded etcd started", "name", cfg.Name, "endpoints", m.endpoints, "data", cfg.DataDir)
+	log.Info("directory: embedded etcd started", "name", cfg.Name, "endpoints", m.endpoints, "data", cfg.DataDir, "tls", withTLS)
 	return m, nil
 }
 

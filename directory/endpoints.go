@@ -120,7 +120,12 @@ func (s *Store) freeAddr(ctx context.Context, n Network) (netip.Addr, error) {
 	used := ipam.Set{}
 	used.Add(n.Gateway)
 	for _, kv := range resp.Kvs {
-		if a, err := netip.ParseAddr(strings.TrimPrefix(string(kv.Key), prefix)); err == nil && n.CIDR.Contains(a) {
+		a, err := netip.ParseAddr(strings.TrimPrefix(string(kv.Key), prefix))
+		if err != nil {
+			s.warnOnce(string(kv.Key), kv.ModRevision, errorf(ErrInvalid, "not an address index key: %w", err))
+			continue
+		}
+		if n.CIDR.Contains(a) {
 			used.Add(a)
 		}
 	}

@@ -21,6 +21,10 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrUnavailable: etcd could not be reached or did not answer in time.
 	ErrUnavailable = errors.New("directory unavailable")
+	// ErrDenied: etcd refused the request for the credential the store
+	// uses: its user may not do that (a server writing another's record, a
+	// tenant's policy), or it was revoked ([Store.RevokeServer]).
+	ErrDenied = errors.New("permission denied")
 )
 
 // kindError carries a sentinel without putting its text in the message:
@@ -40,7 +44,11 @@ func errorf(kind error, format string, args ...any) error {
 	return &kindError{kind: kind, err: fmt.Errorf(format, args...)}
 }
 
-// unavailable wraps an etcd client error met while doing op.
+// unavailable wraps an etcd client error met while doing op: ErrDenied for
+// an authorization refusal, ErrUnavailable otherwise.
 func unavailable(op string, err error) error {
+	if isPermissionDenied(err) {
+		return errorf(ErrDenied, "directory: %s: refused: %w (this credential may not do that, or it was revoked; see the package documentation, Credentials)", op, err)
+	}
 	return errorf(ErrUnavailable, "directory: %s: %w", op, err)
 }

@@ -151,6 +151,16 @@ func addServer(t *testing.T, s *Store, name string, last byte) Server {
 	return reg.Server()
 }
 
+// etcdPort is the TCP port of the shared etcd, which RegisterServer reserves.
+func etcdPort(t *testing.T) uint16 {
+	t.Helper()
+	r := reserveEndpointPorts(nil, shared.Endpoints())
+	if len(r) != 1 {
+		t.Fatalf("shared etcd endpoints %v: want one TCP port", shared.Endpoints())
+	}
+	return r[0].First
+}
+
 // addNetwork creates tenant/name with cidr.
 func addNetwork(t *testing.T, s *Store, tenant, name, cidr string) Network {
 	t.Helper()

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"nvi/ipam"
+	"nvi/session"
 )
 
 // Server is one machine running an NVI agent. Its record lives under a lease
@@ -18,7 +19,37 @@ type Server struct {
 	Site      string     `json:"site"`      // default DefaultSite
 	AgentAddr string     `json:"agentAddr"` // "ip:port" of the agent-to-agent API; optional
 	Role      string     `json:"role"`      // RoleServer (default) or RoleGateway
+	// KeyRange is the server's block of session-key ports (default
+	// session.DefaultKeyRange); port maps may not take them.
+	KeyRange session.KeyRange `json:"keyRange"`
+	// Reserved are further host ports on the data address that port maps
+	// may not take: the directory's own ports (filled in by
+	// [Store.RegisterServer]), sshd, the host's ephemeral range. The
+	// agent's port (AgentAddr) and the egress NAT range are always
+	// reserved; see [Server.CheckPort].
+	Reserved []PortRange `json:"reserved,omitempty"`
+	// Instance identifies the host behind the record (by default the
+	// kernel's boot ID): a restarted agent of the same host, at the same
+	// data address, may replace its predecessor's record while that one's
+	// lease still runs; any other agent claiming the name is refused.
+	Instance string `json:"instance,omitempty"`
 }
+
+// PortRange is an inclusive range of ports, First <= Last.
+type PortRange struct {
+	First uint16 `json:"first"`
+	Last  uint16 `json:"last"`
+}
+
+func (r PortRange) String() string {
+	if r.First == r.Last {
+		return fmt.Sprint(r.First)
+	}
+	return fmt.Sprintf("%d-%d", r.First, r.Last)
+}
+
+// Contains reports whether p is in r.
+func (r PortRange) Contains(p uint16) bool { return p >= r.First && p <= r.Last }
 
 // Server roles and the default site.
 const (
@@ -153,6 +184,9 @@ func (s Server) normalize() (Server, error) {
 		return s, errorf(ErrInvalid, "server %s has no data address", s.Name)
 	}
 	s.DataIP = s.DataIP.Unmap()
+	if err := unicast4("server "+s.Name+" data address", s.DataIP); err != nil {
+		return s, err
+	}
 	mac, err := normalizeMAC("server "+s.Name+" data MAC", s.DataMAC)
 	if err != nil {
 		return s, err
@@ -165,9 +199,28 @@ func (s Server) normalize() (Server, error) {
 		return s, err
 	}
 	if s.AgentAddr != "" {
-		if _, err := netip.ParseAddrPort(s.AgentAddr); err != nil {
+		ap, err := netip.ParseAddrPort(s.AgentAddr)
+		if err != nil {
 			return s, errorf(ErrInvalid, "server %s agent address %q is not ip:port", s.Name, s.AgentAddr)
 		}
+		a := ap.Addr().Unmap()
+		if !a.Is4() || a.IsUnspecified() || a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || ap.Port() == 0 {
+			return s, errorf(ErrInvalid, "server %s agent address %s is not an IPv4 unicast address with a port", s.Name, s.AgentAddr)
+		}
+	}
+	if s.KeyRange == (session.KeyRange{}) {
+		s.KeyRange = session.DefaultKeyRange
+	}
+	if err := s.KeyRange.Validate(); err != nil {
+		return s, errorf(ErrInvalid, "server %s: %w", s.Name, err)
+	}
+	for _, r := range s.Reserved {
+		if r.First == 0 || r.Last < r.First {
+			return s, errorf(ErrInvalid, "server %s reserved ports %d-%d: want 1-65535, first <= last", s.Name, r.First, r.Last)
+		}
+	}
+	if len(s.Instance) > 255 || strings.ContainsFunc(s.Instance, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return s, errorf(ErrInvalid, "server %s instance %q must be at most 255 printable characters without spaces", s.Name, s.Instance)
 	}
 	switch s.Role {
 	case "":
@@ -177,6 +230,18 @@ func (s Server) normalize() (Server, error) {
 		return s, errorf(ErrInvalid, "server %s role %q is neither %q nor %q", s.Name, s.Role, RoleServer, RoleGateway)
 	}
 	return s, nil
+}
+
+// unicast4 checks that a is an IPv4 address a host can have on the wire:
+// not IPv6, unspecified, loopback, multicast or the broadcast address.
+func unicast4(what string, a netip.Addr) error {
+	switch {
+	case !a.Is4():
+		return errorf(ErrInvalid, "%s %s is not IPv4 (only IPv4 is supported)", what, a)
+	case a.IsUnspecified(), a.IsLoopback(), a.IsMulticast(), a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return errorf(ErrInvalid, "%s %s is not a unicast address", what, a)
+	}
+	return nil
 }
 
 // normalize validates n and fills the gateway. canonicalised reports that

@@ -41,7 +41,7 @@ func (s *Store) CreateNetwork(ctx context.Context, n Network) (Network, error) {
 				return Network{}, false, errorf(ErrConflict, "network %s (%s) overlaps network %s (%s) of the same tenant", n.Ref(), n.CIDR, o.Ref(), o.CIDR)
 			}
 		}
-		tr, _, err := recordOf[Tenant](op, tkey, kvs(resp, 1), rev)
+		tr, _, err := recordOf[Tenant](s, op, tkey, kvs(resp, 1), rev)
 		if err != nil {
 			return Network{}, false, err
 		}
@@ -118,7 +118,7 @@ func (s *Store) DeleteNetwork(ctx context.Context, tenant, name string) error {
 			return struct{}{}, false, err
 		}
 		rev := resp.Header.Revision
-		nr, found, err := recordOf[Network](op, key, kvs(resp, 0), rev)
+		nr, found, err := recordOf[Network](s, op, key, kvs(resp, 0), rev)
 		if err != nil {
 			return struct{}{}, false, err
 		}

@@ -88,11 +88,20 @@ func (s *Store) policy(ctx context.Context, tenant string) (record[policy.Policy
 	if resp.Responses[0].GetResponseRange().Count == 0 {
 		return r, errorf(ErrNotFound, "tenant %s does not exist", tenant)
 	}
-	r.val = policy.Policy{
-		Groups: decodeAll[policy.Group](s, kvs(resp, 1)),
-		Pairs:  decodeAll[policy.Pair](s, kvs(resp, 2)),
-		Rules:  decodeAll[policy.Rule](s, kvs(resp, 3)),
+	// Fail closed: a record that does not decode may be a deny rule or a
+	// disconnect; leaving it out would allow what it forbids. The tenant's
+	// new sessions are refused until the record is fixed or deleted.
+	op := "the policy of tenant " + tenant + " fails closed (its new sessions are refused) until this record is fixed or deleted"
+	var p policy.Policy
+	if p.Groups, err = decodeStrict[policy.Group](s, op, kvs(resp, 1)); err == nil {
+		if p.Pairs, err = decodeStrict[policy.Pair](s, op, kvs(resp, 2)); err == nil {
+			p.Rules, err = decodeStrict[policy.Rule](s, op, kvs(resp, 3))
+		}
 	}
+	if err != nil {
+		return r, err
+	}
+	r.val = p
 	return r, nil
 }
 

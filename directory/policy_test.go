@@ -344,3 +344,52 @@ func TestPolicyWatchAndCache(t *testing.T) {
 	_, err = c.LookupTenant(ctx, "nope")
 	wantErr(t, err, ErrNotFound, "tenant nope does not exist")
 }
+
+// TestPolicyFailsClosed: a tenant whose policy holds a record that does not
+// decode or validate (here a deny rule with a mistyped action, then a group
+// of garbage) gets an error from Store.Policy and the cache, not the policy
+// without that record; another tenant is unaffected, and once the record is
+// deleted the policy reads again.
+func TestPolicyFailsClosed(t *testing.T) {
+	s := policyFixture(t)
+	ctx := ctxT(t)
+	addNetwork(t, s, "globex", "web", "10.1.0.0/24")
+	c := NewCache(s, testLogger(t))
+	runCache(t, c)
+	good := must[policy.Rule](t)(s.AddRule(ctx, "acme", policy.Rule{Action: policy.Allow, From: sel("net:web"), To: sel("net:db")}))
+	must[policy.Policy](t)(c.LookupPolicy(ctx, "acme"))
+
+	raw := s.Client()
+	bad := s.k.rule("acme", "0000dead")
+	if _, err := raw.Put(ctx, bad, `{"id":"0000dead","action":"Deny","from":{"kind":"net","name":"web"},"to":{"kind":"net","name":"db"},"ports":{}}`); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Policy(ctx, "acme")
+	wantErr(t, err, ErrInvalid, "policy of tenant acme fails closed", bad, `rule action "Deny"`)
+	if !errors.Is(err, ErrMalformed) || errors.Is(err, ErrNotFound) {
+		t.Fatalf("error %v: want ErrMalformed, not ErrNotFound", err)
+	}
+	eventually(t, "the cache to refuse acme's policy", func() bool {
+		_, err := c.LookupPolicy(ctx, "acme")
+		return errors.Is(err, ErrMalformed)
+	})
+	must[policy.Policy](t)(c.LookupPolicy(ctx, "globex"))
+
+	if err := s.DeleteRule(ctx, "acme", "0000dead"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "acme's policy to read again", func() bool {
+		p, err := c.LookupPolicy(ctx, "acme")
+		return err == nil && len(p.Rules) == 1 && p.Rules[0] == good
+	})
+
+	if _, err := raw.Put(ctx, s.k.group("acme", "g"), `not json`); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Policy(ctx, "acme")
+	wantErr(t, err, ErrMalformed, "not valid JSON")
+	eventually(t, "the cache to refuse acme's policy again", func() bool {
+		_, err := c.LookupPolicy(ctx, "acme")
+		return errors.Is(err, ErrMalformed)
+	})
+}

@@ -3,11 +3,14 @@ package directory
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"nvi/pipeline"
 	"nvi/session"
 )
 
@@ -47,15 +50,52 @@ func (p PortMap) validate() error {
 		return errorf(ErrInvalid, "port map of %s/%s: ports must be 1-65535", p.Tenant, p.Endpoint)
 	case session.DefaultKeyRange.Contains(p.Port):
 		return errorf(ErrInvalid, "port %d is in %s, the range NVI keeps for session keys; expose another port", p.Port, session.DefaultKeyRange)
+	case natPorts.Contains(p.Port):
+		return errorf(ErrInvalid, "port %d is in %s, the range egress NAT uses on every server; expose another port", p.Port, natPorts)
+	}
+	return nil
+}
+
+// natPorts is the egress NAT range (pipeline.NATPortBase/NATPortMask): a
+// port map there would take the replies to other workloads' egress.
+var natPorts = PortRange{pipeline.NATPortBase, pipeline.NATPortBase | ^pipeline.NATPortMask}
+
+// CheckPort says why port may not be exposed on server s's data address,
+// or returns nil: the server's session-key range, the egress NAT range, the
+// agent's own port and the ports it reserved are its own. [Store.Expose]
+// checks it, and an agent should check it again before installing a map.
+func (s Server) CheckPort(port uint16) error {
+	keys := s.KeyRange
+	if keys == (session.KeyRange{}) {
+		keys = session.DefaultKeyRange
+	}
+	switch {
+	case port == 0:
+		return errorf(ErrInvalid, "port 0 cannot be exposed")
+	case keys.Contains(port):
+		return errorf(ErrInvalid, "port %d is in %s, the range server %s keeps for session keys; expose another port", port, keys, s.Name)
+	case natPorts.Contains(port):
+		return errorf(ErrInvalid, "port %d is in %s, the range egress NAT uses on every server; expose another port", port, natPorts)
+	}
+	if ap, err := netip.ParseAddrPort(s.AgentAddr); err == nil && ap.Port() == port {
+		return errorf(ErrInvalid, "port %d is the agent API port of server %s; expose another port", port, s.Name)
+	}
+	for _, r := range s.Reserved {
+		if r.Contains(port) {
+			return errorf(ErrInvalid, "port %d is reserved on server %s (%s: host services); expose another port", port, s.Name, r)
+		}
 	}
 	return nil
 }
 
 // Expose maps p.Port of the server the endpoint lives on to the endpoint's
 // p.TargetPort, and returns the map with its server filled in. p.Server may
-// be empty; when given, it must be the endpoint's server. The write compares
-// the port unmapped and the endpoint unchanged, so a port is never mapped
-// twice and never to an endpoint being deleted.
+// be empty; when given, it must be the endpoint's server. That server must
+// be registered, and the port free of what it keeps for itself
+// ([Server.CheckPort]: its key range, egress NAT, its agent and reserved
+// ports). The write compares the port unmapped and the endpoint and server
+// record unchanged, so a port is never mapped twice, never to an endpoint
+// being deleted, and never past a change of the server's reserved ports.
 func (s *Store) Expose(ctx context.Context, p PortMap) (PortMap, error) {
 	if err := p.validate(); err != nil {
 		return PortMap{}, err
@@ -70,15 +110,27 @@ func (s *Store) Expose(ctx context.Context, p PortMap) (PortMap, error) {
 			return PortMap{}, false, errorf(ErrInvalid, "endpoint %s lives on server %s, not %s", er.val.Ref(), er.val.Server, p.Server)
 		}
 		p.Server = er.val.Server
+		sr, err := s.server(ctx, p.Server)
+		if errors.Is(err, ErrNotFound) {
+			return PortMap{}, false, errorf(ErrNotFound, "server %s of endpoint %s is not registered, so the ports it keeps are unknown; expose the port once it runs", p.Server, er.val.Ref())
+		}
+		if err != nil {
+			return PortMap{}, false, err
+		}
+		if err := sr.val.CheckPort(p.Port); err != nil {
+			return PortMap{}, false, err
+		}
 		key := s.k.portMap(p.Server, p.Proto, p.Port)
-		resp, err := s.txn(ctx, op, []clientv3.Cmp{absent(key), unchanged(s.k.endpoint(p.Tenant, p.Endpoint), er.modRev)},
+		resp, err := s.txn(ctx, op, []clientv3.Cmp{absent(key), unchanged(s.k.endpoint(p.Tenant, p.Endpoint), er.modRev), unchanged(s.k.server(p.Server), sr.modRev)},
 			[]clientv3.Op{clientv3.OpPut(key, mustJSON(p))}, []clientv3.Op{clientv3.OpGet(key)})
 		if err != nil || resp.Succeeded {
 			return p, true, err
 		}
 		if kv := kvs(resp, 0); len(kv) > 0 {
 			var old PortMap
-			_ = decode(kv[0], &old)
+			if err := s.decodeStored(kv[0], &old); err != nil {
+				return PortMap{}, false, errorf(ErrConflict, "port %s/%d of %s is already taken by a malformed port map (%v); unexpose it first", p.Proto, p.Port, p.Server, err)
+			}
 			return PortMap{}, false, errorf(ErrConflict, "port %s/%d of %s is already mapped to %s/%s:%d", p.Proto, p.Port, p.Server, old.Tenant, old.Endpoint, old.TargetPort)
 		}
 		return PortMap{}, false, nil // the endpoint changed: look again

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"nvi/session"
 )
@@ -128,4 +131,83 @@ func TestConcurrentExpose(t *testing.T) {
 	if maps := must[[]PortMap](t)(setup.PortMaps(ctxT(t), "s1")); won != 1 || len(maps) != 1 {
 		t.Fatalf("%d exposes won, %d maps stored; want 1 and 1", won, len(maps))
 	}
+}
+
+func TestCheckPort(t *testing.T) {
+	srv := Server{Name: "s1", AgentAddr: "192.0.2.1:7470", KeyRange: session.KeyRange{Base: 0xc000, Mask: 0xf000},
+		Reserved: []PortRange{{22, 22}, {2379, 2380}}}
+	tests := []struct {
+		port uint16
+		want string // "" = free
+	}{
+		{8080, ""},
+		{61440, ""}, // not this server's key range
+		{49152, "range server s1 keeps for session keys"},
+		{53247, "range server s1 keeps for session keys"},
+		{28672, "egress NAT"},
+		{32767, "egress NAT"},
+		{28671, ""},
+		{32768, ""},
+		{7470, "agent API port of server s1"},
+		{22, "reserved on server s1"},
+		{2380, "reserved on server s1 (2379-2380"},
+		{0, "port 0"},
+	}
+	for _, tt := range tests {
+		err := srv.CheckPort(tt.port)
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("CheckPort(%d) = %v; want free", tt.port, err)
+		case tt.want != "" && (err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("CheckPort(%d) = %v; want ErrInvalid mentioning %q", tt.port, err, tt.want)
+		}
+	}
+	// A record from before key ranges were stored keeps the default.
+	if err := (Server{Name: "old"}).CheckPort(61440); err == nil {
+		t.Error("a record without a key range does not keep the default one")
+	}
+}
+
+// TestExposeKeepsServerPorts is the audit's M1 turned around: port maps on
+// the server's key range, the egress NAT range, the agent's port, its
+// reserved ports and the directory's port are refused; a free port beside
+// them is mapped.
+func TestExposeKeepsServerPorts(t *testing.T) {
+	s := newStore(t)
+	ctx := ctxT(t)
+	reg, err := s.RegisterServer(ctx, Server{Name: "s1", DataIP: netip.MustParseAddr("192.0.2.1"), DataMAC: "02:00:00:00:00:01",
+		AgentAddr: "192.0.2.1:7470", KeyRange: session.KeyRange{Base: 0xc000, Mask: 0xf000}, Reserved: []PortRange{{22, 22}}}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	addNetwork(t, s, "acme", "web", "10.1.0.0/24")
+	must[Endpoint](t)(s.CreateEndpoint(ctx, Endpoint{Tenant: "acme", Network: "web", Name: "w", Server: "s1"}))
+	expose := func(port uint16) error {
+		_, err := s.Expose(ctx, PortMap{Proto: session.TCP, Port: port, Tenant: "acme", Endpoint: "w", TargetPort: 80})
+		return err
+	}
+	for port, want := range map[uint16]string{
+		49152:       "range server s1 keeps for session keys",
+		61440:       "range NVI keeps for session keys",
+		28672:       "egress NAT",
+		30000:       "egress NAT",
+		7470:        "agent API port",
+		22:          "reserved on server s1",
+		etcdPort(t): "reserved on server s1",
+	} {
+		wantErr(t, expose(port), ErrInvalid, want)
+	}
+	if err := expose(8080); err != nil {
+		t.Fatalf("a free port: %v", err)
+	}
+	wantErr(t, expose(8080), ErrConflict, "already mapped")
+	if maps := must[[]PortMap](t)(s.PortMaps(ctx, "s1")); len(maps) != 1 || maps[0].Port != 8080 {
+		t.Fatalf("port maps = %+v; want only 8080", maps)
+	}
+	// With its server gone, a workload's port cannot be checked: refused.
+	if err := reg.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wantErr(t, expose(8081), ErrNotFound, "server s1 of endpoint acme/w is not registered")
 }

@@ -2,6 +2,7 @@ package directory
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -36,9 +37,18 @@ const (
 
 // Config says how to reach the directory.
 type Config struct {
-	// Endpoints are etcd client URLs: "http://198.18.0.254:2379",
-	// "unix:///run/nvi/lab/etcd.sock".
+	// Endpoints are etcd client URLs: "https://10.0.0.1:2379",
+	// "unixs:///run/nvi/etcd.sock"; with TLS nil, "http://..." and
+	// "unix://..." instead.
 	Endpoints []string
+	// TLS is the client side of the directory's mutual TLS: the client's
+	// certificate (its CN is its etcd user: "root", "server:<name>") and
+	// the pool of CAs that signed the directory's serving certificate.
+	// With TLS set every endpoint must be https:// or unixs://. A nil TLS
+	// speaks plain http:// or unix:// to an etcd without authentication:
+	// only for tests and old single-host setups, never for a directory
+	// that workloads or other hosts can reach.
+	TLS *tls.Config
 	// DialTimeout bounds Open's reachability probe (default 5s).
 	DialTimeout time.Duration
 	// RequestTimeout bounds each call whose context has no deadline of its
@@ -59,6 +69,8 @@ type Store struct {
 	log        *slog.Logger
 	reqTimeout time.Duration
 	ownsClient bool
+	endpoints  []string // what Open was given; their ports are reserved on servers
+	warn       warned   // malformed records already logged
 }
 
 // Open connects to etcd and proves it answers within DialTimeout. clientv3
@@ -68,11 +80,15 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errorf(ErrInvalid, "directory: no etcd endpoints given")
 	}
+	if err := checkSchemes(cfg.Endpoints, cfg.TLS != nil); err != nil {
+		return nil, err
+	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:            cfg.Endpoints,
+		TLS:                  cfg.TLS,
 		DialTimeout:          cfg.DialTimeout,
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 3 * time.Second,
@@ -89,6 +105,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s := NewFromClient(cli, cfg.Prefix)
 	s.ownsClient = true
+	s.endpoints = append([]string(nil), cfg.Endpoints...)
 	if cfg.Logger != nil {
 		s.log = cfg.Logger
 	}
@@ -103,6 +120,32 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s.log.Debug("directory: connected", "endpoints", cfg.Endpoints, "prefix", s.k.prefix)
 	return s, nil
+}
+
+// checkSchemes refuses endpoints whose scheme does not match whether TLS is
+// configured: a plain URL with TLS configured would look secure and not be,
+// and an https URL without it cannot work.
+func checkSchemes(endpoints []string, withTLS bool) error {
+	for _, ep := range endpoints {
+		u, err := url.Parse(ep)
+		if err != nil || u.Scheme == "" || !strings.Contains(ep, "://") {
+			if !withTLS {
+				continue // "host:port": etcd's client dials it plainly
+			}
+			return errorf(ErrInvalid, "directory: endpoint %q is not a URL like https://10.0.0.1:2379", ep)
+		}
+		secure := u.Scheme == "https" || u.Scheme == "unixs"
+		plain := u.Scheme == "http" || u.Scheme == "unix"
+		switch {
+		case withTLS && !secure:
+			return errorf(ErrInvalid, "directory: endpoint %s is not https:// or unixs:// although a TLS configuration is given; use the TLS scheme", ep)
+		case !withTLS && secure:
+			return errorf(ErrInvalid, "directory: endpoint %s needs TLS: give a client certificate and the directory's CA", ep)
+		case !secure && !plain:
+			return errorf(ErrInvalid, "directory: endpoint %s: scheme %q is none of https, unixs, http, unix", ep, u.Scheme)
+		}
+	}
+	return nil
 }
 
 // diagnose says why the endpoints did not answer, as far as a plain dial
@@ -216,8 +259,10 @@ func (k keys) blocks(t, n string) string           { return k.prefix + "blocks/"
 func (k keys) block(t, n string, b netip.Prefix) string {
 	return k.blocks(t, n) + b.String()
 }
-func (k keys) allPortMaps() string           { return k.prefix + "portmaps/" }
-func (k keys) portMaps(server string) string { return k.allPortMaps() + server + "/" }
+func (k keys) revoked() string                  { return k.prefix + "revoked/" }
+func (k keys) revokedServer(name string) string { return k.revoked() + name }
+func (k keys) allPortMaps() string              { return k.prefix + "portmaps/" }
+func (k keys) portMaps(server string) string    { return k.allPortMaps() + server + "/" }
 func (k keys) portMap(server string, proto session.Proto, port uint16) string {
 	return k.portMaps(server) + proto.String() + "/" + strconv.Itoa(int(port))
 }
@@ -230,7 +275,8 @@ type record[T any] struct {
 	readRev int64 // the revision the read observed
 }
 
-// getJSON reads one key. An absent key is not an error: found is false.
+// getJSON reads one key. An absent key is not an error: found is false. A
+// malformed record is an error wrapping ErrMalformed and ErrNotFound.
 func getJSON[T any](ctx context.Context, s *Store, op, key string) (r record[T], found bool, err error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
@@ -238,23 +284,26 @@ func getJSON[T any](ctx context.Context, s *Store, op, key string) (r record[T],
 	if err != nil {
 		return r, false, unavailable(op, err)
 	}
-	return recordOf[T](op, key, resp.Kvs, resp.Header.Revision)
+	return recordOf[T](s, op, key, resp.Kvs, resp.Header.Revision)
 }
 
-// recordOf decodes the result of reading one key at revision rev.
-func recordOf[T any](op, key string, kvs []*mvccpb.KeyValue, rev int64) (r record[T], found bool, err error) {
+// recordOf decodes and checks the result of reading one key at revision rev.
+func recordOf[T any](s *Store, op, key string, kvs []*mvccpb.KeyValue, rev int64) (r record[T], found bool, err error) {
 	r.readRev = rev
 	if len(kvs) == 0 {
 		return r, false, nil
 	}
-	if err := json.Unmarshal(kvs[0].Value, &r.val); err != nil {
-		return r, false, fmt.Errorf("directory: %s: record at %s is corrupt: %w", op, key, err)
+	if err := s.decodeStored(kvs[0], &r.val); err != nil {
+		var zero T
+		r.val = zero
+		return r, false, s.malformed(key, kvs[0].ModRevision, ErrNotFound, fmt.Errorf("directory: %s: the record at %s is malformed and ignored: %w", op, key, err))
 	}
 	r.modRev = kvs[0].ModRevision
 	return r, true, nil
 }
 
-// listJSON reads every record under prefix, in key order.
+// listJSON reads every record under prefix, in key order, leaving out
+// malformed ones (logged once).
 func listJSON[T any](ctx context.Context, s *Store, op, prefix string) ([]T, int64, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
@@ -265,19 +314,35 @@ func listJSON[T any](ctx context.Context, s *Store, op, prefix string) ([]T, int
 	return decodeAll[T](s, resp.Kvs), resp.Header.Revision, nil
 }
 
-// decodeAll decodes records in order. A corrupt record is logged and
-// skipped so that one bad value cannot hide all the others.
+// decodeAll decodes and checks records in order. A malformed record is
+// logged (once) and left out, so that one bad value cannot hide all the
+// others.
 func decodeAll[T any](s *Store, kvs []*mvccpb.KeyValue) []T {
 	out := make([]T, 0, len(kvs))
 	for _, kv := range kvs {
 		var v T
-		if err := decode(kv, &v); err != nil {
-			s.log.Warn("directory: skipping corrupt record", "key", string(kv.Key), "err", err)
+		if err := s.decodeStored(kv, &v); err != nil {
+			s.warnOnce(string(kv.Key), kv.ModRevision, err)
 			continue
 		}
 		out = append(out, v)
 	}
 	return out
+}
+
+// decodeStrict decodes and checks records in order, and fails on the first
+// malformed one: for records whose absence would change a decision (a lost
+// deny rule allows), where skipping fails open.
+func decodeStrict[T any](s *Store, op string, kvs []*mvccpb.KeyValue) ([]T, error) {
+	out := make([]T, 0, len(kvs))
+	for _, kv := range kvs {
+		var v T
+		if err := s.decodeStored(kv, &v); err != nil {
+			return nil, s.malformed(string(kv.Key), kv.ModRevision, ErrInvalid, fmt.Errorf("directory: %s: %w", op, err))
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }
 
 // txn runs one transaction under the request timeout.
@@ -322,8 +387,6 @@ func retry[T any](ctx context.Context, op, why string, attempt func() (T, bool, 
 	var zero T
 	return zero, errorf(ErrConflict, "%s: gave up after %d attempts: %s", op, casRetries, why)
 }
-
-func decode(kv *mvccpb.KeyValue, v any) error { return json.Unmarshal(kv.Value, v) }
 
 // mustJSON encodes a model value; they contain nothing json can refuse.
 func mustJSON(v any) string {

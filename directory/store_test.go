@@ -5,9 +5,12 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"nvi/session"
 )
 
 func TestValidateNameAndParseNetRef(t *testing.T) {
@@ -86,8 +89,9 @@ func TestServers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer reg.Close()
-	want := Server{Name: "s1", DataIP: netip.MustParseAddr("192.0.2.1"), DataMAC: "aa:bb:cc:dd:ee:01", Site: "default", AgentAddr: "192.0.2.1:7100", Role: "server"}
-	if got := must[Server](t)(s.Server(ctx, "s1")); got != want {
+	want := Server{Name: "s1", DataIP: netip.MustParseAddr("192.0.2.1"), DataMAC: "aa:bb:cc:dd:ee:01", Site: "default", AgentAddr: "192.0.2.1:7100", Role: "server",
+		KeyRange: session.DefaultKeyRange, Reserved: []PortRange{{etcdPort(t), etcdPort(t)}}, Instance: hostInstance()}
+	if got := must[Server](t)(s.Server(ctx, "s1")); !reflect.DeepEqual(got, want) {
 		t.Fatalf("Server = %+v; want %+v", got, want)
 	}
 	gw := addServer(t, s, "gw", 9)
@@ -97,7 +101,7 @@ func TestServers(t *testing.T) {
 	}
 	defer gw2.Close()
 	list := must[[]Server](t)(s.Servers(ctx))
-	if len(list) != 2 || list[0].Name != "gw" || list[0].Role != RoleGateway || list[0].Site != "paris" || list[1] != want {
+	if len(list) != 2 || list[0].Name != "gw" || list[0].Role != RoleGateway || list[0].Site != "paris" || !reflect.DeepEqual(list[1], want) {
 		t.Fatalf("Servers = %+v", list)
 	}
 	_, err = s.Server(ctx, "nope")

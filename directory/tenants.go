@@ -67,9 +67,12 @@ func (s *Store) freeZone(ctx context.Context) (uint16, error) {
 	}
 	used := make(map[uint16]bool, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		if z, err := strconv.ParseUint(strings.TrimPrefix(string(kv.Key), s.k.zones()), 10, 16); err == nil {
-			used[uint16(z)] = true
+		z, err := strconv.ParseUint(strings.TrimPrefix(string(kv.Key), s.k.zones()), 10, 16)
+		if err != nil {
+			s.warnOnce(string(kv.Key), kv.ModRevision, errorf(ErrInvalid, "not a conntrack zone key: %w", err))
+			continue
 		}
+		used[uint16(z)] = true
 	}
 	for z := 1; z <= math.MaxUint16; z++ {
 		if !used[uint16(z)] {

@@ -3,14 +3,11 @@ package directory
 import (
 	"context"
 	"encoding/json"
-	"strconv"
 	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"nvi/session"
 )
 
 // EventKind says what happened to a record.
@@ -38,8 +35,8 @@ func (k EventKind) String() string {
 	return "unknown"
 }
 
-// Event is one change to a server, tenant, network, endpoint, policy or
-// port map record; exactly one of the record pointers is set (none for
+// Event is one change to a server, tenant, network, endpoint, policy,
+// port map or revocation record; exactly one of the record pointers is set (none for
 // Reset). For a Delete the record is the last stored value when etcd still
 // had it, and otherwise only the identity that the key carries (names, no
 // addresses).
@@ -54,6 +51,8 @@ type Event struct {
 	Endpoint *Endpoint
 	Policy   *PolicyChange // one of a tenant's groups, pair rules or rules
 	PortMap  *PortMap
+	// Revocation: a server's credential was revoked ([Store.RevokeServer]).
+	Revocation *Revocation
 
 	Snapshot []Event // Reset only: a Put for every record at Revision
 }
@@ -74,7 +73,9 @@ const watchRetry = 500 * time.Millisecond
 // at fromRevision (inclusive; 0 means "from now"), until ctx is done, when
 // the channel is closed. Index keys (addrs, ifaces, zones) are not
 // reported: they mirror other records; nor are address blocks, which concern
-// only the server holding them.
+// only the server holding them. Revocations are. Every record is checked
+// before it is reported (see the package documentation, "Validation on
+// read").
 //
 // The stream survives disconnects (the client resumes from the last
 // revision delivered) and compaction: when the revisions needed were
@@ -98,6 +99,7 @@ func (s *Store) watch(ctx context.Context, next int64, out chan<- Event) {
 			return false
 		}
 	}
+	failures := 0 // consecutive watches that ended without delivering anything
 	for ctx.Err() == nil {
 		opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithCreatedNotify(), clientv3.WithProgressNotify()}
 		if next > 0 {
@@ -112,9 +114,12 @@ func (s *Store) watch(ctx context.Context, next int64, out chan<- Event) {
 				break
 			}
 			if err := resp.Err(); err != nil {
-				s.log.Warn("directory: watch interrupted, resuming", "from", next, "err", err)
+				if failures < 3 || failures%20 == 0 {
+					s.log.Warn("directory: watch interrupted, resuming", "from", next, "err", err, "attempt", failures+1)
+				}
 				break
 			}
+			failures = -1
 			if next == 0 && resp.Created {
 				next = resp.Header.Revision + 1
 			}
@@ -143,8 +148,14 @@ func (s *Store) watch(ctx context.Context, next int64, out chan<- Event) {
 			continue
 		}
 		if ctx.Err() == nil {
-			s.log.Warn("directory: watch closed, resuming", "from", next)
-			if sleepCtx(ctx, watchRetry) != nil {
+			failures++
+			if failures < 3 || failures%20 == 0 {
+				s.log.Warn("directory: watch closed, resuming", "from", next, "attempt", failures)
+			}
+			// Back off while it keeps failing (a revoked credential, an
+			// etcd down for long), up to 10s, so the log and etcd are
+			// not hammered twice a second.
+			if sleepCtx(ctx, min(watchRetry<<min(max(failures-1, 0), 5), 10*time.Second)) != nil {
 				return
 			}
 		}
@@ -161,7 +172,7 @@ func (s *Store) relist(ctx context.Context) (Event, bool) {
 		if err == nil {
 			reset := Event{Kind: Reset, Revision: resp.Header.Revision}
 			for _, kv := range resp.Kvs {
-				if e, ok := s.event(Put, kv, nil); ok {
+				if e, ok := s.event(Put, kv, nil); ok && e.Kind == Put {
 					reset.Snapshot = append(reset.Snapshot, e)
 				}
 			}
@@ -178,7 +189,11 @@ func (s *Store) relist(ctx context.Context) (Event, bool) {
 }
 
 // event turns a key-value (and, for deletes, its previous value) into a
-// typed event; ok is false for keys that are not records.
+// typed event; ok is false for keys that are not records. A Put of a
+// malformed record comes out as a Delete carrying only the identity its key
+// gives (logged once): what it holds must not be used, and whatever a
+// consumer had from before it is stale. Policy events carry no record, so
+// a malformed policy record is found by the next read of the policy.
 func (s *Store) event(kind EventKind, kv, prev *mvccpb.KeyValue) (ev Event, ok bool) {
 	key := string(kv.Key)
 	ev = Event{Kind: kind, Revision: kv.ModRevision, Key: key}
@@ -196,39 +211,57 @@ func (s *Store) event(kind EventKind, kv, prev *mvccpb.KeyValue) (ev Event, ok b
 	section, rest, _ := strings.Cut(rest, "/")
 	first, second, two := strings.Cut(rest, "/")
 	var target any
+	identity := func() {}
 	switch {
 	case section == "servers" && !two:
-		ev.Server = &Server{Name: first}
+		identity = func() { ev.Server = &Server{Name: first} }
+		identity()
 		target = ev.Server
 	case section == "tenants" && !two:
-		ev.Tenant = &Tenant{Name: first}
+		identity = func() { ev.Tenant = &Tenant{Name: first} }
+		identity()
 		target = ev.Tenant
 	case section == "networks" && two:
-		ev.Network = &Network{Tenant: first, Name: second}
+		identity = func() { ev.Network = &Network{Tenant: first, Name: second} }
+		identity()
 		target = ev.Network
 	case section == "endpoints" && two:
-		ev.Endpoint = &Endpoint{Tenant: first, Name: second}
+		identity = func() { ev.Endpoint = &Endpoint{Tenant: first, Name: second} }
+		identity()
 		target = ev.Endpoint
 	case (section == "groups" || section == "pairs" || section == "rules") && two:
 		ev.Policy = &PolicyChange{Tenant: first, Kind: strings.TrimSuffix(section, "s"), Name: second}
 	case section == "portmaps" && two:
-		ev.PortMap = &PortMap{Server: first}
-		proto, port, _ := strings.Cut(second, "/")
-		ev.PortMap.Proto, _ = session.ParseProto(proto)
-		if n, err := strconv.ParseUint(port, 10, 16); err == nil {
-			ev.PortMap.Port = uint16(n)
+		proto, port, ok := portMapKey(second)
+		if !ok {
+			s.warnOnce(key, kv.ModRevision, errorf(ErrInvalid, "not a port map key"))
+			return ev, false
 		}
+		identity = func() { ev.PortMap = &PortMap{Server: first, Proto: proto, Port: port} }
+		identity()
 		target = ev.PortMap
+	case section == "revoked" && !two:
+		identity = func() { ev.Revocation = &Revocation{Name: first} }
+		identity()
+		target = ev.Revocation
 	default:
 		return ev, false
 	}
-	if len(val) > 0 && target != nil {
-		if err := json.Unmarshal(val, target); err != nil {
-			s.log.Warn("directory: corrupt record in watch", "key", key, "err", err)
-			if kind == Put {
-				return ev, false
-			}
+	if target == nil || len(val) == 0 && kind == Delete {
+		return ev, true
+	}
+	err := json.Unmarshal(val, target)
+	if err == nil {
+		err = s.k.checkStored(key, target)
+	}
+	if err != nil {
+		rev := kv.ModRevision
+		if kind == Delete && prev != nil {
+			rev = prev.ModRevision
 		}
+		s.warnOnce(key, rev, err)
+		ev.Kind = Delete
+		identity()
 	}
 	return ev, true
 }

@@ -3,6 +3,7 @@ package directory
 import (
 	"context"
 	"net/netip"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -31,7 +32,7 @@ func TestWatch(t *testing.T) {
 
 	srv := addServer(t, s, "s1", 1)
 	ev := next(t, ch)
-	if ev.Kind != Put || ev.Server == nil || *ev.Server != srv || ev.Revision <= rev {
+	if ev.Kind != Put || ev.Server == nil || !reflect.DeepEqual(*ev.Server, srv) || ev.Revision <= rev {
 		t.Fatalf("server event = %+v", ev)
 	}
 	n := addNetwork(t, s, "acme", "web", "10.1.0.0/24")

@@ -176,6 +176,36 @@ func (r Rule) String() string {
 	return fmt.Sprintf("%s %s -> %s on %s", r.Action, r.From, r.To, r.Ports)
 }
 
+// Validate checks a rule on its own: a known action, selectors of a known
+// kind with a name (none for any), and ports as [ParsePorts] reads them. A
+// rule read back from storage is checked with it before it is used.
+func (r Rule) Validate() error {
+	if r.Action != Allow && r.Action != Deny {
+		return fmt.Errorf("rule action %q: want allow or deny", r.Action)
+	}
+	for _, s := range []Selector{r.From, r.To} {
+		if err := s.Validate(); err != nil {
+			return err
+		}
+	}
+	if q, err := ParsePorts(r.Ports.String()); err != nil || q != r.Ports {
+		return fmt.Errorf("rule ports %s %d-%d: want a protocol (tcp, udp, icmp) or any, and for tcp and udp optionally ports 1-65535, first <= last", r.Ports.Proto, r.Ports.First, r.Ports.Last)
+	}
+	return nil
+}
+
+// Validate checks that s is "any" (with no name) or a known kind with a
+// name.
+func (s Selector) Validate() error {
+	if s.Kind == AnyKind && s.Name == "" {
+		return nil
+	}
+	if got, err := ParseSelector(s.String()); err != nil || got != s {
+		return fmt.Errorf("selector %q: want net:NAME, group:NAME, workload:NAME or any", string(s.Kind)+":"+s.Name)
+	}
+	return nil
+}
+
 // Pair connects or disconnects two named workloads, both ways.
 type Pair struct {
 	A       string `json:"a"`
@@ -232,7 +262,9 @@ func (p Policy) Decide(r Request) Verdict {
 		if !ru.From.matches(r.From, &p) || !ru.To.matches(r.To, &p) || !ru.Ports.Covers(r.Proto, r.Port) {
 			continue
 		}
-		if ru.Action == Deny {
+		// Only an explicit allow allows: a deny, and any action this
+		// version does not know ("Deny", "", a future one), denies.
+		if ru.Action != Allow {
 			return Verdict{false, "rule " + ru.ID + ": " + ru.String()}
 		}
 		if allow == nil {
@@ -264,13 +296,8 @@ var ErrConflict = errors.New("conflicting rule")
 // that says the opposite of an existing one for exactly the same workloads
 // and ports is refused, so that no policy holds both.
 func (p Policy) CheckRule(r Rule) error {
-	if r.Action != Allow && r.Action != Deny {
-		return fmt.Errorf("rule action %q: want allow or deny", r.Action)
-	}
-	for _, s := range []Selector{r.From, r.To} {
-		if _, err := ParseSelector(s.String()); err != nil {
-			return err
-		}
+	if err := r.Validate(); err != nil {
+		return err
 	}
 	for _, old := range p.Rules {
 		if old.From == r.From && old.To == r.To && old.Ports == r.Ports {

@@ -169,3 +169,60 @@ func TestCheckRule(t *testing.T) {
 		t.Error("a rule with an unknown action was accepted")
 	}
 }
+
+// TestDecideFailsClosed: only an explicit allow action allows; a rule with
+// any other action (a typo, an empty one, one a later version adds) that
+// matches denies, even where the default would allow.
+func TestDecideFailsClosed(t *testing.T) {
+	anyAny := func(a Action) Rule {
+		return Rule{ID: "r", Action: a, From: Selector{Kind: AnyKind}, To: Selector{Kind: AnyKind}}
+	}
+	tests := []struct {
+		action   Action
+		from, to Subject
+		allow    bool
+	}{
+		{Allow, web1, db1, true},  // explicit allow opens isolated networks
+		{Deny, web1, web2, false}, // explicit deny closes a network
+		{"Deny", web1, web2, false},
+		{"ALLOW", web1, db1, false},
+		{"", web1, web2, false},
+		{"allow-all", web1, db1, false},
+		{"permit", web1, web2, false},
+	}
+	for _, tt := range tests {
+		v := Policy{Rules: []Rule{anyAny(tt.action)}}.Decide(Request{From: tt.from, To: tt.to, Proto: session.TCP, Port: 80})
+		if v.Allow != tt.allow {
+			t.Errorf("action %q %s -> %s: got %+v, want allow=%v", tt.action, tt.from, tt.to, v, tt.allow)
+		}
+	}
+	// An unknown action denies even next to an allow that matches.
+	p := Policy{Rules: []Rule{anyAny(Allow), anyAny("Deny")}}
+	if v := p.Decide(Request{From: web1, To: web2, Proto: session.TCP, Port: 80}); v.Allow {
+		t.Errorf("allow + unknown action: %+v; want deny", v)
+	}
+}
+
+func TestRuleValidate(t *testing.T) {
+	anySel := Selector{Kind: AnyKind}
+	tests := []struct {
+		r  Rule
+		ok bool
+	}{
+		{Rule{Action: Allow, From: anySel, To: anySel}, true},
+		{Rule{Action: Deny, From: Selector{Kind: NetworkKind, Name: "web"}, To: Selector{Kind: WorkloadKind, Name: "w1"}, Ports: Ports{Proto: session.TCP, First: 80, Last: 90}}, true},
+		{Rule{Action: "Deny", From: anySel, To: anySel}, false},
+		{Rule{Action: "", From: anySel, To: anySel}, false},
+		{Rule{Action: Allow, From: Selector{Kind: AnyKind, Name: "x"}, To: anySel}, false},
+		{Rule{Action: Allow, From: Selector{Kind: NetworkKind}, To: anySel}, false},
+		{Rule{Action: Allow, From: Selector{Kind: "host", Name: "h"}, To: anySel}, false},
+		{Rule{Action: Allow, From: anySel, To: anySel, Ports: Ports{Proto: session.TCP, First: 90, Last: 80}}, false},
+		{Rule{Action: Allow, From: anySel, To: anySel, Ports: Ports{Proto: session.ICMP, First: 1, Last: 1}}, false},
+		{Rule{Action: Allow, From: anySel, To: anySel, Ports: Ports{Proto: 99}}, false},
+	}
+	for _, tt := range tests {
+		if err := tt.r.Validate(); (err == nil) != tt.ok {
+			t.Errorf("Validate(%+v) = %v; want ok=%v", tt.r, err, tt.ok)
+		}
+	}
+}
