@@ -362,6 +362,7 @@ func makeServer(ctx context.Context, cfg *Config, st *State, n int, nvid string)
 		"--socket", sv.Socket,
 		"--peer-listen", netip.AddrPortFrom(sv.DataIP, PeerPort).String(),
 		"--underlay-gateway", lastHost(cfg.Subnet).String(),
+		"--underlay", MgmtSubnet.String(), // infrastructure no workload may reach
 		"--etcd", strings.Join(st.Directory.Endpoints, ","),
 	}
 	args = append(append([]string{nvid}, args...), cfg.AgentArgs...)
