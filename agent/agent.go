@@ -140,6 +140,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.dir.Close()
 	a.cache = directory.NewCache(a.dir, a.log)
 	a.cache.OnChange(a.onDirectoryChange)
+	a.watchRevocations(a.cache)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

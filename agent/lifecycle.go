@@ -117,6 +117,7 @@ func (a *Agent) expire(ctx context.Context) {
 // onDirectoryChange ends sessions whose other end went away: a server whose
 // lease expired, an endpoint deleted or moved.
 func (a *Agent) onDirectoryChange(ev directory.Event) {
+	a.onRevocation(ev)
 	a.onTenantChange(ev)
 	a.onEndpointRecord(ev)
 	a.onPortMapChange(ev)

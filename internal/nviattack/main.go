@@ -8,6 +8,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +18,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"nvi/packet"
 )
 
 func main() {
@@ -33,6 +38,8 @@ func main() {
 		sent, err = flood(os.Args[2:])
 	case "raw":
 		sent, err = raw(os.Args[2:])
+	case "tagged":
+		sent, err = tagged(os.Args[2:])
 	case "beacon":
 		sent, err = beacon(os.Args[2:])
 	case "sink":
@@ -51,6 +58,7 @@ const usage = `usage:
   nviattack spray --to IP --ports A-B [--proto udp|tcp] [--src-port P] [--payload S]
   nviattack flood --net CIDR --count N [--port P] [--for D]
   nviattack raw   --to IP --proto N --count N
+  nviattack tagged --dev eth0 --to IP --port P --vlan V [--count N]   (802.1Q-tagged UDP frames)
   nviattack beacon --to IP:PORT [--every D] [--count N]   (the legitimate traffic beside an attack)
   nviattack sink --port P                                  (prints every datagram with its source)`
 
@@ -239,4 +247,71 @@ func sink(args []string) error {
 		}
 		fmt.Printf("from %s: %s\n", from, strings.TrimSpace(string(buf[:n])))
 	}
+}
+
+// tagged sends UDP datagrams in 802.1Q-tagged Ethernet frames, with the
+// interface's own MAC and address (so that only the tag is wrong), to the
+// MAC every NVI workload sees for its peers.
+func tagged(args []string) (int, error) {
+	fs := flag.NewFlagSet("tagged", flag.ContinueOnError)
+	dev := fs.String("dev", "eth0", "interface to send on")
+	to := fs.String("to", "", "destination address")
+	port := fs.Int("port", 9, "destination UDP port")
+	vlan := fs.Int("vlan", 42, "VLAN ID of the tag")
+	count := fs.Int("count", 5, "frames to send")
+	gw := fs.String("gateway-mac", "02:00:00:4e:56:49", "destination MAC")
+	if err := fs.Parse(args); err != nil {
+		return 0, err
+	}
+	dst, err := netip.ParseAddr(*to)
+	if err != nil {
+		return 0, fmt.Errorf("--to: %w", err)
+	}
+	ifi, err := net.InterfaceByName(*dev)
+	if err != nil {
+		return 0, err
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return 0, err
+	}
+	var src netip.Addr
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() {
+			src = p.Addr()
+		}
+	}
+	if !src.IsValid() {
+		return 0, fmt.Errorf("%s has no IPv4 address", *dev)
+	}
+	gwMAC, err := net.ParseMAC(*gw)
+	if err != nil {
+		return 0, fmt.Errorf("--gateway-mac: %w", err)
+	}
+	frame, err := packet.BuildUDP(packet.Header{EthSrc: ifi.HardwareAddr, EthDst: gwMAC, VLANs: []uint16{uint16(*vlan) & 0x0fff}, Src: src, Dst: dst},
+		40000, uint16(*port), []byte("tagged"))
+	if err != nil {
+		return 0, err
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL)))
+	if err != nil {
+		return 0, fmt.Errorf("packet socket: %w", err)
+	}
+	defer unix.Close(fd)
+	sa := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6}
+	copy(sa.Addr[:], gwMAC)
+	sent := 0
+	for i := 0; i < *count; i++ {
+		if err := unix.Sendto(fd, frame, 0, sa); err != nil {
+			return sent, fmt.Errorf("send: %w", err)
+		}
+		sent++
+	}
+	return sent, nil
+}
+
+func htons(v uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], v)
+	return binary.NativeEndian.Uint16(b[:])
 }
