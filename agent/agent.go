@@ -46,6 +46,7 @@ type Agent struct {
 	peers      map[string]*api.PeerClient
 	registered bool
 	dirErr     string
+	lim        limits // session quotas and log limits (limits.go)
 }
 
 type addrKey struct {

@@ -132,13 +132,13 @@ func (a *Agent) onEndpointRecord(ev directory.Event) {
 	if !ok {
 		return
 	}
-	go func() {
+	a.goSafe("binding a waiting port", func() {
 		if err := a.bind(a.ctx, w.iface, w.ofport, ep.IfaceID); err != nil {
 			a.log.Warn("cannot bind waiting port", "iface", w.iface, "iface_id", ep.IfaceID, "err", err)
 			return
 		}
 		a.forgetWaiting(ep.IfaceID)
-	}()
+	})
 }
 
 // bind makes a port a workload's: the workload's flows go in, and the
@@ -257,6 +257,9 @@ func apiError(err error) error {
 }
 
 func (a *Agent) apiEndpoint(ep directory.Endpoint) (api.Endpoint, error) {
+	if a.cache == nil {
+		return api.Endpoint{}, api.Errorf(api.CodeUnavailable, "the directory is not connected yet")
+	}
 	nw, err := a.cache.LookupNetwork(a.ctx, ep.Tenant, ep.Network)
 	if err != nil {
 		return api.Endpoint{}, apiError(err)
@@ -305,9 +308,15 @@ func (a *Agent) attachEndpoint(ctx context.Context, req api.AttachRequest) (api.
 	if req.Interface == "" {
 		return api.Endpoint{}, api.Errorf(api.CodeInvalid, "no interface given")
 	}
+	if a.dir == nil || a.ovs == nil {
+		return api.Endpoint{}, api.Errorf(api.CodeUnavailable, "the agent is not connected to its directory and OVSDB yet; try again shortly")
+	}
 	ep, err := a.dir.Endpoint(ctx, req.Tenant, req.Name)
 	if err != nil {
 		return api.Endpoint{}, apiError(err)
+	}
+	if err := a.checkAttachable(ctx, req.Interface, ep.IfaceID); err != nil {
+		return api.Endpoint{}, err
 	}
 	if ep.Server != a.cfg.Name {
 		return api.Endpoint{}, api.Errorf(api.CodeConflict, "endpoint %s lives on server %s, not on %s", ep.Ref(), ep.Server, a.cfg.Name)

@@ -133,6 +133,9 @@ func (s localService) Endpoints(ctx context.Context) ([]api.Endpoint, error) {
 // bridge so that what is shown is what the switch sees.
 func (s localService) Sessions(ctx context.Context) ([]api.SessionInfo, error) {
 	a := s.a
+	if a.sw == nil {
+		return nil, api.Errorf(api.CodeUnavailable, "the agent has not connected to its switch yet; try again shortly")
+	}
 	counts := map[pipeline.Cookie]uint64{}
 	if flows, err := a.sw.flows(ctx, pipeline.FeatureCookie(pipeline.FeatureSession), pipeline.FeatureMask); err == nil {
 		for _, f := range flows {
