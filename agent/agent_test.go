@@ -209,8 +209,8 @@ func TestForgedReopensCannotStarveOtherTenants(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		name       string
-		answer     api.Code
+		name        string
+		answer      api.Code
 		acmeResting bool // the failed keys rest (the peer's answer was unclear)
 	}{
 		{"peer unavailable", api.CodeUnavailable, true},
