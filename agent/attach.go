@@ -50,6 +50,8 @@ func attachable(f ifaceFacts, uplink, bridge, ifaceID string) error {
 		return api.Errorf(api.CodeDenied, "interface %s is a physical NIC of this server; attach the host end of a veth pair or a tap", f.Name)
 	case f.Addrs > 0:
 		return api.Errorf(api.CodeDenied, "interface %s has IP addresses on this server, so the host uses it; a workload's host-side interface has none", f.Name)
+	case f.Driver == "":
+		return api.Errorf(api.CodeDenied, "interface %s is of a kind that has no driver name; only veth and tap interfaces can be attached", f.Name)
 	case !attachDrivers[f.Driver]:
 		return api.Errorf(api.CodeDenied, "interface %s is a %q interface; only veth and tap interfaces can be attached", f.Name, f.Driver)
 	case f.InOVS && f.OVSLabel != ifaceID:
@@ -67,6 +69,27 @@ func validIfaceName(s string) bool {
 // ifaceFactsOf gathers the facts about interface name from the kernel and
 // OVSDB.
 func (a *Agent) ifaceFactsOf(ctx context.Context, name string) (ifaceFacts, error) {
+	f, err := kernelIfaceFacts(name)
+	if err != nil || !f.Exists {
+		return f, err
+	}
+	if a.ovs == nil {
+		return f, errors.New("OVSDB is not connected yet")
+	}
+	ifaces, err := a.ovs.Interfaces(ctx)
+	if err != nil {
+		return f, err
+	}
+	for _, i := range ifaces {
+		if i.Name == name {
+			f.InOVS, f.OVSLabel = true, i.ExternalIDs[ifaceIDKey]
+		}
+	}
+	return f, nil
+}
+
+// kernelIfaceFacts gathers what the kernel says about interface name.
+func kernelIfaceFacts(name string) (ifaceFacts, error) {
 	f := ifaceFacts{Name: name}
 	if !validIfaceName(name) {
 		return f, nil
@@ -94,18 +117,9 @@ func (a *Agent) ifaceFactsOf(ctx context.Context, name string) (ifaceFacts, erro
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return f, fmt.Errorf("checking whether %s is a device: %w", name, err)
 	}
-	if f.Driver, err = ifaceDriver(name); err != nil {
-		return f, fmt.Errorf("reading the driver of %s: %w", name, err)
-	}
-	ifaces, err := a.ovs.Interfaces(ctx)
-	if err != nil {
-		return f, err
-	}
-	for _, i := range ifaces {
-		if i.Name == name {
-			f.InOVS, f.OVSLabel = true, i.ExternalIDs[ifaceIDKey]
-		}
-	}
+	// Interfaces without a driver to name (loopback) keep "", which no
+	// attachable kind has.
+	f.Driver, _ = ifaceDriver(name)
 	return f, nil
 }
 
