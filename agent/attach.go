@@ -73,10 +73,11 @@ func (a *Agent) ifaceFactsOf(ctx context.Context, name string) (ifaceFacts, erro
 	if err != nil || !f.Exists {
 		return f, err
 	}
-	if a.ovs == nil {
+	ovs := a.ovsdb()
+	if ovs == nil {
 		return f, errors.New("OVSDB is not connected yet")
 	}
-	ifaces, err := a.ovs.Interfaces(ctx)
+	ifaces, err := ovs.Interfaces(ctx)
 	if err != nil {
 		return f, err
 	}

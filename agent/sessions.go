@@ -683,7 +683,7 @@ func (a *Agent) slowForward(e *entry, f *packet.Frame, in uint32, translate func
 	a.mu.Unlock()
 	out, err := translate(br, s)
 	if err != nil {
-		a.log.Warn("cannot translate a slow-path packet", "session", s.Tuple.String(), "err", err)
+		a.logLimited(slog.LevelWarn, "translate", "cannot translate a slow-path packet", "session", s.Tuple.String(), "err", err)
 		return
 	}
 	if err := a.sendOut(in, out, f.Bytes()); err != nil {
