@@ -66,8 +66,9 @@ type entry struct {
 	// counted is the local port this entry counts against (limits), 0
 	// if none.
 	counted uint32
-	// lastIn is when packets last came back to a client half from its
-	// peer; lastOut and inPackets, outPackets follow the two directions.
+	// The two directions' counters as expire last saw them, when packets
+	// last came in from the peer, and when the session was last checked
+	// with the peer (verifyWithPeer).
 	lastIn, lastVerify    time.Time
 	inPackets, outPackets uint64
 }
@@ -634,9 +635,9 @@ func (a *Agent) abandon(e *entry, l *local, err error) {
 		drop.Client, drop.Server, drop.Port = drop.Server, drop.Client, replyPort
 	}
 	switch {
-	case errors.Is(err, errRefused):
-		a.dropTuple(br, l, drop, err.Error(), err)
-	case noKey(err):
+	case errors.Is(err, errAborted):
+		a.log.Debug("session setup given up", "session", s.Tuple.String(), "err", err)
+	case errors.Is(err, errRefused) || noKey(err):
 		a.dropTuple(br, l, drop, err.Error(), err)
 	default:
 		a.logLimited(slog.LevelWarn, "setup-failed", "session setup failed", "session", s.Tuple.String(), "err", err)
@@ -653,6 +654,9 @@ func (a *Agent) dropTuple(br pipeline.Bridge, l *local, t session.Tuple, reason 
 		a.logLimited(slog.LevelWarn, "too-many", "workload has too many sessions; dropping the destination for a while", "session", t.String(), "reason", reason)
 	default:
 		a.logLimited(slog.LevelInfo, "refused", "session refused", "session", t.String(), "reason", reason)
+	}
+	if l == nil {
+		return
 	}
 	if err := a.sw.send(pipeline.Deny(br, l.ofport, t)); err != nil && !errors.Is(err, errNoSwitch) {
 		a.logLimited(slog.LevelWarn, "drop-flow", "cannot install drop flow", "err", err)
