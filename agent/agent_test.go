@@ -37,6 +37,7 @@ var (
 type world struct {
 	store *directory.Store
 	ctx   context.Context
+	regs  map[string]*directory.Registration
 }
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -55,8 +56,10 @@ func newWorld(t *testing.T, agentAddr map[string]string) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	regs := map[string]*directory.Registration{}
 	for name, ip := range map[string]netip.Addr{"s1": ipS1, "s2": ipS2} {
-		if _, err := st.RegisterServer(ctx, directory.Server{Name: name, DataIP: ip, DataMAC: "02:00:c0:00:02:0" + name[1:], AgentAddr: agentAddr[name]}, 30*time.Second); err != nil {
+		var err error
+		if regs[name], err = st.RegisterServer(ctx, directory.Server{Name: name, DataIP: ip, DataMAC: "02:00:c0:00:02:0" + name[1:], AgentAddr: agentAddr[name]}, 30*time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -78,7 +81,7 @@ func newWorld(t *testing.T, agentAddr map[string]string) *world {
 			t.Fatal(err)
 		}
 	}
-	return &world{store: st, ctx: ctx}
+	return &world{store: st, ctx: ctx, regs: regs}
 }
 
 // agentOf makes the agent of server name, wired to the directory but with

@@ -22,16 +22,21 @@ type fakeSwitch struct {
 	mu sync.Mutex
 	// flows by cookie; each add of the same table and match replaces.
 	flows   map[uint64][]*openflow.FlowMod
-	packets map[uint64]uint64 // per cookie, reported on every flow of it
+	packets map[pktKey]uint64 // counters a test sets, per cookie and table
 	// stall makes flow stats requests go unanswered (a slow switch).
 	stall bool
 	wmu   sync.Mutex
 }
 
+type pktKey struct {
+	cookie uint64
+	table  uint8
+}
+
 // connectFakeSwitch gives a.sw a connection to a new fake switch.
 func connectFakeSwitch(t *testing.T, a *Agent) *fakeSwitch {
 	t.Helper()
-	fs := &fakeSwitch{t: t, flows: map[uint64][]*openflow.FlowMod{}, packets: map[uint64]uint64{}}
+	fs := &fakeSwitch{t: t, flows: map[uint64][]*openflow.FlowMod{}, packets: map[pktKey]uint64{}}
 	sock := filepath.Join(t.TempDir(), "of.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -105,7 +110,7 @@ func (fs *fakeSwitch) serve(nc net.Conn) {
 					continue
 				}
 				for _, f := range fms {
-					out = append(out, openflow.FlowStats{TableID: f.TableID, Priority: f.Priority, Cookie: f.Cookie, PacketCount: fs.packets[c], Match: f.Match, Instructions: f.Instructions})
+					out = append(out, openflow.FlowStats{TableID: f.TableID, Priority: f.Priority, Cookie: f.Cookie, PacketCount: fs.packets[pktKey{c, f.TableID}], Match: f.Match, Instructions: f.Instructions})
 				}
 			}
 			fs.mu.Unlock()

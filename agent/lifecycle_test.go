@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"nvi/api"
 	"nvi/pipeline"
 	"nvi/session"
 )
@@ -64,6 +65,7 @@ func TestTeardownDuringSetupRemovesItsFlows(t *testing.T) {
 	a.mu.Lock()
 	dc, kc := ed.cookie(), ek.cookie()
 	inTable := a.sessions[doomed] != nil
+	counted := a.lim.sessions[l.ofport]
 	resting := a.keys.Resting(ipS2, session.TCP, ed.s.Key, time.Now())
 	a.mu.Unlock()
 	if n := fs.count(uint64(dc)); n != 0 {
@@ -71,6 +73,9 @@ func TestTeardownDuringSetupRemovesItsFlows(t *testing.T) {
 	}
 	if inTable {
 		t.Error("the session torn down during its setup is still in the table")
+	}
+	if counted != 1 {
+		t.Errorf("the workload is counted for %d sessions, want 1 (the one left)", counted)
 	}
 	if releases.Load() != 1 {
 		t.Errorf("the peer was asked %d times to release; want once, for the torn-down session", releases.Load())
@@ -234,5 +239,105 @@ func TestSessionCountsByDirection(t *testing.T) {
 	})
 	if got[c] != (counts{in: 4, out: 3}) || got[8] != (counts{in: 1}) {
 		t.Fatalf("sessionCounts = %v", got)
+	}
+}
+
+// TestDeafClientHalfIsCheckedWithThePeer is the audit's M4 case: a client
+// half that sends while nothing comes back is checked with the peer by
+// repeating its Accept; a peer that no longer takes it ends it here too,
+// and one that confirms keeps it.
+func TestDeafClientHalfIsCheckedWithThePeer(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer api.Code
+		ends   bool
+	}{
+		{"peer confirms", "", false},
+		{"peer refuses", api.CodeDenied, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			peer, accepts, _ := peerAnswering(tc.answer)
+			defer peer.Close()
+			w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": peer.Listener.Addr().String()})
+			a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), nil, addrKey{"acme", ipC})
+			fs := connectFakeSwitch(t, a)
+			l := a.byAddr[addrKey{"acme", ipC}]
+			tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: 5432}
+			s := session.Session{Tuple: tu, Role: session.RoleClient, Key: 61447, Zone: l.zone, Local: l.endpoint(),
+				Remote: session.Endpoint{IP: ipS}, Peer: session.Peer{Name: "s2", IP: ipS2, NextHop: l.mac}}
+			long := time.Now().Add(-2 * clientDeafAfter)
+			e := &entry{s: s, state: established, peerName: "s2", remoteName: "s", act: session.Activity{LastActive: time.Now()},
+				lastIn: long, lastVerify: long, outPackets: 10, inPackets: 5}
+			a.sessions[tu], a.byWire[e.wire()] = e, e
+			fms, err := pipeline.SessionFlows(a.br, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := a.sw.apply(w.ctx, flowMods(fms...)...); err != nil {
+				t.Fatal(err)
+			}
+			fs.mu.Lock()
+			// Out moved since the last look (10 -> 20); in stands at 5.
+			fs.packets[pktKey{uint64(e.cookie()), uint8(pipeline.SessionOut)}] = 20
+			fs.packets[pktKey{uint64(e.cookie()), uint8(pipeline.SessionIn)}] = 5
+			fs.mu.Unlock()
+			a.expire(w.ctx)
+			if err := eventually(func() bool { return accepts.Load() == 1 }); err != nil {
+				t.Fatalf("%d Accept calls to check the session, want 1", accepts.Load())
+			}
+			gone := func() bool {
+				a.mu.Lock()
+				defer a.mu.Unlock()
+				return e.gone
+			}
+			if tc.ends {
+				if eventually(gone) != nil {
+					t.Fatal("the peer refused the session, yet it lives on here")
+				}
+				return
+			}
+			time.Sleep(200 * time.Millisecond) // the check's answer is in
+			if gone() {
+				t.Fatal("the peer confirmed the session, yet it ended")
+			}
+			// A second look soon after does not ask again.
+			a.expire(w.ctx)
+			time.Sleep(100 * time.Millisecond)
+			if n := accepts.Load(); n != 1 {
+				t.Fatalf("%d checks; want one per %v", n, clientDeafAfter)
+			}
+		})
+	}
+}
+
+// TestPeerGoneTellsThePeer: when a server's record goes away and stays
+// away, its sessions end here, and its agent, if it answers at its last
+// address, is told to drop its halves (audit M4).
+func TestPeerGoneTellsThePeer(t *testing.T) {
+	peer, _, releases := peerAnswering("")
+	defer peer.Close()
+	w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": peer.Listener.Addr().String()})
+	a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), func(c *Config) { c.LeaseTTL = 50 * time.Millisecond }, addrKey{"acme", ipC})
+	l := a.byAddr[addrKey{"acme", ipC}]
+	last, err := w.store.Server(w.ctx, "s2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.regs["s2"].Close(); err != nil {
+		t.Fatal(err)
+	}
+	tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: 5432}
+	e := &entry{s: session.Session{Tuple: tu, Role: session.RoleClient, Key: 61447, Local: l.endpoint(), Remote: session.Endpoint{IP: ipS},
+		Peer: session.Peer{Name: "s2", IP: ipS2}}, state: established, peerName: "s2"}
+	a.sessions[tu], a.byWire[e.wire()] = e, e
+	a.peerGone(last)
+	a.mu.Lock()
+	gone := e.gone
+	a.mu.Unlock()
+	if !gone {
+		t.Fatal("the session with the server that left lives on")
+	}
+	if releases.Load() != 1 {
+		t.Fatalf("the server that left was asked %d times to release, want once", releases.Load())
 	}
 }
