@@ -182,6 +182,13 @@ func (a *Agent) goSafe(what string, fn func()) {
 // switch connection's reader and must not block: setups run in their own
 // goroutines.
 func (a *Agent) handlePacketIn(pi *openflow.PacketIn) {
+	// A packet that trips a bug (the slow paths translate ICMP in
+	// software) costs that packet, not the switch connection's reader.
+	defer func() {
+		if r := recover(); r != nil {
+			a.logLimited(slog.LevelError, "packet-in-panic", "handling a packet-in panicked; the packet is dropped", "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
 	in, ok := pi.Match.Lookup(openflow.IDInPort)
 	if !ok {
 		return
