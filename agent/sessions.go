@@ -647,20 +647,21 @@ func (a *Agent) abandon(e *entry, l *local, err error) {
 	case errors.Is(err, errRefused) || noKey(err):
 		a.dropTuple(br, l, drop, err.Error(), err)
 	default:
-		a.logLimited(slog.LevelWarn, "setup-failed", "session setup failed", "session", s.Tuple.String(), "err", err)
+		a.logLimited(slog.LevelWarn, "setup-failed/"+s.Tenant, "session setup failed", "session", s.Tuple.String(), "err", err)
 	}
 }
 
 // dropTuple installs the short-lived drop flow for t from l's port and logs
-// why, at most once per logEvery for each kind of reason.
+// why, at most once per logEvery for each kind of reason and tenant (the
+// tenants of this server's workloads: a bounded set).
 func (a *Agent) dropTuple(br pipeline.Bridge, l *local, t session.Tuple, reason string, kind error) {
 	switch {
 	case noKey(kind):
-		a.logLimited(slog.LevelWarn, "no-key", "no session key free; dropping the destination for a while", "session", t.String(), "reason", reason)
+		a.logLimited(slog.LevelWarn, "no-key/"+t.Tenant, "no session key free; dropping the destination for a while", "session", t.String(), "reason", reason)
 	case errors.Is(kind, errTooMany):
-		a.logLimited(slog.LevelWarn, "too-many", "workload has too many sessions; dropping the destination for a while", "session", t.String(), "reason", reason)
+		a.logLimited(slog.LevelWarn, "too-many/"+t.Tenant, "workload has too many sessions; dropping the destination for a while", "session", t.String(), "reason", reason)
 	default:
-		a.logLimited(slog.LevelInfo, "refused", "session refused", "session", t.String(), "reason", reason)
+		a.logLimited(slog.LevelInfo, "refused/"+t.Tenant, "session refused", "session", t.String(), "reason", reason)
 	}
 	if l == nil {
 		return
