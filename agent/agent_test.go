@@ -236,6 +236,7 @@ func TestForgedReopensCannotStarveOtherTenants(t *testing.T) {
 			_, betaErr := a.keys.Allocate(ipS2, session.TCP, "beta", time.Now())
 			_, acmeErr := a.keys.Allocate(ipS2, session.TCP, "acme", time.Now())
 			left := len(a.sessions)
+			counted := len(a.lim.sessions)
 			a.mu.Unlock()
 			if betaErr != nil {
 				t.Errorf("after %d failed acme setups, beta cannot get a key toward s2: %v", keys.Size(), betaErr)
@@ -255,6 +256,9 @@ func TestForgedReopensCannotStarveOtherTenants(t *testing.T) {
 			}
 			if left != 0 {
 				t.Errorf("%d failed sessions are left in the table", left)
+			}
+			if counted != 0 {
+				t.Errorf("failed sessions still count against %d workloads", counted)
 			}
 		})
 	}

@@ -443,6 +443,16 @@ func (a *Agent) agree(ctx context.Context, e *entry, l *local) error {
 	if a.cache == nil {
 		return errors.New("the directory is not connected yet")
 	}
+	// Sessions a peer asks for (Reopen) count against the workload too.
+	a.mu.Lock()
+	if e.counted == 0 {
+		if !a.lim.take(l.ofport) {
+			a.mu.Unlock()
+			return fmt.Errorf("%w (%d)", errTooMany, maxSessionsPerEndpoint)
+		}
+		e.counted = l.ofport
+	}
+	a.mu.Unlock()
 	srv, err := a.cache.LookupEndpoint(ctx, t.Tenant, t.Server)
 	if errors.Is(err, directory.ErrNotFound) {
 		return fmt.Errorf("%w: no endpoint %s in tenant %s", errRefused, t.Server, t.Tenant)
@@ -644,7 +654,7 @@ func (a *Agent) abandon(e *entry, l *local, err error) {
 	switch {
 	case errors.Is(err, errAborted):
 		a.log.Debug("session setup given up", "session", s.Tuple.String(), "err", err)
-	case errors.Is(err, errRefused) || noKey(err):
+	case errors.Is(err, errRefused) || noKey(err) || errors.Is(err, errTooMany):
 		a.dropTuple(br, l, drop, err.Error(), err)
 	default:
 		a.logLimited(slog.LevelWarn, "setup-failed/"+s.Tenant, "session setup failed", "session", s.Tuple.String(), "err", err)
