@@ -117,7 +117,8 @@ func sessionCounts(flows []pipeline.InstalledFlow) map[pipeline.Cookie]counts {
 }
 
 // expire ends idle sessions. When the flow dump fails (a slow or busy
-// switch), expiry still runs on the activity last seen, so that sessions
+// switch that is still connected), expiry still runs on the activity last
+// seen, so that sessions
 // and their keys always end (audit M6); the failure is logged once per
 // logEvery. It also picks the client halves that send and hear nothing
 // back, and has them checked with their peer (audit M4).
@@ -125,6 +126,12 @@ func (a *Agent) expire(ctx context.Context) {
 	qctx, cancel := context.WithTimeout(ctx, expireDumpTimeout)
 	flows, err := a.sw.flows(qctx, pipeline.FeatureCookie(pipeline.FeatureSession), pipeline.FeatureMask)
 	cancel()
+	if errors.Is(err, errNoSwitch) {
+		// Nothing flows and nothing could be removed: ending sessions
+		// now would leave their flows behind, keyless, for the switch's
+		// return.
+		return
+	}
 	fresh := err == nil
 	if err != nil && ctx.Err() == nil {
 		a.logLimited(slog.LevelWarn, "expire-dump", "cannot read session counters; expiring sessions on the activity last seen", "err", err)
