@@ -50,6 +50,7 @@ type Agent struct {
 	peers      map[peerAddr]*api.PeerClient
 	registered bool
 	dirErr     string
+	lim        limits // session quotas and log limits (limits.go)
 }
 
 // peerAddr names a peer client: the connection authenticates the server
@@ -109,8 +110,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.warnEphemeralOverlap()
 
 	// The local API first, so that tools can ask why the agent is not ready.
-	_ = os.Remove(a.cfg.Socket)
-	ll, err := net.Listen("unix", a.cfg.Socket)
+	serveLocal, err := a.listenLocalAPI(LocalAPIConfig{})
 	if err != nil {
 		return fmt.Errorf("local API: %w", err)
 	}
@@ -120,7 +120,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := api.Serve(ctx, ll, api.LocalHandler(localService{a}, a.log), a.log); err != nil {
+		if err := serveLocal(ctx); err != nil {
 			a.log.Error("local API stopped", "err", err)
 		}
 	}()

@@ -52,7 +52,7 @@ const ifaceIDKey = "iface-id"
 // when the monitor fails.
 func (a *Agent) watchInterfaces(ctx context.Context) {
 	for ctx.Err() == nil {
-		err := a.ovs.MonitorInterfaces(ctx, func(ev ovsdb.InterfaceEvent) { a.onInterface(ctx, ev) })
+		err := a.ovsdb().MonitorInterfaces(ctx, func(ev ovsdb.InterfaceEvent) { a.onInterface(ctx, ev) })
 		if ctx.Err() != nil {
 			return
 		}
@@ -63,8 +63,10 @@ func (a *Agent) watchInterfaces(ctx context.Context) {
 		case <-time.After(time.Second):
 		}
 		if c, err := ovsdb.Dial(ctx, a.cfg.OVSDB, ovsdb.WithLogger(a.log)); err == nil {
+			a.mu.Lock()
 			old := a.ovs
 			a.ovs = c
+			a.mu.Unlock()
 			old.Close()
 		}
 	}
@@ -132,13 +134,13 @@ func (a *Agent) onEndpointRecord(ev directory.Event) {
 	if !ok {
 		return
 	}
-	go func() {
+	a.goSafe("binding a waiting port", func() {
 		if err := a.bind(a.ctx, w.iface, w.ofport, ep.IfaceID); err != nil {
 			a.log.Warn("cannot bind waiting port", "iface", w.iface, "iface_id", ep.IfaceID, "err", err)
 			return
 		}
 		a.forgetWaiting(ep.IfaceID)
-	}()
+	})
 }
 
 // bind makes a port a workload's: the workload's flows go in, and the
@@ -223,6 +225,14 @@ func (a *Agent) unbindPort(ctx context.Context, ofport uint32, reason string) {
 	a.log.Info("workload unbound", "endpoint", l.ep.Ref(), "ofport", ofport, "reason", reason)
 }
 
+// ovsdb is the current OVSDB client: watchInterfaces replaces it when
+// its connection fails, while API calls use it.
+func (a *Agent) ovsdb() *ovsdb.Client {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ovs
+}
+
 func (a *Agent) localByName(tenant, name string) *local {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -261,6 +271,9 @@ func apiError(err error) error {
 }
 
 func (a *Agent) apiEndpoint(ep directory.Endpoint) (api.Endpoint, error) {
+	if a.cache == nil {
+		return api.Endpoint{}, api.Errorf(api.CodeUnavailable, "the directory is not connected yet")
+	}
 	nw, err := a.cache.LookupNetwork(a.ctx, ep.Tenant, ep.Network)
 	if err != nil {
 		return api.Endpoint{}, apiError(err)
@@ -309,14 +322,21 @@ func (a *Agent) attachEndpoint(ctx context.Context, req api.AttachRequest) (api.
 	if req.Interface == "" {
 		return api.Endpoint{}, api.Errorf(api.CodeInvalid, "no interface given")
 	}
+	ovs := a.ovsdb()
+	if a.dir == nil || ovs == nil {
+		return api.Endpoint{}, api.Errorf(api.CodeUnavailable, "the agent is not connected to its directory and OVSDB yet; try again shortly")
+	}
 	ep, err := a.dir.Endpoint(ctx, req.Tenant, req.Name)
 	if err != nil {
 		return api.Endpoint{}, apiError(err)
 	}
+	if err := a.checkAttachable(ctx, req.Interface, ep.IfaceID); err != nil {
+		return api.Endpoint{}, err
+	}
 	if ep.Server != a.cfg.Name {
 		return api.Endpoint{}, api.Errorf(api.CodeConflict, "endpoint %s lives on server %s, not on %s", ep.Ref(), ep.Server, a.cfg.Name)
 	}
-	if err := a.ovs.AddPort(ctx, a.cfg.Bridge, ovsdb.PortSpec{
+	if err := ovs.AddPort(ctx, a.cfg.Bridge, ovsdb.PortSpec{
 		Name:        req.Interface,
 		ExternalIDs: map[string]string{ifaceIDKey: ep.IfaceID, "attached-mac": ep.MAC},
 	}); err != nil {
@@ -324,8 +344,8 @@ func (a *Agent) attachEndpoint(ctx context.Context, req api.AttachRequest) (api.
 	}
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := a.ovs.WaitOFPort(wctx, req.Interface); err != nil {
-		_ = a.ovs.DeletePort(context.Background(), a.cfg.Bridge, req.Interface)
+	if _, err := ovs.WaitOFPort(wctx, req.Interface); err != nil {
+		_ = ovs.DeletePort(context.Background(), a.cfg.Bridge, req.Interface)
 		return api.Endpoint{}, api.Errorf(api.CodeInvalid, "interface %s: %v", req.Interface, err)
 	}
 	for {
@@ -352,7 +372,7 @@ func (a *Agent) deleteEndpoint(ctx context.Context, tenant, name string) error {
 	}
 	if l := a.localByName(tenant, name); l != nil {
 		a.unbindPort(ctx, l.ofport, "endpoint deleted")
-		if err := a.ovs.DeletePort(ctx, a.cfg.Bridge, l.iface); err != nil {
+		if err := a.ovsdb().DeletePort(ctx, a.cfg.Bridge, l.iface); err != nil {
 			a.log.Warn("cannot remove the port", "iface", l.iface, "err", err)
 		}
 	}

@@ -70,7 +70,12 @@ func (s localService) DeleteEndpoint(ctx context.Context, tenant, name string) e
 
 // removeLabelledPorts deletes the bridge's ports labelled with iface-id id.
 func (a *Agent) removeLabelledPorts(ctx context.Context, id string) {
-	ifaces, err := a.ovs.Interfaces(ctx)
+	ovs := a.ovsdb()
+	if ovs == nil {
+		a.log.Warn("cannot remove stale ports: OVSDB is not connected yet", "iface_id", id)
+		return
+	}
+	ifaces, err := ovs.Interfaces(ctx)
 	if err != nil {
 		a.log.Warn("cannot list interfaces to remove stale ports", "iface_id", id, "err", err)
 		return
@@ -79,7 +84,7 @@ func (a *Agent) removeLabelledPorts(ctx context.Context, id string) {
 		if i.ExternalIDs[ifaceIDKey] != id {
 			continue
 		}
-		if err := a.ovs.DeletePort(ctx, a.cfg.Bridge, i.Name); err != nil {
+		if err := ovs.DeletePort(ctx, a.cfg.Bridge, i.Name); err != nil {
 			a.log.Warn("cannot remove a stale port", "iface", i.Name, "iface_id", id, "err", err)
 			continue
 		}
@@ -133,6 +138,9 @@ func (s localService) Endpoints(ctx context.Context) ([]api.Endpoint, error) {
 // bridge so that what is shown is what the switch sees.
 func (s localService) Sessions(ctx context.Context) ([]api.SessionInfo, error) {
 	a := s.a
+	if a.sw == nil {
+		return nil, api.Errorf(api.CodeUnavailable, "the agent has not connected to its switch yet; try again shortly")
+	}
 	counts := map[pipeline.Cookie]uint64{}
 	if flows, err := a.sw.flows(ctx, pipeline.FeatureCookie(pipeline.FeatureSession), pipeline.FeatureMask); err == nil {
 		for _, f := range flows {

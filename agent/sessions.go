@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"runtime/debug"
 	"time"
 
 	"nvi/api"
@@ -54,6 +56,21 @@ type entry struct {
 	reopening bool
 	replyPort uint16
 	waiting   [][]byte // held answers, released once both halves exist
+	// gone: the entry left the tables (forgetLocked); a setup still
+	// running for it must take down whatever it installs.
+	gone bool
+	// keyed: e holds a key of a.keys; keyUnused: the peer refused the
+	// session and installed nothing, so that key needs no rest.
+	keyed, keyUnused bool
+	endReason        string // why a teardown began, for its log line
+	// counted is the local port this entry counts against (limits), 0
+	// if none.
+	counted uint32
+	// The two directions' counters as expire last saw them, when packets
+	// last came in from the peer, and when the session was last checked
+	// with the peer (verifyWithPeer).
+	lastIn, lastVerify    time.Time
+	inPackets, outPackets uint64
 }
 
 func (e *entry) involves(l *local) bool {
@@ -64,13 +81,114 @@ func (e *entry) wire() wireKey {
 	return wireKey{peer: e.s.Peer.IP, proto: e.s.Proto, key: e.s.Key, role: e.s.Role}
 }
 
-func (e *entry) cookie() pipeline.Cookie { return pipeline.SessionCookie(e.s) }
+// cookie names the entry's flows. A cross-server session always has an
+// IPv4 peer (agree and the directory check it); should one ever not, it
+// gets a cookie no flow carries rather than a panic under Agent.mu.
+func (e *entry) cookie() pipeline.Cookie {
+	if e.s.Role != session.RoleLocal && !e.s.Peer.IP.Is4() {
+		return 0
+	}
+	return pipeline.SessionCookie(e.s)
+}
+
+// forgetLocked takes e out of the agent's tables, once: its key goes back
+// to the pool (at once if the peer never used it, else to rest), and it
+// stops counting against its workload. The caller holds a.mu.
+func (a *Agent) forgetLocked(e *entry, now time.Time) {
+	if e.gone {
+		return
+	}
+	e.gone = true
+	if a.sessions[e.s.Tuple] == e {
+		delete(a.sessions, e.s.Tuple)
+	}
+	if e.s.Role != session.RoleLocal && a.byWire[e.wire()] == e {
+		delete(a.byWire, e.wire())
+	}
+	if e.keyed {
+		e.keyed = false
+		if e.keyUnused {
+			a.keys.ReleaseUnused(e.s.Peer.IP, e.s.Proto, e.s.Key)
+		} else {
+			a.keys.Release(e.s.Peer.IP, e.s.Proto, e.s.Key, now)
+		}
+	}
+	if e.counted != 0 {
+		a.lim.done(e.counted)
+		e.counted = 0
+	}
+}
+
+// liveLocked reports whether e is still the table's session for its tuple
+// and still being set up: no teardown overtook its setup (a teardown of a
+// session being set up only marks it closing, and leaves the rest to the
+// setup's goroutine). The caller holds a.mu.
+func (a *Agent) liveLocked(e *entry) bool {
+	return !e.gone && e.state == establishing && a.sessions[e.s.Tuple] == e
+}
+
+// errAborted means a session was torn down while it was being set up.
+var errAborted = errors.New("the session was torn down during its setup")
+
+// errTooMany means a workload has its maximum of sessions.
+var errTooMany = errors.New("the workload has its maximum of sessions")
+
+// logLimited writes a line of kind key at most once per logEvery, saying
+// how many were held back: refusals and failures come at the rate of a
+// workload's (or an attacker's) packets.
+func (a *Agent) logLimited(level slog.Level, key, msg string, args ...any) {
+	ok, n := a.lim.logs.allow(key, time.Now())
+	if !ok {
+		return
+	}
+	if n > 0 {
+		args = append(args, "suppressed", n, "per", logEvery)
+	}
+	a.log.Log(context.Background(), level, msg, args...)
+}
+
+// recoverSetup, deferred in a session's goroutine, turns a panic into the
+// end of that one session: it is logged with the session and abandoned,
+// and the agent carries on.
+func (a *Agent) recoverSetup(e *entry, l *local, t session.Tuple) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	a.log.Error("session goroutine panicked; abandoning the session", "session", t.String(), "panic", r, "stack", string(debug.Stack()))
+	defer func() {
+		if r := recover(); r != nil {
+			a.log.Error("abandoning a session after a panic panicked too", "session", t.String(), "panic", r)
+		}
+	}()
+	a.abandon(e, l, fmt.Errorf("internal error: %v", r))
+}
+
+// goSafe runs fn in a goroutine that survives fn's panic, logging it as
+// what went wrong.
+func (a *Agent) goSafe(what string, fn func()) {
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				a.log.Error("goroutine panicked", "what", what, "panic", r, "stack", string(debug.Stack()))
+			}
+		}()
+		fn()
+	}()
+}
 
 // handlePacketIn is the start of every session: the first packet of a
 // (client, server, protocol, port) that no flow matched. It runs on the
 // switch connection's reader and must not block: setups run in their own
 // goroutines.
 func (a *Agent) handlePacketIn(pi *openflow.PacketIn) {
+	// A packet that trips a bug (the slow paths translate ICMP in
+	// software) costs that packet, not the switch connection's reader.
+	defer func() {
+		if r := recover(); r != nil {
+			a.logLimited(slog.LevelError, "packet-in-panic", "handling a packet-in panicked; the packet is dropped", "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
 	in, ok := pi.Match.Lookup(openflow.IDInPort)
 	if !ok {
 		return
@@ -189,16 +307,23 @@ func (a *Agent) submit(l *local, t session.Tuple, frame []byte) {
 	a.mu.Lock()
 	e := a.sessions[t]
 	if e == nil {
+		if !a.lim.take(l.ofport) {
+			br := a.br
+			a.mu.Unlock()
+			a.dropTuple(br, l, t, "the endpoint has "+fmt.Sprint(maxSessionsPerEndpoint)+" sessions", errTooMany)
+			return
+		}
 		e = &entry{
 			s:        session.Session{Tuple: t, Local: l.endpoint()},
 			state:    establishing,
 			held:     [][]byte{frame},
 			heldPort: l.ofport,
 			created:  time.Now(),
+			counted:  l.ofport,
 		}
 		a.sessions[t] = e
 		a.mu.Unlock()
-		go a.establish(e, l)
+		go a.establish(e, l, t)
 		return
 	}
 	switch e.state {
@@ -256,31 +381,60 @@ var errRefused = errors.New("refused")
 // server in the client's tenant, check policy, have the peer install its
 // half first, install ours, wait for the barrier, then release the held
 // packets (invariant 1).
-func (a *Agent) establish(e *entry, l *local) {
+func (a *Agent) establish(e *entry, l *local, t session.Tuple) {
+	defer a.recoverSetup(e, l, t)
 	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.SetupTimeout)
 	defer cancel()
 	if err := a.agree(ctx, e, l); err != nil {
 		a.abandon(e, l, err)
 		return
 	}
-	a.established(e)
+	_ = a.established(e)
 }
 
 // established marks a session agreed and installed, and releases the
-// packets it held.
-func (a *Agent) established(e *entry) {
-	start := e.created
+// packets it held. If the session was torn down while it was being set up
+// (it is closing, or no longer the table's), nothing would track what the
+// setup installed: established takes its half down again, and the peer's,
+// finishes the teardown and returns errAborted (audit M3).
+func (a *Agent) established(e *entry) error {
+	now := time.Now()
 	a.mu.Lock()
+	if !a.liveLocked(e) {
+		s, gone := e.s, e.gone
+		a.mu.Unlock()
+		if gone {
+			// Already out of the tables (the peer's Accept failed and
+			// took it out): only its flows are left to remove.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.cfg.SetupTimeout)
+			defer cancel()
+			_ = a.removeHalf(rctx, s)
+			return errAborted
+		}
+		a.log.Info("session torn down during its setup; removing what the setup installed", "session", s.Tuple.String(), "role", s.Role, "key", s.Key)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.cfg.SetupTimeout)
+		defer cancel()
+		if s.Role == session.RoleClient {
+			a.releasePeer(e, "torn down during setup")
+		}
+		if err := a.removeHalf(rctx, s); err != nil && !errors.Is(err, errNoSwitch) {
+			a.logLimited(slog.LevelWarn, "remove-aborted", "cannot remove the flows of a session torn down during its setup", "session", s.Tuple.String(), "err", err)
+		}
+		a.finish(e)
+		return errAborted
+	}
 	e.state = established
-	e.act = session.NewActivity(time.Now())
+	e.act = session.NewActivity(now)
+	e.lastIn = now
 	held := e.held
 	e.held = nil
+	s, peerName, handshake, install, start := e.s, e.peerName, e.handshake, e.install, e.created
 	a.mu.Unlock()
-	a.log.Info("session established", "session", e.s.Tuple.String(), "role", e.s.Role, "key", e.s.Key,
-		"peer", e.peerName, "setup", time.Since(start).Round(time.Microsecond),
-		"handshake", e.handshake.Round(time.Microsecond), "install", e.install.Round(time.Microsecond))
+	a.log.Info("session established", "session", s.Tuple.String(), "role", s.Role, "key", s.Key,
+		"peer", peerName, "setup", time.Since(start).Round(time.Microsecond),
+		"handshake", handshake.Round(time.Microsecond), "install", install.Round(time.Microsecond))
 	for _, fr := range held {
-		if e.s.Proto == session.ICMP {
+		if s.Proto == session.ICMP {
 			if f, err := packet.Parse(fr); err == nil {
 				a.forwardEcho(e, &f, true, e.heldPort)
 			}
@@ -288,6 +442,7 @@ func (a *Agent) established(e *entry) {
 		}
 		a.resubmit(e.heldPort, fr)
 	}
+	return nil
 }
 
 func (a *Agent) agree(ctx context.Context, e *entry, l *local) error {
@@ -295,6 +450,16 @@ func (a *Agent) agree(ctx context.Context, e *entry, l *local) error {
 	if a.cache == nil {
 		return errors.New("the directory is not connected yet")
 	}
+	// Sessions a peer asks for (Reopen) count against the workload too.
+	a.mu.Lock()
+	if e.counted == 0 {
+		if !a.lim.take(l.ofport) {
+			a.mu.Unlock()
+			return fmt.Errorf("%w (%d)", errTooMany, maxSessionsPerEndpoint)
+		}
+		e.counted = l.ofport
+	}
+	a.mu.Unlock()
 	srv, err := a.cache.LookupEndpoint(ctx, t.Tenant, t.Server)
 	if errors.Is(err, directory.ErrNotFound) {
 		return fmt.Errorf("%w: no endpoint %s in tenant %s", errRefused, t.Server, t.Tenant)
@@ -309,13 +474,18 @@ func (a *Agent) agree(ctx context.Context, e *entry, l *local) error {
 	if !v.Allow {
 		return fmt.Errorf("%w by policy: %s", errRefused, v.Reason)
 	}
+	a.mu.Lock()
 	e.remoteName = srv.Name
+	a.mu.Unlock()
 	if srv.Server == a.cfg.Name {
 		return a.agreeLocal(ctx, e, srv)
 	}
 	peer, err := a.cache.LookupServer(ctx, srv.Server)
 	if err != nil {
 		return fmt.Errorf("server %s of %s: %w", srv.Server, srv.Ref(), err)
+	}
+	if !peer.DataIP.Is4() {
+		return fmt.Errorf("%w: server %s has data address %q in the directory, and sessions need IPv4; fix its record", errRefused, peer.Name, peer.DataIP)
 	}
 	hop, err := a.nextHop(peer)
 	if err != nil {
@@ -326,9 +496,13 @@ func (a *Agent) agree(ctx context.Context, e *entry, l *local) error {
 		return err
 	}
 	a.mu.Lock()
-	key, err := a.keys.Allocate(peer.DataIP, t.Proto, time.Now())
+	if !a.liveLocked(e) {
+		a.mu.Unlock()
+		return errAborted
+	}
+	key, err := a.keys.Allocate(peer.DataIP, t.Proto, t.Tenant, time.Now())
 	if err == nil {
-		e.s.Role, e.s.Key, e.s.Zone = session.RoleClient, key, l.zone
+		e.s.Role, e.s.Key, e.s.Zone, e.keyed = session.RoleClient, key, l.zone, true
 		e.s.Remote = session.Endpoint{IP: srv.IP}
 		e.s.Peer = session.Peer{Name: peer.Name, IP: peer.DataIP, NextHop: hop}
 		e.peerName = peer.Name
@@ -341,9 +515,16 @@ func (a *Agent) agree(ctx context.Context, e *entry, l *local) error {
 	// The peer installs its half first and answers after its barrier.
 	start := time.Now()
 	err = pc.Accept(ctx, api.AcceptRequest{From: a.cfg.Name, Tuple: t, Key: key})
+	code := api.CodeOf(err)
+	a.mu.Lock()
 	e.handshake = time.Since(start)
+	// An answer that refuses the request means the peer installed
+	// nothing: the key needs no rest. A timeout or an unclear failure
+	// may have left the peer's half in place, so that key rests.
+	e.keyUnused = err != nil && refusedCode(code)
+	a.mu.Unlock()
 	if err != nil {
-		if api.CodeOf(err) == api.CodeDenied || api.CodeOf(err) == api.CodeNotFound {
+		if code == api.CodeDenied || code == api.CodeNotFound {
 			err = fmt.Errorf("%w by %s: %v", errRefused, peer.Name, err)
 		}
 		return fmt.Errorf("peer %s: %w", peer.Name, err)
@@ -360,6 +541,10 @@ func (a *Agent) agree(ctx context.Context, e *entry, l *local) error {
 // no peer, only MACs change.
 func (a *Agent) agreeLocal(ctx context.Context, e *entry, srv directory.Endpoint) error {
 	a.mu.Lock()
+	if !a.liveLocked(e) {
+		a.mu.Unlock()
+		return errAborted
+	}
 	rl := a.byAddr[addrKey{srv.Tenant, srv.IP}]
 	if rl != nil {
 		e.s.Role, e.s.Zone = session.RoleLocal, rl.zone
@@ -376,7 +561,11 @@ func (a *Agent) agreeLocal(ctx context.Context, e *entry, srv directory.Endpoint
 // for the barrier: two flows for TCP and UDP, the peer's punt flow for ICMP.
 func (a *Agent) installHalf(ctx context.Context, e *entry) error {
 	start := time.Now()
-	defer func() { e.install = time.Since(start) }()
+	defer func() {
+		a.mu.Lock()
+		e.install = time.Since(start)
+		a.mu.Unlock()
+	}()
 	a.mu.Lock()
 	br := a.br
 	s := e.s
@@ -431,36 +620,72 @@ func (a *Agent) dropPunt(ctx context.Context, peer netip.Addr) error {
 	return a.sw.apply(ctx, pipeline.DeletePunt(peer))
 }
 
-// abandon ends a setup that failed. A refusal leaves a short-lived drop
-// flow so that a flood toward that destination costs no more packet-ins
-// (invariant 4); other failures just drop the held packets, and the next
-// packet tries again.
+// refusedCode reports whether a peer's answer refuses a request outright,
+// which means it changed nothing.
+func refusedCode(c api.Code) bool {
+	return c == api.CodeDenied || c == api.CodeNotFound || c == api.CodeInvalid
+}
+
+// noKey reports whether err says no key toward the peer was free.
+func noKey(err error) bool {
+	return errors.Is(err, session.ErrKeysExhausted) || errors.Is(err, session.ErrKeyQuota)
+}
+
+// abandon ends a setup that failed. A refusal, and a setup that found no
+// free key, leave a short-lived drop flow so that a flood toward that
+// destination costs no more packet-ins (invariant 4); other failures just
+// drop the held packets, and the next packet tries again. Every kind of
+// line is logged once per logEvery at most (audit L9).
 func (a *Agent) abandon(e *entry, l *local, err error) {
 	a.mu.Lock()
-	if a.sessions[e.s.Tuple] == e {
-		delete(a.sessions, e.s.Tuple)
+	gone, closing := e.gone, e.state == closing
+	if !closing {
+		a.forgetLocked(e, time.Now())
 	}
-	if e.s.Role == session.RoleClient {
-		if a.byWire[e.wire()] == e {
-			delete(a.byWire, e.wire())
-		}
-		a.keys.Release(e.s.Peer.IP, e.s.Proto, e.s.Key, time.Now())
-	}
-	br := a.br
+	br, s, reopening, replyPort := a.br, e.s, e.reopening, e.replyPort
 	a.mu.Unlock()
-	if errors.Is(err, errRefused) {
-		a.log.Info("session refused", "session", e.s.Tuple.String(), "reason", err)
-		drop := e.s.Tuple
-		if e.reopening {
-			// What keeps coming is the server's answer.
-			drop.Client, drop.Server, drop.Port = drop.Server, drop.Client, e.replyPort
-		}
-		if err := a.sw.send(pipeline.Deny(br, l.ofport, drop)); err != nil {
-			a.log.Warn("cannot install drop flow", "err", err)
-		}
+	switch {
+	case gone:
+		return // finished already
+	case closing:
+		// A teardown overtook the setup, which failed anyway: the
+		// teardown ends here.
+		a.finish(e)
 		return
 	}
-	a.log.Warn("session setup failed", "session", e.s.Tuple.String(), "err", err)
+	drop := s.Tuple
+	if reopening {
+		// What keeps coming is the server's answer.
+		drop.Client, drop.Server, drop.Port = drop.Server, drop.Client, replyPort
+	}
+	switch {
+	case errors.Is(err, errAborted):
+		a.log.Debug("session setup given up", "session", s.Tuple.String(), "err", err)
+	case errors.Is(err, errRefused) || noKey(err) || errors.Is(err, errTooMany):
+		a.dropTuple(br, l, drop, err.Error(), err)
+	default:
+		a.logLimited(slog.LevelWarn, "setup-failed/"+s.Tenant, "session setup failed", "session", s.Tuple.String(), "err", err)
+	}
+}
+
+// dropTuple installs the short-lived drop flow for t from l's port and logs
+// why, at most once per logEvery for each kind of reason and tenant (the
+// tenants of this server's workloads: a bounded set).
+func (a *Agent) dropTuple(br pipeline.Bridge, l *local, t session.Tuple, reason string, kind error) {
+	switch {
+	case noKey(kind):
+		a.logLimited(slog.LevelWarn, "no-key/"+t.Tenant, "no session key free; dropping the destination for a while", "session", t.String(), "reason", reason)
+	case errors.Is(kind, errTooMany):
+		a.logLimited(slog.LevelWarn, "too-many/"+t.Tenant, "workload has too many sessions; dropping the destination for a while", "session", t.String(), "reason", reason)
+	default:
+		a.logLimited(slog.LevelInfo, "refused/"+t.Tenant, "session refused", "session", t.String(), "reason", reason)
+	}
+	if l == nil {
+		return
+	}
+	if err := a.sw.send(pipeline.Deny(br, l.ofport, t)); err != nil && !errors.Is(err, errNoSwitch) {
+		a.logLimited(slog.LevelWarn, "drop-flow", "cannot install drop flow", "err", err)
+	}
 }
 
 // forwardEcho carries one ICMP echo of an established session; in is the
@@ -487,7 +712,7 @@ func (a *Agent) slowForward(e *entry, f *packet.Frame, in uint32, translate func
 	a.mu.Unlock()
 	out, err := translate(br, s)
 	if err != nil {
-		a.log.Warn("cannot translate a slow-path packet", "session", s.Tuple.String(), "err", err)
+		a.logLimited(slog.LevelWarn, "translate", "cannot translate a slow-path packet", "session", s.Tuple.String(), "err", err)
 		return
 	}
 	if err := a.sendOut(in, out, f.Bytes()); err != nil {
@@ -633,17 +858,25 @@ func (a *Agent) reopen(l *local, t session.Tuple, replyPort uint16, frame []byte
 		a.mu.Unlock()
 		return
 	}
+	if !a.lim.take(l.ofport) {
+		br := a.br
+		a.mu.Unlock()
+		drop := session.Tuple{Tenant: t.Tenant, Proto: t.Proto, Client: t.Server, Server: t.Client, Port: replyPort}
+		a.dropTuple(br, l, drop, "the endpoint has "+fmt.Sprint(maxSessionsPerEndpoint)+" sessions", errTooMany)
+		return
+	}
 	e := &entry{
 		s:     session.Session{Tuple: t, Local: l.endpoint()},
 		state: establishing, held: [][]byte{frame}, heldPort: l.ofport,
-		created: time.Now(), reopening: true, replyPort: replyPort,
+		created: time.Now(), reopening: true, replyPort: replyPort, counted: l.ofport,
 	}
 	a.sessions[t] = e
 	a.mu.Unlock()
-	go a.reopenSession(e, l)
+	go a.reopenSession(e, l, t)
 }
 
-func (a *Agent) reopenSession(e *entry, l *local) {
+func (a *Agent) reopenSession(e *entry, l *local, t session.Tuple) {
+	defer a.recoverSetup(e, l, t)
 	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.SetupTimeout)
 	defer cancel()
 	if err := a.reopenVia(ctx, e, l); err != nil {
@@ -651,7 +884,7 @@ func (a *Agent) reopenSession(e *entry, l *local) {
 		return
 	}
 	a.mu.Lock()
-	done := e.state == established
+	done := e.state == established && !e.gone
 	waiting := e.waiting
 	e.waiting = nil
 	a.mu.Unlock()
@@ -666,6 +899,9 @@ func (a *Agent) reopenSession(e *entry, l *local) {
 
 func (a *Agent) reopenVia(ctx context.Context, e *entry, l *local) error {
 	t := e.s.Tuple
+	if a.cache == nil {
+		return errors.New("the directory is not connected yet")
+	}
 	client, err := a.cache.LookupEndpoint(ctx, t.Tenant, t.Client)
 	if errors.Is(err, directory.ErrNotFound) {
 		return fmt.Errorf("%w: the client %s is gone", errRefused, t.Client)
@@ -688,18 +924,24 @@ func (a *Agent) reopenVia(ctx context.Context, e *entry, l *local) error {
 			return fmt.Errorf("%w by policy: %s", errRefused, v.Reason)
 		}
 		a.mu.Lock()
+		if !a.liveLocked(e) {
+			a.mu.Unlock()
+			return errAborted
+		}
 		e.s.Role, e.s.Zone, e.s.Local, e.s.Remote = session.RoleLocal, l.zone, cl.endpoint(), l.endpoint()
 		e.remoteName = client.Name
 		a.mu.Unlock()
 		if err := a.installHalf(ctx, e); err != nil {
 			return err
 		}
-		a.established(e)
-		return nil
+		return a.established(e)
 	}
 	peer, err := a.cache.LookupServer(ctx, client.Server)
 	if err != nil {
 		return err
+	}
+	if !peer.DataIP.Is4() {
+		return fmt.Errorf("%w: server %s has data address %q in the directory, and sessions need IPv4; fix its record", errRefused, peer.Name, peer.DataIP)
 	}
 	pc, err := a.peer(peer)
 	if err != nil {

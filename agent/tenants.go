@@ -106,9 +106,11 @@ func (a *Agent) tenantNetsChanged(ctx context.Context, name string) {
 func (a *Agent) onTenantChange(ev directory.Event) {
 	switch {
 	case ev.Network != nil && (ev.Kind == directory.Put || ev.Kind == directory.Delete):
-		go a.tenantNetsChanged(a.ctx, ev.Network.Tenant)
+		tenant := ev.Network.Tenant
+		a.goSafe("networks of "+tenant+" changed", func() { a.tenantNetsChanged(a.ctx, tenant) })
 	case ev.Policy != nil:
-		go a.policyChanged(a.ctx, ev.Policy.Tenant)
+		tenant := ev.Policy.Tenant
+		a.goSafe("policy of "+tenant+" changed", func() { a.policyChanged(a.ctx, tenant) })
 	}
 }
 
@@ -184,7 +186,8 @@ func (a *Agent) policyChanged(ctx context.Context, name string) {
 			}
 		}
 		if v := pol.Decide(policy.Request{From: c.from, To: c.to, Proto: c.e.s.Proto, Port: c.e.s.Port}); !v.Allow {
-			go a.teardown(ctx, c.e, "policy: "+v.Reason, true)
+			e, reason := c.e, "policy: "+v.Reason
+			a.goSafe("policy teardown", func() { a.teardown(ctx, e, reason, true) })
 		}
 	}
 	if err := a.sw.apply(ctx, pipeline.DeleteByCookie(pipeline.FeatureCookie(pipeline.FeatureDeny), pipeline.FeatureMask)); err != nil {

@@ -162,3 +162,64 @@ func (l *LocalClient) Sessions(ctx context.Context) (ss []SessionInfo, err error
 
 // Close drops idle connections.
 func (l *LocalClient) Close() { l.c.Close() }
+
+// PeerCred is who is at the other end of a unix socket connection, as the
+// kernel tells it (SO_PEERCRED): it cannot be forged by the caller.
+type PeerCred struct {
+	PID      int32
+	UID, GID uint32
+}
+
+type credKey struct{}
+
+type credResult struct {
+	cred PeerCred
+	err  error
+}
+
+// PeerCredOf returns the credentials ServeLocal read for the connection
+// of a request.
+func PeerCredOf(ctx context.Context) (PeerCred, bool) {
+	r, ok := ctx.Value(credKey{}).(credResult)
+	return r.cred, ok && r.err == nil
+}
+
+// ServeLocal runs h on the unix socket listener l until ctx ends, like
+// Serve, but first asks authorize about the process at the other end of
+// each connection. A caller it refuses (or whose credentials cannot be
+// read) gets CodeDenied with the reason, and h never sees the request.
+func ServeLocal(ctx context.Context, l net.Listener, h http.Handler, authorize func(PeerCred) error, log *slog.Logger) error {
+	guarded := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		res, ok := r.Context().Value(credKey{}).(credResult)
+		switch {
+		case !ok:
+			writeError(w, Errorf(CodeDenied, "the agent cannot tell who is calling: not a unix socket connection"))
+			return
+		case res.err != nil:
+			writeError(w, Errorf(CodeDenied, "the agent cannot tell who is calling: %v", res.err))
+			return
+		}
+		if err := authorize(res.cred); err != nil {
+			log.Warn("local API caller refused", "pid", res.cred.PID, "uid", res.cred.UID, "gid", res.cred.GID, "path", r.URL.Path, "reason", err)
+			writeError(w, Errorf(CodeDenied, "%v", err))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+	srv := newServer(guarded, log)
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		cred, err := peerCred(c)
+		return context.WithValue(ctx, credKey{}, credResult{cred, err})
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		return nil
+	}
+}

@@ -1,0 +1,177 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"nvi/openflow"
+)
+
+// fakeSwitch is just enough of an OpenFlow switch for the agent's session
+// logic: it keeps the flows it is sent (adds, and deletes by cookie), says
+// them back in flow stats with counters a test sets, and answers barriers.
+type fakeSwitch struct {
+	t  *testing.T
+	mu sync.Mutex
+	// flows by cookie; each add of the same table and match replaces.
+	flows   map[uint64][]*openflow.FlowMod
+	packets map[pktKey]uint64 // counters a test sets, per cookie and table
+	// stall makes flow stats requests go unanswered (a slow switch).
+	stall bool
+	wmu   sync.Mutex
+}
+
+type pktKey struct {
+	cookie uint64
+	table  uint8
+}
+
+// connectFakeSwitch gives a.sw a connection to a new fake switch.
+func connectFakeSwitch(t *testing.T, a *Agent) *fakeSwitch {
+	t.Helper()
+	fs := &fakeSwitch{t: t, flows: map[uint64][]*openflow.FlowMod{}, packets: map[pktKey]uint64{}}
+	sock := filepath.Join(t.TempDir(), "of.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go fs.serve(nc)
+		}
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	a.sw = &switchConn{a: a, sess: openflow.NewSession(openflow.SessionConfig{Network: "unix", Addr: sock, Logger: quiet})}
+	go func() { _ = a.sw.sess.Run(ctx) }()
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if err := a.sw.waitConnected(wctx); err != nil {
+		t.Fatal(err)
+	}
+	return fs
+}
+
+func (fs *fakeSwitch) send(nc net.Conn, m openflow.Message, xid uint32) {
+	b, err := openflow.Marshal(m, xid)
+	if err != nil {
+		fs.t.Errorf("fake switch: %v", err)
+		return
+	}
+	fs.wmu.Lock()
+	defer fs.wmu.Unlock()
+	_, _ = nc.Write(b)
+}
+
+func (fs *fakeSwitch) serve(nc net.Conn) {
+	defer nc.Close()
+	go fs.send(nc, openflow.Hello{Versions: []uint8{openflow.Version}}, 1)
+	for {
+		b, err := openflow.ReadMessage(nc)
+		if err != nil {
+			return
+		}
+		m, xid, err := openflow.Unmarshal(b)
+		if err != nil {
+			continue
+		}
+		switch m := m.(type) {
+		case *openflow.EchoRequest:
+			fs.send(nc, openflow.EchoReply(*m), xid)
+		case *openflow.FeaturesRequest:
+			fs.send(nc, openflow.FeaturesReply{DatapathID: 1, NTables: 254}, xid)
+		case *openflow.BarrierRequest:
+			fs.send(nc, openflow.BarrierReply{}, xid)
+		case *openflow.FlowMod:
+			fs.apply(m)
+		case *openflow.MultipartRequest:
+			req, ok := m.Body.(openflow.FlowStatsRequest)
+			if !ok {
+				continue
+			}
+			fs.mu.Lock()
+			stall := fs.stall
+			var out openflow.FlowStatsReply
+			for c, fms := range fs.flows {
+				if c&req.CookieMask != req.Cookie&req.CookieMask {
+					continue
+				}
+				for _, f := range fms {
+					out = append(out, openflow.FlowStats{TableID: f.TableID, Priority: f.Priority, Cookie: f.Cookie, PacketCount: fs.packets[pktKey{c, f.TableID}], Match: f.Match, Instructions: f.Instructions})
+				}
+			}
+			fs.mu.Unlock()
+			if !stall {
+				fs.send(nc, openflow.MultipartReply{MPType: openflow.MPFlow, Body: out}, xid)
+			}
+		}
+	}
+}
+
+func (fs *fakeSwitch) apply(m *openflow.FlowMod) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	switch m.Command {
+	case openflow.FlowAdd:
+		key := m.Match.String()
+		fms := fs.flows[m.Cookie]
+		for i, f := range fms {
+			if f.TableID == m.TableID && f.Priority == m.Priority && f.Match.String() == key {
+				fms[i] = m
+				return
+			}
+		}
+		fs.flows[m.Cookie] = append(fms, m)
+	case openflow.FlowDelete, openflow.FlowDeleteStrict:
+		for c := range fs.flows {
+			if c&m.CookieMask == m.Cookie&m.CookieMask {
+				delete(fs.flows, c)
+			}
+		}
+	}
+}
+
+// count is the number of flows with cookie c.
+func (fs *fakeSwitch) count(c uint64) int {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return len(fs.flows[c])
+}
+
+// total is the number of flows whose cookie matches c under mask.
+func (fs *fakeSwitch) total(c, mask uint64) int {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	n := 0
+	for k, fms := range fs.flows {
+		if k&mask == c&mask {
+			n += len(fms)
+		}
+	}
+	return n
+}
+
+var errTimeout = errors.New("timed out")
+
+// eventually polls cond for up to 5 s.
+func eventually(cond func() bool) error {
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return nil
+		}
+	}
+	return errTimeout
+}

@@ -1,0 +1,343 @@
+package agent
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"nvi/api"
+	"nvi/pipeline"
+	"nvi/session"
+)
+
+// TestTeardownDuringSetupRemovesItsFlows is the audit's M3 case: a
+// session torn down while its peer is still accepting must not leave the
+// flows its setup then installs, and the peer is told to drop its half. A
+// session beside it, left alone, is set up as usual.
+func TestTeardownDuringSetupRemovesItsFlows(t *testing.T) {
+	gate := make(chan struct{})
+	var releases atomic.Int64
+	peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if strings.HasSuffix(r.URL.Path, "/accept") {
+			<-gate
+		}
+		if strings.HasSuffix(r.URL.Path, "/release") {
+			releases.Add(1)
+		}
+		_, _ = w.Write([]byte(`{}`))
+	}))
+	defer peer.Close()
+	w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": peer.Listener.Addr().String()})
+	a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), nil, addrKey{"acme", ipC})
+	fs := connectFakeSwitch(t, a)
+	l := a.byAddr[addrKey{"acme", ipC}]
+
+	doomed := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: 5432}
+	kept := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: 80}
+	a.submit(l, doomed, []byte{0})
+	a.submit(l, kept, []byte{0})
+	a.mu.Lock()
+	ed, ek := a.sessions[doomed], a.sessions[kept]
+	a.mu.Unlock()
+	// Wait until both setups hold their keys and wait on the peer.
+	if err := eventually(func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return ed.keyed && ek.keyed
+	}); err != nil {
+		t.Fatal("the setups never reached the peer")
+	}
+	a.teardown(w.ctx, ed, "endpoint deleted", true)
+	close(gate)
+
+	if err := eventually(func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return ed.gone && ek.state == established
+	}); err != nil {
+		t.Fatalf("doomed gone %v, kept %s; want the doomed one finished and the other established", ed.gone, ek.state)
+	}
+	a.mu.Lock()
+	dc, kc := ed.cookie(), ek.cookie()
+	inTable := a.sessions[doomed] != nil
+	counted := a.lim.sessions[l.ofport]
+	resting := a.keys.Resting(ipS2, session.TCP, ed.s.Key, time.Now())
+	a.mu.Unlock()
+	if n := fs.count(uint64(dc)); n != 0 {
+		t.Errorf("the session torn down during its setup left %d flows on the bridge", n)
+	}
+	if inTable {
+		t.Error("the session torn down during its setup is still in the table")
+	}
+	if counted != 1 {
+		t.Errorf("the workload is counted for %d sessions, want 1 (the one left)", counted)
+	}
+	if releases.Load() != 1 {
+		t.Errorf("the peer was asked %d times to release; want once, for the torn-down session", releases.Load())
+	}
+	if !resting {
+		t.Error("the torn-down session's key, which the peer used, is not resting")
+	}
+	if n := fs.count(uint64(kc)); n != 2 {
+		t.Errorf("the session beside it has %d flows, want 2", n)
+	}
+}
+
+// TestAdoptionRemovesFlowsOfAKnownTupleUnderAnotherCookie: flows of a
+// tuple the agent already has, under another key, belong to nobody
+// (audit M3); adoption removes them and keeps the known session's.
+func TestAdoptionRemovesFlowsOfAKnownTupleUnderAnotherCookie(t *testing.T) {
+	w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": "192.0.2.2:7470"})
+	a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), nil, addrKey{"acme", ipC})
+	fs := connectFakeSwitch(t, a)
+	l := a.byAddr[addrKey{"acme", ipC}]
+	tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: 5432}
+	mk := func(key uint16) session.Session {
+		return session.Session{Tuple: tu, Role: session.RoleClient, Key: key, Zone: l.zone, Local: l.endpoint(),
+			Remote: session.Endpoint{IP: ipS}, Peer: session.Peer{Name: "s2", IP: ipS2, NextHop: l.mac}}
+	}
+	live, orphan := mk(61447), mk(61999)
+	known := &entry{s: live, state: established, peerName: "s2", keyed: true}
+	if err := a.keys.Adopt(ipS2, session.TCP, "acme", live.Key); err != nil {
+		t.Fatal(err)
+	}
+	a.sessions[tu], a.byWire[known.wire()] = known, known
+	for _, s := range []session.Session{live, orphan} {
+		fms, err := pipeline.SessionFlows(a.br, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.sw.apply(w.ctx, flowMods(fms...)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.adoptSessions(w.ctx, false)
+	if n := fs.count(uint64(pipeline.SessionCookie(orphan))); n != 0 {
+		t.Errorf("the orphan's %d flows survived adoption", n)
+	}
+	if n := fs.count(uint64(pipeline.SessionCookie(live))); n != 2 {
+		t.Errorf("the known session has %d flows after adoption, want 2", n)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.sessions[tu] != known {
+		t.Error("adoption replaced the known session")
+	}
+}
+
+// TestAdoptionTakesKeysAndNamesPeers: a previous agent's session is
+// adopted with its key held (so it is never handed out twice) and its
+// peer named from the directory.
+func TestAdoptionTakesKeysAndNamesPeers(t *testing.T) {
+	w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": "192.0.2.2:7470"})
+	a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), nil, addrKey{"acme", ipC})
+	connectFakeSwitch(t, a)
+	l := a.byAddr[addrKey{"acme", ipC}]
+	tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: 5432}
+	s := session.Session{Tuple: tu, Role: session.RoleClient, Key: 61447, Zone: l.zone, Local: l.endpoint(),
+		Remote: session.Endpoint{IP: ipS}, Peer: session.Peer{IP: ipS2, NextHop: l.mac}}
+	fms, err := pipeline.SessionFlows(a.br, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.sw.apply(w.ctx, flowMods(fms...)...); err != nil {
+		t.Fatal(err)
+	}
+	a.adoptSessions(w.ctx, true)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e := a.sessions[tu]
+	if e == nil {
+		t.Fatal("the session was not adopted")
+	}
+	if e.peerName != "s2" || e.remoteName != "s" {
+		t.Errorf("adopted session: peer %q, remote %q; want s2 and s", e.peerName, e.remoteName)
+	}
+	if err := a.keys.Adopt(ipS2, session.TCP, "acme", 61447); err == nil {
+		t.Error("the adopted session's key is not held")
+	}
+}
+
+// TestExpiryRunsWhenTheFlowDumpFails is the audit's M6 case: with a switch
+// that never answers flow stats, sessions quiet for the idle timeout still
+// end; one that was active recently stays.
+func TestExpiryRunsWhenTheFlowDumpFails(t *testing.T) {
+	w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": "192.0.2.2:7470"})
+	a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), nil, addrKey{"acme", ipC}, addrKey{"acme", ipS})
+	fs := connectFakeSwitch(t, a)
+	fs.mu.Lock()
+	fs.stall = true
+	fs.mu.Unlock()
+	c, s := a.byAddr[addrKey{"acme", ipC}], a.byAddr[addrKey{"acme", ipS}]
+	now := time.Now()
+	mk := func(port uint16, last time.Time) *entry {
+		tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: port}
+		e := &entry{s: session.Session{Tuple: tu, Role: session.RoleLocal, Local: c.endpoint(), Remote: s.endpoint()},
+			state: established, act: session.Activity{LastActive: last}}
+		a.sessions[tu] = e
+		return e
+	}
+	quiet := mk(80, now.Add(-2*a.cfg.IdleTimeout))
+	busy := mk(81, now)
+	a.expire(w.ctx)
+	if err := eventually(func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return quiet.gone
+	}); err != nil {
+		t.Fatal("a quiet session never expired while the flow dump failed")
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if busy.gone || busy.state != established {
+		t.Error("a session active a moment ago was expired")
+	}
+}
+
+func TestObserveDirections(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name   string
+		role   session.Role
+		before counts // what the entry saw last
+		now    counts
+		lastIn time.Duration // before the observation
+		want   bool
+	}{
+		{"client sends, hears nothing for long", session.RoleClient, counts{in: 5, out: 10}, counts{in: 5, out: 20}, clientDeafAfter, true},
+		{"client sends, heard back recently", session.RoleClient, counts{in: 5, out: 10}, counts{in: 5, out: 20}, clientDeafAfter / 2, false},
+		{"client sends and hears", session.RoleClient, counts{in: 5, out: 10}, counts{in: 6, out: 20}, clientDeafAfter, false},
+		{"client silent", session.RoleClient, counts{in: 5, out: 10}, counts{in: 5, out: 10}, clientDeafAfter, false},
+		{"server half is never checked", session.RoleServer, counts{in: 5, out: 10}, counts{in: 5, out: 20}, clientDeafAfter, false},
+		{"local session is never checked", session.RoleLocal, counts{in: 5, out: 10}, counts{in: 5, out: 20}, clientDeafAfter, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			now := t0.Add(time.Hour)
+			e := &entry{s: session.Session{Role: tt.role}, inPackets: tt.before.in, outPackets: tt.before.out, lastIn: now.Add(-tt.lastIn)}
+			if got := observeDirections(e, tt.now, now); got != tt.want {
+				t.Fatalf("observeDirections = %v, want %v", got, tt.want)
+			}
+			if tt.want && observeDirections(e, counts{in: tt.now.in, out: tt.now.out + 1}, now.Add(time.Second)) {
+				t.Fatal("checked again at once; want at most once per clientDeafAfter")
+			}
+		})
+	}
+}
+
+func TestSessionCountsByDirection(t *testing.T) {
+	c := pipeline.Cookie(7)
+	got := sessionCounts([]pipeline.InstalledFlow{
+		{Cookie: c, Table: pipeline.SessionOut, Packets: 3},
+		{Cookie: c, Table: pipeline.SessionIn, Packets: 4},
+		{Cookie: 8, Table: pipeline.SessionIn, Packets: 1},
+	})
+	if got[c] != (counts{in: 4, out: 3}) || got[8] != (counts{in: 1}) {
+		t.Fatalf("sessionCounts = %v", got)
+	}
+}
+
+// TestDeafClientHalfIsCheckedWithThePeer is the audit's M4 case: a client
+// half that sends while nothing comes back is checked with the peer by
+// repeating its Accept; a peer that no longer takes it ends it here too,
+// and one that confirms keeps it.
+func TestDeafClientHalfIsCheckedWithThePeer(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer api.Code
+		ends   bool
+	}{
+		{"peer confirms", "", false},
+		{"peer refuses", api.CodeDenied, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			peer, accepts, _ := peerAnswering(tc.answer)
+			defer peer.Close()
+			w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": peer.Listener.Addr().String()})
+			a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), nil, addrKey{"acme", ipC})
+			fs := connectFakeSwitch(t, a)
+			l := a.byAddr[addrKey{"acme", ipC}]
+			tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: 5432}
+			s := session.Session{Tuple: tu, Role: session.RoleClient, Key: 61447, Zone: l.zone, Local: l.endpoint(),
+				Remote: session.Endpoint{IP: ipS}, Peer: session.Peer{Name: "s2", IP: ipS2, NextHop: l.mac}}
+			long := time.Now().Add(-2 * clientDeafAfter)
+			e := &entry{s: s, state: established, peerName: "s2", remoteName: "s", act: session.Activity{LastActive: time.Now()},
+				lastIn: long, lastVerify: long, outPackets: 10, inPackets: 5}
+			a.sessions[tu], a.byWire[e.wire()] = e, e
+			fms, err := pipeline.SessionFlows(a.br, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := a.sw.apply(w.ctx, flowMods(fms...)...); err != nil {
+				t.Fatal(err)
+			}
+			fs.mu.Lock()
+			// Out moved since the last look (10 -> 20); in stands at 5.
+			fs.packets[pktKey{uint64(e.cookie()), uint8(pipeline.SessionOut)}] = 20
+			fs.packets[pktKey{uint64(e.cookie()), uint8(pipeline.SessionIn)}] = 5
+			fs.mu.Unlock()
+			a.expire(w.ctx)
+			if err := eventually(func() bool { return accepts.Load() == 1 }); err != nil {
+				t.Fatalf("%d Accept calls to check the session, want 1", accepts.Load())
+			}
+			gone := func() bool {
+				a.mu.Lock()
+				defer a.mu.Unlock()
+				return e.gone
+			}
+			if tc.ends {
+				if eventually(gone) != nil {
+					t.Fatal("the peer refused the session, yet it lives on here")
+				}
+				return
+			}
+			time.Sleep(200 * time.Millisecond) // the check's answer is in
+			if gone() {
+				t.Fatal("the peer confirmed the session, yet it ended")
+			}
+			// A second look soon after does not ask again.
+			a.expire(w.ctx)
+			time.Sleep(100 * time.Millisecond)
+			if n := accepts.Load(); n != 1 {
+				t.Fatalf("%d checks; want one per %v", n, clientDeafAfter)
+			}
+		})
+	}
+}
+
+// TestPeerGoneTellsThePeer: when a server's record goes away and stays
+// away, its sessions end here, and its agent, if it answers at its last
+// address, is told to drop its halves (audit M4).
+func TestPeerGoneTellsThePeer(t *testing.T) {
+	peer, _, releases := peerAnswering("")
+	defer peer.Close()
+	w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": peer.Listener.Addr().String()})
+	a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), func(c *Config) { c.LeaseTTL = 50 * time.Millisecond }, addrKey{"acme", ipC})
+	l := a.byAddr[addrKey{"acme", ipC}]
+	last, err := w.store.Server(w.ctx, "s2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.regs["s2"].Close(); err != nil {
+		t.Fatal(err)
+	}
+	tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: 5432}
+	e := &entry{s: session.Session{Tuple: tu, Role: session.RoleClient, Key: 61447, Local: l.endpoint(), Remote: session.Endpoint{IP: ipS},
+		Peer: session.Peer{Name: "s2", IP: ipS2}}, state: established, peerName: "s2"}
+	a.sessions[tu], a.byWire[e.wire()] = e, e
+	a.peerGone(last)
+	a.mu.Lock()
+	gone := e.gone
+	a.mu.Unlock()
+	if !gone {
+		t.Fatal("the session with the server that left lives on")
+	}
+	if releases.Load() != 1 {
+		t.Fatalf("the server that left was asked %d times to release, want once", releases.Load())
+	}
+}
