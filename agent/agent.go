@@ -110,7 +110,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.warnEphemeralOverlap()
 
 	// The local API first, so that tools can ask why the agent is not ready.
-	serveLocal, err := a.listenLocalAPI(LocalAPIConfig{})
+	serveLocal, err := a.listenLocalAPI(a.cfg.LocalAPI)
 	if err != nil {
 		return fmt.Errorf("local API: %w", err)
 	}

@@ -225,7 +225,7 @@ func TestForgedReopensCannotStarveOtherTenants(t *testing.T) {
 			w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": peer.Listener.Addr().String()})
 			a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), func(c *Config) { c.KeyRange = keys },
 				addrKey{"acme", ipC}, addrKey{"beta", ipBC})
-			srv := httptest.NewServer(api.PeerHandler(peerService{a}, a.log))
+			srv := httptest.NewServer(api.PeerHandler(peerService{a}, api.PeerOptions{InsecureTrustFrom: true}, a.log))
 			defer srv.Close()
 			for p := 1; p <= keys.Size(); p++ {
 				postJSON(t, srv.URL+"/v1/sessions/reopen", api.ReopenRequest{From: "s2", Tuple: session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: uint16(p)}})

@@ -43,8 +43,9 @@ type Config struct {
 	OVSDB      string     // "unix:/run/nvi/s1/db.sock"
 	OVSRunDir  string     // ovs-vswitchd's run directory: the controller socket goes there
 	Socket     string     // the local API's unix socket
-	PeerListen string     // "ip:port" of the peer API, on the data address
-	Etcd       []string   // directory endpoints
+	LocalAPI   LocalAPIConfig
+	PeerListen string   // "ip:port" of the peer API, on the data address
+	Etcd       []string // directory endpoints
 	// DirectoryTLS authenticates the agent to the directory with its
 	// certificate (etcd takes the user from it); nil speaks plain etcd.
 	DirectoryTLS *tls.Config

@@ -396,7 +396,7 @@ func TestPeerForgedReopenCannotExhaustKeys(t *testing.T) {
 	}
 	a.mu.Lock()
 	left := len(a.sessions)
-	_, kerr := a.keys.Allocate(peerIPs2, session.TCP, time.Now())
+	_, kerr := a.keys.Allocate(peerIPs2, session.TCP, "acme", time.Now())
 	a.mu.Unlock()
 	if left != 0 || kerr != nil {
 		t.Fatalf("after the forged Reopens: %d sessions left, allocating a key: %v", left, kerr)

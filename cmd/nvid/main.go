@@ -65,6 +65,7 @@ func runAgent(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.OVSDB, "ovsdb", "unix:/run/openvswitch/db.sock", "OVSDB server")
 	fs.StringVar(&cfg.OVSRunDir, "ovs-rundir", "/run/openvswitch", "ovs-vswitchd's run directory, where the controller socket goes")
 	fs.StringVar(&cfg.Socket, "socket", "/run/nvi/nvid.sock", "unix socket of the local API")
+	fs.StringVar(&cfg.LocalAPI.SocketGroup, "socket-group", "", "group whose members may use the local API besides root (socket mode 0660; default: root only)")
 	fs.StringVar(&cfg.PeerListen, "peer-listen", "", "address of the peer API, ip:port on the data address (required)")
 	fs.StringVar(&etcd, "etcd", "", "directory (etcd) endpoints, comma-separated (required)")
 	fs.StringVar(&cfg.Site, "site", "default", "the site this server belongs to")
