@@ -90,7 +90,10 @@ func newWorld(t *testing.T, agentAddr map[string]string) *world {
 func (w *world) agentOf(t *testing.T, name string, data netip.Prefix, cfg func(*Config), binds ...addrKey) *Agent {
 	t.Helper()
 	c := Config{Name: name, Uplink: "up0", OVSDB: "unix:/nonexistent", OVSRunDir: t.TempDir(), Socket: t.TempDir() + "/s",
-		DataIP: data, Etcd: []string{"x"}, Logger: quietLog()}
+		DataIP: data, Etcd: []string{"x"}, Logger: quietLog(),
+		// The fake peers here speak plain HTTP: these tests are about the
+		// session life cycle; peer_test.go proves the authentication.
+		InsecurePeerAPI: true}
 	if cfg != nil {
 		cfg(&c)
 	}

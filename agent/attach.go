@@ -43,7 +43,7 @@ func attachable(f ifaceFacts, uplink, bridge, ifaceID string) error {
 	case f.Name == bridge:
 		return api.Errorf(api.CodeDenied, "interface %s is the bridge's own port, not a workload's", f.Name)
 	case !f.Exists:
-		return api.Errorf(api.CodeNotFound, "there is no interface %s in the agent's network namespace", f.Name)
+		return api.Errorf(api.CodeInvalid, "there is no interface %s in the agent's network namespace", f.Name)
 	case f.Loopback:
 		return api.Errorf(api.CodeDenied, "interface %s is a loopback interface", f.Name)
 	case f.Device:

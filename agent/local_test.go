@@ -41,7 +41,7 @@ func TestAttachable(t *testing.T) {
 		{"a VLAN on the NIC", ifaceFacts{Name: "eth1.10", Exists: true, Driver: "802.1Q VLAN Support"}, api.CodeDenied},
 		{"another endpoint's port", with(func(f *ifaceFacts) { f.InOVS, f.OVSLabel = true, "beta/x" }), api.CodeDenied},
 		{"an unlabelled OVS port", with(func(f *ifaceFacts) { f.InOVS = true }), api.CodeDenied},
-		{"missing", ifaceFacts{Name: "veth9"}, api.CodeNotFound},
+		{"missing", ifaceFacts{Name: "veth9"}, api.CodeInvalid},
 		{"a path", ifaceFacts{Name: "../../etc"}, api.CodeInvalid},
 		{"too long", ifaceFacts{Name: "abcdefghijklmnop"}, api.CodeInvalid},
 		{"empty", ifaceFacts{}, api.CodeInvalid},

@@ -661,11 +661,18 @@ func (a *Agent) abandon(e *entry, l *local, err error) {
 	switch {
 	case errors.Is(err, errAborted):
 		a.log.Debug("session setup given up", "session", s.Tuple.String(), "err", err)
-	case errors.Is(err, errRefused) || noKey(err) || errors.Is(err, errTooMany):
+	case errors.Is(err, errRefused) || noKey(err) || errors.Is(err, errTooMany) || badRecord(err):
 		a.dropTuple(br, l, drop, err.Error(), err)
 	default:
 		a.logLimited(slog.LevelWarn, "setup-failed/"+s.Tenant, "session setup failed", "session", s.Tuple.String(), "err", err)
 	}
+}
+
+// badRecord says whether a setup failed on a directory record that is
+// missing or malformed: retrying it at every packet would not help, so it
+// is dropped for a while like a refusal.
+func badRecord(err error) bool {
+	return errors.Is(err, directory.ErrMalformed) || errors.Is(err, directory.ErrNotFound)
 }
 
 // dropTuple installs the short-lived drop flow for t from l's port and logs

@@ -193,7 +193,11 @@ func TestDockerEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, err := directory.Open(ctx, directory.Config{Endpoints: st.Directory.Local})
+	tc, err := st.OperatorTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := directory.Open(ctx, directory.Config{Endpoints: st.Directory.Local, TLS: tc})
 	if err != nil {
 		t.Fatal(err)
 	}

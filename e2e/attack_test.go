@@ -1,12 +1,18 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"nvi/directory"
+	"nvi/lab"
+	"nvi/pipeline"
 )
 
 // TestAttacks tries, on a real lab, every attack of the security review
@@ -16,7 +22,9 @@ import (
 // agent crashed — while legitimate traffic of the victim tenant keeps
 // flowing beside it. The closing check reads that traffic end to end.
 func TestAttacks(t *testing.T) {
-	l := newLab(t, 3)
+	// A low punt rate per workload, so that one workload's flood fills
+	// its own meter well below what the userspace switch can carry.
+	l := newLab(t, 3, "--agent-args", "--punt-rate=200")
 	l.must("net", "create", "acme/web", "--cidr", "10.1.0.0/24")
 	l.must("net", "create", "evil/net", "--cidr", "10.9.0.0/16")
 	n := func(s string) string { return l.Prefix + "-" + s }
@@ -70,11 +78,12 @@ func TestAttacks(t *testing.T) {
 		if now := l.agentPIDs(); fmt.Sprint(now) != fmt.Sprint(pids) {
 			t.Errorf("agents restarted or died: pids %v, now %v", pids, now)
 		}
-		// No session but the victim's own touches the victim's workloads.
+		// No session but the victim's own (c to s, any port) touches the
+		// victim's workloads.
 		for _, sv := range []string{"s1", "s2", "s3"} {
 			for _, x := range l.sessions(sv) {
 				touches := x.Tenant == "acme" && (x.Server == s.IP || x.Client == c.IP || x.Server == c.IP || x.Client == s.IP)
-				if touches && (x.Client != c.IP || x.Server != s.IP || x.Port != 5353) {
+				if touches && (x.Client != c.IP || x.Server != s.IP) {
 					t.Errorf("a session appeared on %s: %+v", sv, x)
 				}
 			}
@@ -239,7 +248,149 @@ func TestAttacks(t *testing.T) {
 		}
 		intact(t)
 	})
+
+	t.Run("a malformed server record", func(t *testing.T) {
+		l := l.with(t)
+		// Only the operator may write it now; a record written by a
+		// careless tool or a bug must still crash nobody. An IPv6 data
+		// address (the audit's crash), an empty one, and garbage, each
+		// with an endpoint of acme placed on it.
+		d := l.operatorDirectory()
+		defer d.Close()
+		cli := d.Client()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		bad := map[string]string{
+			"v6":    `{"name":"v6","dataIP":"2001:db8::9","dataMAC":"02:00:00:00:00:09","agentAddr":"198.18.0.9:7470","site":"default","role":"server"}`,
+			"empty": `{"name":"empty","dataIP":"","dataMAC":"02:00:00:00:00:0a","agentAddr":"198.18.0.10:7470","site":"default","role":"server"}`,
+			"junk":  `{not json`,
+		}
+		ips := map[string]string{"v6": "10.1.0.201", "empty": "10.1.0.202", "junk": "10.1.0.203"}
+		for name, rec := range bad {
+			ep := fmt.Sprintf(`{"tenant":"acme","network":"web","name":"x-%s","ip":%q,"mac":"0a:66:0a:01:00:%02x","server":%q}`, name, ips[name], len(name), name)
+			for k, v := range map[string]string{
+				"/nvi/v1/servers/" + name:          rec,
+				"/nvi/v1/endpoints/acme/x-" + name: ep,
+				"/nvi/v1/addrs/acme/" + ips[name]:  "x-" + name,
+			} {
+				if _, err := cli.Put(ctx, k, v); err != nil {
+					t.Fatalf("put %s: %v", k, err)
+				}
+			}
+		}
+		for _, ip := range ips {
+			r := l.in(c.Name, 10*time.Second, filepath.Join(bin, "nviattack"), "spray", "--to", ip, "--ports", "80", "--payload", "toward-bad-record")
+			if r.Code != 0 {
+				t.Fatal(r)
+			}
+		}
+		eventually(t, 10*time.Second, "the look-ups toward the bad records refused", func() error {
+			if n := len(l.flows("s1", "0x4000000000000000/0xf000000000000000")); n == 0 {
+				return fmt.Errorf("no drop flow on s1 yet")
+			}
+			return nil
+		})
+		for _, x := range l.sessions("s1") {
+			for _, ip := range ips {
+				if x.Server == ip {
+					t.Errorf("a session toward a malformed server: %+v", x)
+				}
+			}
+		}
+		for k := range bad {
+			cli.Delete(ctx, "/nvi/v1/servers/"+k)
+			cli.Delete(ctx, "/nvi/v1/endpoints/acme/x-"+k)
+			cli.Delete(ctx, "/nvi/v1/addrs/acme/"+ips[k])
+		}
+		intact(t)
+	})
+
+	t.Run("a flood of first packets from one tenant", func(t *testing.T) {
+		l := l.with(t)
+		// evil floods its own /16 with first packets, far beyond any meter;
+		// meanwhile acme's client opens 20 new sessions. Each UDP first
+		// packet that a shared meter dropped would be a session never made.
+		flood := l.start(w.Name, filepath.Join(bin, "nviattack"), "flood", "--net", "10.9.0.0/16", "--count", "200000", "--for", "8s", "--port", "0")
+		eventually(t, 10*time.Second, "the flood saturates the attacker's meter", func() error {
+			if drops := l.meterDrops("s1", w); drops < 100 {
+				return fmt.Errorf("%d dropped so far", drops)
+			}
+			return nil
+		})
+		before := l.meterDrops("s1", c)
+		if r := l.in(c.Name, 10*time.Second, filepath.Join(bin, "nviattack"), "spray", "--to", s.IP, "--ports", "6001-6020", "--payload", "new"); r.Code != 0 {
+			t.Fatal(r)
+		}
+		eventually(t, 10*time.Second, "acme's 20 new sessions", func() error {
+			n := 0
+			for _, x := range l.sessions("s1") {
+				if x.Client == c.IP && x.Server == s.IP && x.Port >= 6001 && x.Port <= 6020 {
+					n++
+				}
+			}
+			if n != 20 {
+				return fmt.Errorf("%d of 20", n)
+			}
+			return nil
+		})
+		if after := l.meterDrops("s1", c); after != before {
+			t.Errorf("acme's meter dropped %d packets during evil's flood", after-before)
+		}
+		flood.wait(15 * time.Second)
+		t.Logf("attacker: %s; its meter dropped %d", strings.TrimSpace(flood.out.String()), l.meterDrops("s1", w))
+		intact(t)
+	})
 }
+
+// operatorDirectory opens the lab's directory with the operator's
+// certificate, as nvictl does.
+func (l *Lab) operatorDirectory() *directory.Store {
+	l.t.Helper()
+	st, err := lab.Load(l.Prefix)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	tc, err := st.OperatorTLS()
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	d, err := directory.Open(context.Background(), directory.Config{Endpoints: st.Directory.Local, TLS: tc})
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return d
+}
+
+// meterDrops is how many packets a workload's punt meter has dropped.
+func (l *Lab) meterDrops(server string, w Workload) int {
+	l.t.Helper()
+	var st struct {
+		Workloads []struct{ Name, Veth string }
+	}
+	l.state(&st)
+	veth := ""
+	for _, x := range st.Workloads {
+		if x.Name == w.Name {
+			veth = x.Veth
+		}
+	}
+	r := l.in(l.server(server), 10*time.Second, "ovs-vsctl", "--db=unix:"+filepath.Join(l.runDir(), server, "db.sock"), "get", "Interface", veth, "ofport")
+	ofport, err := strconv.Atoi(strings.TrimSpace(r.Out))
+	if r.Code != 0 || err != nil {
+		l.t.Fatalf("ofport of %s: %s", veth, r)
+	}
+	mgmt := fmt.Sprintf("unix:%s/%s/br-nvi.mgmt", l.runDir(), server)
+	r = sh2("ovs-ofctl", "-O", "OpenFlow13", "meter-stats", mgmt, fmt.Sprintf("meter=%d", pipeline.WorkloadMeter(uint32(ofport))))
+	m := bandRe.FindStringSubmatch(r.Out)
+	if r.Code != 0 || m == nil {
+		l.t.Fatalf("meter stats of %s on %s: %s", w.Name, server, r)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// bandRe finds the packets a meter's drop band counted.
+var bandRe = regexp.MustCompile(`0: packet_count:(\d+)`)
 
 // agentPIDs lists the lab's agents' process IDs, alive ones only.
 func (l *Lab) agentPIDs() []int {

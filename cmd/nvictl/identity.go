@@ -86,6 +86,7 @@ func caInitCmd() command {
 func caServeCmd() command {
 	var dir, listen, dns, level string
 	var ttl time.Duration
+	var inDir bool
 	return command{
 		name: "serve", help: "run the enrollment service: servers join with tokens and renew their certificates here",
 		flags: func(fs *flag.FlagSet) {
@@ -94,6 +95,7 @@ func caServeCmd() command {
 			fs.StringVar(&dns, "dns", "", "DNS names of the service, comma-separated, for its certificate")
 			fs.DurationVar(&ttl, "cert-ttl", enroll.DefaultCertTTL, "life of the server certificates it issues (renewed at 2/3)")
 			fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+			fs.BoolVar(&inDir, "directory", true, "give each enrolled server its directory role (the directory: --etcd, or the lab's); false for a directory without authentication")
 		},
 		run: func(e *env, _ *flag.FlagSet, args []string) error {
 			if err := wantArgs(args, 0, "no arguments"); err != nil {
@@ -112,12 +114,20 @@ func caServeCmd() command {
 			if err := l.UnmarshalText([]byte(level)); err != nil {
 				return usagef("--log-level %q: want debug, info, warn or error", level)
 			}
-			svc, err := enroll.NewService(enroll.Config{
+			cfg := enroll.Config{
 				CADir:   dir,
 				CertTTL: ttl,
-				Grant:   func(ctx context.Context, name string) error { return grantInDirectory(ctx, e, name) },
 				Logger:  slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: l})),
-			})
+			}
+			if inDir {
+				// Fail now, not at the first enrollment, if the directory
+				// cannot be reached.
+				if _, err := e.directory(); err != nil {
+					return fmt.Errorf("the enrollment service grants servers their directory roles: %w (or pass --directory=false)", err)
+				}
+				cfg.Grant = func(ctx context.Context, name string) error { return grantInDirectory(ctx, e, name) }
+			}
+			svc, err := enroll.NewService(cfg)
 			if err != nil {
 				return err
 			}
@@ -216,9 +226,13 @@ func serverTokenCmd() command {
 
 func serverRevokeCmd() command {
 	var dir string
+	var inDir bool
 	return command{
 		name: "revoke", args: "NAME", help: "revoke a server's identity: it can no longer renew, and its peers refuse it",
-		flags: func(fs *flag.FlagSet) { caDirFlag(fs, &dir) },
+		flags: func(fs *flag.FlagSet) {
+			caDirFlag(fs, &dir)
+			fs.BoolVar(&inDir, "directory", true, "also remove its directory role and tell every agent (the directory: --etcd, or the lab's)")
+		},
 		run: func(e *env, _ *flag.FlagSet, args []string) error {
 			if err := wantArgs(args, 1, "the server's NAME"); err != nil {
 				return err
@@ -226,10 +240,11 @@ func serverRevokeCmd() command {
 			if err := pki.ValidName(args[0]); err != nil {
 				return usagef("%v", err)
 			}
-			at, err := enroll.Revoke(e.ctx, enroll.Config{
-				CADir:    dir,
-				OnRevoke: func(ctx context.Context, name string, at time.Time) error { return revokeInDirectory(ctx, e, name, at) },
-			}, args[0])
+			cfg := enroll.Config{CADir: dir}
+			if inDir {
+				cfg.OnRevoke = func(ctx context.Context, name string, at time.Time) error { return revokeInDirectory(ctx, e, name, at) }
+			}
+			at, err := enroll.Revoke(e.ctx, cfg, args[0])
 			if err != nil {
 				return err
 			}

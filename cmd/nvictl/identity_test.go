@@ -56,7 +56,7 @@ func TestIdentityCommands(t *testing.T) {
 	served := make(chan int, 1)
 	var serveErr bytes.Buffer
 	go func() {
-		served <- run(ctx, []string{"ca", "serve", ca, "--listen", addr, "--log-level", "error"}, &bytes.Buffer{}, &serveErr)
+		served <- run(ctx, []string{"ca", "serve", ca, "--listen", addr, "--log-level", "error", "--directory=false"}, &bytes.Buffer{}, &serveErr)
 	}()
 	defer func() {
 		cancel()
@@ -86,7 +86,7 @@ func TestIdentityCommands(t *testing.T) {
 	if err := enroll.Renew(context.Background(), s1); err != nil {
 		t.Fatal(err)
 	}
-	ok(t, "server", "revoke", "s1", ca)
+	ok(t, "server", "revoke", "s1", ca, "--directory=false")
 	if err := enroll.Renew(context.Background(), s1); err == nil || !strings.Contains(err.Error(), "revoked") {
 		t.Fatalf("renewal after revoke: %v", err)
 	}
