@@ -3,6 +3,7 @@ package directory
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -94,6 +95,47 @@ func (s *Store) ensureSharedRole(ctx context.Context, op string) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// PluginUser is the etcd user (and certificate CN) of orchestrator plugin
+// name; its role has the same name.
+func PluginUser(name string) string { return "plugin:" + name }
+
+// GrantPlugin creates (or completes) the etcd user of an orchestrator
+// plugin that keeps records of its own under statePrefix (outside NVI's
+// prefix, e.g. the Docker driver's "/nvi/docker/v1/"): it may read NVI's
+// records and read and write its own prefix, nothing else. Idempotent; it
+// needs root.
+func (s *Store) GrantPlugin(ctx context.Context, name, statePrefix string) error {
+	if err := ValidateName("plugin", name); err != nil {
+		return err
+	}
+	if !strings.HasPrefix(statePrefix, "/") || !strings.HasSuffix(statePrefix, "/") || strings.HasPrefix(statePrefix, s.k.prefix) || strings.HasPrefix(s.k.prefix, statePrefix) {
+		return errorf(ErrInvalid, "plugin state prefix %q: want a /path/ of its own, apart from the directory's %s", statePrefix, s.k.prefix)
+	}
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	op := "granting plugin " + name + " its directory credential"
+	user := PluginUser(name)
+	if err := s.ensureRole(ctx, op, user); err != nil {
+		return err
+	}
+	for _, p := range []struct {
+		key  string
+		perm clientv3.PermissionType
+	}{
+		{s.k.prefix, clientv3.PermissionType(clientv3.PermRead)},
+		{statePrefix, clientv3.PermissionType(clientv3.PermReadWrite)},
+	} {
+		if _, err := s.cli.RoleGrantPermission(ctx, user, p.key, clientv3.GetPrefixRangeEnd(p.key), p.perm); err != nil {
+			return authError(op, err)
+		}
+	}
+	if err := s.ensureUser(ctx, op, user, user); err != nil {
+		return err
+	}
+	s.log.Info("directory: plugin granted", "plugin", name, "user", user, "state", statePrefix)
 	return nil
 }
 

@@ -275,3 +275,32 @@ func TestServerRole(t *testing.T) {
 	}
 	eventually(t, "s2's cache to hear of s3's revocation", func() bool { _, ok := c2.Revoked("s3"); return ok })
 }
+
+// TestPluginRole: an orchestrator plugin (the Docker driver) reads NVI's
+// records and keeps its own under its prefix, and writes nothing else.
+func TestPluginRole(t *testing.T) {
+	d := newTLSDirectory(t)
+	ctx := ctxT(t)
+	must[Network](t)(d.root.CreateNetwork(ctx, Network{Tenant: "acme", Name: "web", CIDR: netip.MustParsePrefix("10.1.0.0/24")}))
+	for _, bad := range []string{"nvi/docker/", "/nvi/docker", "/nvi/v1/docker/", "/"} {
+		if err := d.root.GrantPlugin(ctx, "docker-s1", bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("GrantPlugin with state prefix %q: err = %v, want ErrInvalid", bad, err)
+		}
+	}
+	if err := d.root.GrantPlugin(ctx, "docker-s1", "/nvi/docker/v1/"); err != nil {
+		t.Fatal(err)
+	}
+	p := d.open(t, PluginUser("docker-s1"))
+	if nw := must[Network](t)(p.Network(ctx, "acme", "web")); nw.CIDR != netip.MustParsePrefix("10.1.0.0/24") {
+		t.Fatalf("the plugin reads %+v", nw)
+	}
+	raw := p.Client()
+	if _, err := raw.Put(ctx, "/nvi/docker/v1/networks/n1", "{}"); err != nil {
+		t.Fatalf("the plugin writing its own records: %v", err)
+	}
+	for _, key := range []string{d.prefix + "servers/s1", d.prefix + "endpoints/acme/x", d.prefix + "networks/acme/web", "/nvi/other"} {
+		if _, err := raw.Put(ctx, key, "{}"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("the plugin writing %s: err = %v; want permission denied", key, err)
+		}
+	}
+}

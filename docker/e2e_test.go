@@ -24,6 +24,7 @@ import (
 	"nvi/internal/labtest"
 	"nvi/internal/orchtest"
 	"nvi/lab"
+	"nvi/pki"
 )
 
 // testImage is the image the end-to-end test imports from busybox-static
@@ -217,10 +218,23 @@ func TestDockerEndToEnd(t *testing.T) {
 	defer agent.Close()
 
 	orchtest.DockerImage(t, testImage)
+	// The driver's own directory credential, as "nvictl ca issue-plugin"
+	// makes it: read the directory, write the driver's records only.
+	ca, err := pki.LoadCA(st.Trust.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred := t.TempDir()
+	if err := ca.IssuePlugin(cred, "docker-s2", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := dir.GrantPlugin(ctx, "docker-s2", DefaultStatePrefix); err != nil {
+		t.Fatal(err)
+	}
 	logDir := t.TempDir()
 	p := &plugin{
 		t: t, bin: bin, name: "nvi-" + prefix,
-		args:       []string{"--agent", s2.Socket, "--etcd", strings.Join(st.Directory.Local, ","), "--bridge-netns", s2.Netns},
+		args:       []string{"--agent", s2.Socket, "--etcd", strings.Join(st.Directory.Local, ","), "--etcd-identity", cred, "--bridge-netns", s2.Netns},
 		log:        filepath.Join(logDir, "nvi-docker.log"),
 		transcript: filepath.Join(logDir, "transcript.jsonl"),
 	}

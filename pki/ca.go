@@ -37,6 +37,7 @@ const (
 	OrgOperator  = "nvi-operator"
 	OrgDirectory = "nvi-directory"
 	OrgEnroll    = "nvi-enroll"
+	OrgPlugin    = "nvi-plugin"
 )
 
 // OperatorName is the common name of the operator's certificate. The
@@ -242,6 +243,25 @@ func (ca *CA) IssueOperator(dir string, ttl time.Duration) error {
 	}
 	return ca.issueInto(dir, tmpl, ttl)
 }
+
+// IssuePlugin writes the key and certificate of an orchestrator plugin
+// that reads the directory and keeps records of its own there (the Docker
+// driver): CN "plugin:<name>", its etcd user. Plugins that only talk to
+// their agent (the CNI plugin) need none.
+func (ca *CA) IssuePlugin(dir, name string, ttl time.Duration) error {
+	if err := ValidName(name); err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: PluginUser(name), Organization: []string{OrgPlugin}},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	return ca.issueInto(dir, tmpl, ttl)
+}
+
+// PluginUser is the certificate CN (and etcd user) of plugin name.
+func PluginUser(name string) string { return "plugin:" + name }
 
 // IssueServer writes a new key and the certificate of server name with the
 // CA certificate into dir, without a join token: for provisioning by whoever

@@ -30,7 +30,9 @@ trap cleanup EXIT
 $nvictl lab down >/dev/null 2>&1 || true # a previous tour's leftovers
 
 bold "A cloud of three servers: each a network namespace with its own ovsdb-server,"
-echo "   ovs-vswitchd (userspace datapath) and nvid; etcd runs on the underlay switch"
+echo "   ovs-vswitchd (userspace datapath) and nvid. The lab makes its own CA; each server enrolls"
+echo "   with a single-use token and gets a certificate that names it; etcd (mutual TLS, roles)"
+echo "   listens on a management network that no workload can reach"
 run $nvictl lab up --servers 3 --idle-timeout 15s
 run $nvictl servers
 
@@ -87,6 +89,12 @@ sleep 0.3
 run $nvictl expose acme/web2 --port tcp/8080:80
 run sh -c "ip netns exec nvi-internet nc -w 2 198.18.0.2 8080 </dev/null"
 
+bold "Trust: a workload reaches no agent, no directory and no key; only certificates speak for servers"
+if ip netns exec web1 curl -s -m 2 -o /dev/null http://198.18.0.2:7470/ ; then echo "UNEXPECTED: web1 reached s2's peer API"; else echo "web1 -> s2's peer API (198.18.0.2:7470): dropped"; fi
+if ip netns exec web1 curl -s -m 2 -o /dev/null https://198.19.0.254:2379/ ; then echo "UNEXPECTED: web1 reached the directory"; else echo "web1 -> the directory (198.19.0.254:2379): unreachable"; fi
+if ip netns exec nvi-internet curl -sk -m 2 -o /dev/null https://198.18.0.2:7470/v1/sessions/accept ; then echo "UNEXPECTED: the internet got an answer"; else echo "the internet -> s2's peer API without a certificate: refused by TLS"; fi
+run openssl x509 -noout -subject -enddate -in /run/nvi/s1/identity/cert.pem
+
 bold "Four orchestrators, one network: Podman on s1 (CNI), Docker on s2 (libnetwork), a VM on s3 (libvirt-style tap)"
 mkdir -p "$orch/plugins" "$orch/net.d" "$orch/rootfs/bin"
 ln -s "$PWD/bin/nvi-cni" "$orch/plugins/nvi-cni"
@@ -107,8 +115,9 @@ cp /bin/busybox "$orch/rootfs/bin/" && for a in sh ping sleep ip; do ln -s busyb
 tar -C "$orch/rootfs" -cf "$orch/rootfs.tar" .
 $podman import "$orch/rootfs.tar" localhost/nvi-busybox:tour >/dev/null
 docker import "$orch/rootfs.tar" nvi-busybox:tour >/dev/null
+run $nvictl ca issue-plugin docker-s2 --out "$orch/docker-cred"
 ./bin/nvi-docker --socket /run/docker/plugins/nvitour.sock --agent /run/nvi/s2/nvid.sock \
-	--etcd unix:///run/nvi/etcd.sock --bridge-netns nvi-s2 2>"$orch/nvi-docker.log" &
+	--etcd unixs:///run/nvi/etcd.sock --etcd-identity "$orch/docker-cred" --bridge-netns nvi-s2 2>"$orch/nvi-docker.log" &
 dockerplugin=$!
 sleep 1
 run $podman run -d --name tour-podman --network tour-web --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"nvi/api"
 	"nvi/directory"
 	"nvi/docker"
+	"nvi/pki"
 )
 
 func main() {
@@ -41,6 +43,7 @@ func run(ctx context.Context, args []string) error {
 	etcd := fs.String("etcd", os.Getenv("NVI_ETCD"), "directory (etcd) endpoints, comma-separated (default $NVI_ETCD)")
 	netns := fs.String("bridge-netns", "", "named network namespace of the bridge (default: this process's own)")
 	statePrefix := fs.String("state-prefix", docker.DefaultStatePrefix, "etcd prefix of the plugin's records")
+	etcdID := fs.String("etcd-identity", os.Getenv("NVI_ETCD_IDENTITY"), "the plugin's directory credential ('nvictl ca issue-plugin'): a directory with key.pem, cert.pem, ca.pem; needed when the directory speaks TLS")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	record := fs.String("record", "", "append every exchange with Docker to this file, one JSON object a line")
 	if err := fs.Parse(args); err != nil {
@@ -62,7 +65,15 @@ func run(ctx context.Context, args []string) error {
 			return fmt.Errorf("--bridge-netns %s: %w", *netns, err)
 		}
 	}
-	dir, err := directory.Open(ctx, directory.Config{Endpoints: strings.Split(*etcd, ","), Logger: log})
+	var tc *tls.Config
+	if *etcdID != "" {
+		id, err := pki.LoadIdentity(*etcdID)
+		if err != nil {
+			return fmt.Errorf("--etcd-identity: %w", err)
+		}
+		tc = id.DirectoryTLS()
+	}
+	dir, err := directory.Open(ctx, directory.Config{Endpoints: strings.Split(*etcd, ","), TLS: tc, Logger: log})
 	if err != nil {
 		return err
 	}

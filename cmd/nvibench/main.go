@@ -3,8 +3,10 @@
 // second a server sets up, and TCP throughput across servers through NVI
 // against the same two bridges doing plain L2 switching, in the same run.
 //
-// It runs as root, brings up its own two-server lab (prefix "nvb") and takes
-// it down again. The probe and the echo server run inside the workloads'
+// It runs as root, brings up its own two-server labs and takes them down
+// again: "nvb", as every lab runs (the peer API over mutual TLS), and "nvp",
+// the same with --insecure-peer-api, so that the cost of authenticating
+// agents is measured in the same run, rounds alternating between the two. The probe and the echo server run inside the workloads'
 // namespaces: nvibench starts itself there with "ip netns exec".
 package main
 
@@ -46,9 +48,15 @@ func exitOn(err error) {
 	}
 }
 
-const prefix = "nvb"
+// prefix is the main lab's; plainPrefix the one whose peer API runs
+// without TLS, for the comparison only.
+const (
+	prefix      = "nvb"
+	plainPrefix = "nvp"
+)
 
 type bench struct {
+	lab     string // the lab this bench value drives
 	ctx     context.Context
 	nvictl  string
 	self    string
@@ -57,7 +65,7 @@ type bench struct {
 
 func (b *bench) run(name string, args ...string) (string, error) {
 	cmd := exec.CommandContext(b.ctx, name, args...)
-	cmd.Env = append(os.Environ(), "NVI_LAB="+prefix)
+	cmd.Env = append(os.Environ(), "NVI_LAB="+b.lab)
 	out, err := cmd.CombinedOutput()
 	if b.verbose {
 		fmt.Fprintf(os.Stderr, "$ %s %s\n%s", name, strings.Join(args, " "), out)
@@ -94,34 +102,54 @@ func runBench(args []string) error {
 	if err != nil {
 		return err
 	}
-	b := &bench{ctx: ctx, nvictl: filepath.Join(filepath.Dir(self), "nvictl"), self: self, verbose: *verbose}
-	_, _ = b.run(b.nvictl, "lab", "down")
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		down := exec.CommandContext(cctx, b.nvictl, "lab", "down")
-		down.Env = append(os.Environ(), "NVI_LAB="+prefix)
-		_ = down.Run()
-	}()
-	fmt.Fprintln(os.Stderr, "nvibench: bringing up a two-server lab...")
-	steps := [][]string{
-		{"lab", "up", "--servers", "2", "--idle-timeout", "5m"},
-		{"net", "create", "bench/net", "--cidr", "10.9.0.0/16"},
-		{"lab", "workload", "add", "nvb-c", "--server", "s1", "--net", "bench/net", "--ip", "10.9.0.10"},
-		{"lab", "workload", "add", "nvb-s", "--server", "s2", "--net", "bench/net", "--ip", "10.9.0.20"},
+	b := &bench{lab: prefix, ctx: ctx, nvictl: filepath.Join(filepath.Dir(self), "nvictl"), self: self, verbose: *verbose}
+	bp := *b
+	bp.lab = plainPrefix
+	for _, x := range []*bench{b, &bp} {
+		_, _ = x.run(x.nvictl, "lab", "down")
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			down := exec.CommandContext(cctx, x.nvictl, "lab", "down")
+			down.Env = append(os.Environ(), "NVI_LAB="+x.lab)
+			_ = down.Run()
+		}()
 	}
-	for _, s := range steps {
-		if _, err := b.run(b.nvictl, s...); err != nil {
+	fmt.Fprintln(os.Stderr, "nvibench: bringing up two two-server labs (peer API with and without mutual TLS)...")
+	if err := b.up(); err != nil {
+		return err
+	}
+	if err := bp.up("--agent-args", "--insecure-peer-api"); err != nil {
+		return err
+	}
+	// Rounds alternate between the labs, so that both see the same
+	// machine: these cores are noisy, ratios from one run are what count.
+	const latRounds = 4
+	chunk := max(*sessions/latRounds, 1)
+	var first, base, pFirst, pBase []time.Duration
+	for r := 0; r < latRounds; r++ {
+		f, bs, err := b.latency(1+r*chunk, chunk)
+		if err != nil {
 			return err
 		}
+		first, base = append(first, f...), append(base, bs...)
+		if f, bs, err = bp.latency(1+r*chunk, chunk); err != nil {
+			return err
+		}
+		pFirst, pBase = append(pFirst, f...), append(pBase, bs...)
 	}
-	first, base, err := b.latency(1, *sessions)
-	if err != nil {
-		return err
-	}
-	rate, err := b.setupRate(20000, *burst)
-	if err != nil {
-		return err
+	var rate, pRate float64
+	half := max(*burst/2, 1)
+	for r := 0; r < 2; r++ {
+		x, err := b.setupRate(20000+r*half, half)
+		if err != nil {
+			return err
+		}
+		y, err := bp.setupRate(20000+r*half, half)
+		if err != nil {
+			return err
+		}
+		rate, pRate = rate+x/2, pRate+y/2
 	}
 	nvi, plain, err := b.throughput(*seconds, *rounds)
 	if err != nil {
@@ -144,6 +172,39 @@ func runBench(args []string) error {
 	row(fmt.Sprintf("TCP throughput across servers, NVI (median of %d)", *rounds), fmt.Sprintf("%.2f Gbit/s", nvi/1e9), "")
 	row(fmt.Sprintf("TCP throughput, plain L2 switching (median of %d)", *rounds), fmt.Sprintf("%.2f Gbit/s", plain/1e9), "")
 	row("throughput ratio NVI / plain", fmt.Sprintf("%.3f", nvi/plain), ">= 0.9")
+
+	pAdded := func(q float64) time.Duration { return max(percentile(pFirst, q)-percentile(pBase, 0.5), 0) }
+	fmt.Printf("\nWhat authenticating agents costs (peer API with mutual TLS 1.3 vs --insecure-peer-api;\n%d rounds alternating between two labs)\n\n", latRounds)
+	fmt.Printf("%-44s %12s %12s %10s %10s\n", "measure", "mTLS", "plain", "ratio", "target")
+	fmt.Printf("%-44s %12s %12s %10s %10s\n", strings.Repeat("-", 44), strings.Repeat("-", 12), strings.Repeat("-", 12), strings.Repeat("-", 10), strings.Repeat("-", 10))
+	cmp := func(m string, x, y float64, v, w, target string) {
+		ratio := "-"
+		if y > 0 {
+			ratio = fmt.Sprintf("%.3f", x/y)
+		}
+		fmt.Printf("%-44s %12s %12s %10s %10s\n", m, v, w, ratio, target)
+	}
+	cmp("first-packet added latency p50", float64(added(0.5)), float64(pAdded(0.5)), fmtDur(added(0.5)), fmtDur(pAdded(0.5)), "<= 1.10")
+	cmp("first-packet added latency p99", float64(added(0.99)), float64(pAdded(0.99)), fmtDur(added(0.99)), fmtDur(pAdded(0.99)), "")
+	cmp("first-packet round trip p50", float64(percentile(first, 0.5)), float64(percentile(pFirst, 0.5)), fmtDur(percentile(first, 0.5)), fmtDur(percentile(pFirst, 0.5)), "")
+	cmp("sessions set up per second", rate, pRate, fmt.Sprintf("%.0f/s", rate), fmt.Sprintf("%.0f/s", pRate), "")
+	return nil
+}
+
+// up brings up this bench's lab: two servers, a client and a server
+// workload.
+func (b *bench) up(extra ...string) error {
+	steps := [][]string{
+		append([]string{"lab", "up", "--servers", "2", "--idle-timeout", "5m"}, extra...),
+		{"net", "create", "bench/net", "--cidr", "10.9.0.0/16"},
+		{"lab", "workload", "add", b.lab + "-c", "--server", "s1", "--net", "bench/net", "--ip", "10.9.0.10"},
+		{"lab", "workload", "add", b.lab + "-s", "--server", "s2", "--net", "bench/net", "--ip", "10.9.0.20"},
+	}
+	for _, s := range steps {
+		if _, err := b.run(b.nvictl, s...); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -181,10 +242,10 @@ type probeResult struct {
 // (each to a fresh server port) and of datagrams on one established
 // session, back to back in one run.
 func (b *bench) latency(firstPort, n int) (first, base []time.Duration, err error) {
-	fmt.Fprintf(os.Stderr, "nvibench: first packets of %d new sessions...\n", n)
+	fmt.Fprintf(os.Stderr, "nvibench: %s: first packets of %d new sessions...\n", b.lab, n)
 	echo := b.startEcho(firstPort, n)
 	defer echo()
-	out, err := b.in("nvb-c", b.self, "probe", "--dst", "10.9.0.20", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n), "--parallel", "1")
+	out, err := b.in(b.lab+"-c", b.self, "probe", "--dst", "10.9.0.20", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n), "--parallel", "1")
 	if err != nil {
 		return nil, nil, err
 	}
@@ -195,7 +256,7 @@ func (b *bench) latency(firstPort, n int) (first, base []time.Duration, err erro
 	if pr.Lost > 0 {
 		fmt.Fprintf(os.Stderr, "nvibench: %d of %d first packets got no answer within 1s\n", pr.Lost, n)
 	}
-	out, err = b.in("nvb-c", b.self, "probe", "--dst", "10.9.0.20", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n), "--parallel", "1", "--same-port")
+	out, err = b.in(b.lab+"-c", b.self, "probe", "--dst", "10.9.0.20", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n), "--parallel", "1", "--same-port")
 	if err != nil {
 		return nil, nil, err
 	}
@@ -207,10 +268,10 @@ func (b *bench) latency(firstPort, n int) (first, base []time.Duration, err erro
 }
 
 func (b *bench) setupRate(firstPort, n int) (float64, error) {
-	fmt.Fprintf(os.Stderr, "nvibench: %d sessions as fast as they go...\n", n)
+	fmt.Fprintf(os.Stderr, "nvibench: %s: %d sessions as fast as they go...\n", b.lab, n)
 	echo := b.startEcho(firstPort, n)
 	defer echo()
-	out, err := b.in("nvb-c", b.self, "probe", "--dst", "10.9.0.20", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n), "--parallel", "32")
+	out, err := b.in(b.lab+"-c", b.self, "probe", "--dst", "10.9.0.20", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n), "--parallel", "32")
 	if err != nil {
 		return 0, err
 	}
@@ -223,7 +284,7 @@ func (b *bench) setupRate(firstPort, n int) (float64, error) {
 
 // startEcho runs the UDP echo server in the server workload.
 func (b *bench) startEcho(firstPort, n int) func() {
-	cmd := exec.CommandContext(b.ctx, "ip", "netns", "exec", "nvb-s", b.self, "echo", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n))
+	cmd := exec.CommandContext(b.ctx, "ip", "netns", "exec", b.lab+"-s", b.self, "echo", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n))
 	cmd.Stderr = os.Stderr
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {

@@ -34,7 +34,7 @@ func defaultCADir() string {
 func operatorDir(caDir string) string { return filepath.Join(caDir, "operator") }
 
 func caCommands() []command {
-	return []command{caInitCmd(), caServeCmd(), caIssueDirectoryCmd()}
+	return []command{caInitCmd(), caServeCmd(), caIssueDirectoryCmd(), caIssuePluginCmd()}
 }
 
 func serverCommands() []command {
@@ -181,6 +181,54 @@ func caIssueDirectoryCmd() command {
 				return err
 			}
 			fmt.Fprintf(e.stdout, "directory certificate in %s\n", out)
+			return nil
+		},
+	}
+}
+
+func caIssuePluginCmd() command {
+	var dir, out, state string
+	var ttl time.Duration
+	var inDir bool
+	return command{
+		name: "issue-plugin", args: "NAME", help: "issue an orchestrator plugin's directory credential (the Docker driver's) and grant its role",
+		flags: func(fs *flag.FlagSet) {
+			caDirFlag(fs, &dir)
+			fs.StringVar(&out, "out", "", "directory to write key.pem, cert.pem and ca.pem into (required)")
+			fs.StringVar(&state, "state-prefix", "/nvi/docker/v1/", "the plugin's own records in the directory, which it may write")
+			fs.DurationVar(&ttl, "ttl", 365*24*time.Hour, "life of the certificate")
+			fs.BoolVar(&inDir, "directory", true, "grant its role in the directory (the directory: --etcd, or the lab's)")
+		},
+		run: func(e *env, _ *flag.FlagSet, args []string) error {
+			if err := wantArgs(args, 1, "the plugin's NAME, e.g. docker-s2"); err != nil {
+				return err
+			}
+			if err := pki.ValidName(args[0]); err != nil {
+				return usagef("%v", err)
+			}
+			if out == "" {
+				return usagef("--out DIR is required")
+			}
+			if err := positive("ttl", ttl); err != nil {
+				return err
+			}
+			ca, err := pki.LoadCA(dir)
+			if err != nil {
+				return err
+			}
+			if inDir {
+				d, err := e.directory()
+				if err != nil {
+					return err
+				}
+				if err := d.GrantPlugin(e.ctx, args[0], state); err != nil {
+					return err
+				}
+			}
+			if err := ca.IssuePlugin(out, args[0], ttl); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "plugin %s: credential (CN=%s) in %s; it may read the directory and write %s\n", args[0], pki.PluginUser(args[0]), out, state)
 			return nil
 		},
 	}

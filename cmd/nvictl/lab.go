@@ -68,6 +68,7 @@ func labCommands() []command {
 		agentArgs               string
 		p                       placement
 		tap, nic                string
+		certTTL                 time.Duration
 	)
 	logf := func(e *env) func(string, ...any) {
 		return func(format string, args ...any) { fmt.Fprintf(e.stderr, "lab: "+format+"\n", args...) }
@@ -82,6 +83,7 @@ func labCommands() []command {
 				fs.StringVar(&bin, "bin", "", "directory holding nvid (default: next to nvictl)")
 				fs.StringVar(&subnet, "subnet", lab.DefaultSubnet.String(), "underlay subnet")
 				fs.StringVar(&agentArgs, "agent-args", "", "extra nvid flags, space-separated")
+				fs.DurationVar(&certTTL, "cert-ttl", lab.DefaultCertTTL, "life of the servers' certificates (they renew at two thirds of it)")
 			},
 			run: func(e *env, _ *flag.FlagSet, args []string) error {
 				if err := wantArgs(args, 0, "no arguments"); err != nil {
@@ -91,7 +93,10 @@ func labCommands() []command {
 				if err != nil {
 					return usagef("--subnet %q is not a CIDR", subnet)
 				}
-				cfg := lab.Config{Prefix: e.lab, Servers: servers, Subnet: p, Bin: bin, Log: logf(e)}
+				if certTTL <= 0 {
+					return usagef("--cert-ttl %v: want a positive duration", certTTL)
+				}
+				cfg := lab.Config{Prefix: e.lab, Servers: servers, Subnet: p, Bin: bin, Log: logf(e), CertTTL: certTTL}
 				if etcd != "" {
 					cfg.Etcd = strings.Split(etcd, ",")
 				}
