@@ -80,7 +80,7 @@ func TLSCaller(peerName func(*tls.ConnectionState) (string, error)) CallerFunc {
 		}
 		name, err := peerName(r.TLS)
 		if err != nil || name == "" {
-			return "", Errorf(CodeDenied, "the client certificate does not name a server")
+			return "", Errorf(CodeDenied, "the client certificate is refused: %v", err)
 		}
 		return name, nil
 	}

@@ -55,6 +55,12 @@ func TestAttacks(t *testing.T) {
 	live := victim()
 	pids := l.agentPIDs()
 
+	// The attack table: what each attack sent and how much of it got
+	// through (each subtest also fails on any of it).
+	var table []attackRow
+	t.Cleanup(func() { logAttacks(t, table) })
+	note := func(attack string, sent, through int) { table = append(table, attackRow{attack, sent, through}) }
+
 	// intact checks, after every attack, that the victim's session is the
 	// same one, still carries new datagrams from c only, and that no agent
 	// died.
@@ -106,11 +112,14 @@ func TestAttacks(t *testing.T) {
 		for _, call := range []string{"accept", "release", "reopen"} {
 			t.Run("forged "+call+" "+origin.name, func(t *testing.T) {
 				l := l.with(t)
+				through := 0
+				defer func() { note("forged "+call+" "+origin.name, 2, through) }()
 				for _, scheme := range []string{"http", "https"} {
 					url := fmt.Sprintf("%s://%s:7470/v1/sessions/%s", scheme, target[call], call)
 					r := l.in(origin.ns, 15*time.Second, "curl", "-sk", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}",
 						"-X", "POST", "-H", "Content-Type: application/json", "-d", forged[call], url)
 					if r.Code == 0 && strings.HasPrefix(r.Out, "2") {
+						through++
 						t.Errorf("%s answered %s: %s", url, r.Out, r)
 					}
 				}
@@ -121,6 +130,8 @@ func TestAttacks(t *testing.T) {
 	t.Run("forged calls with another server's valid certificate", func(t *testing.T) {
 		l := l.with(t)
 		id := filepath.Join(l.runDir(), "s3", "identity")
+		through := 0
+		defer func() { note("accept, release, reopen with s3's valid certificate claiming s1/s2", 3, through) }()
 		for _, call := range []string{"accept", "release", "reopen"} {
 			// The server certificates name servers, not addresses.
 			url := fmt.Sprintf("https://%s:7470/v1/sessions/%s", targetName[call], call)
@@ -129,6 +140,7 @@ func TestAttacks(t *testing.T) {
 				"--resolve", targetName[call]+":7470:"+target[call], "-X", "POST", "-H", "Content-Type: application/json", "-d", forged[call], url)
 			lines := strings.Split(strings.TrimSpace(r.Out), "\n")
 			if code := lines[len(lines)-1]; r.Code != 0 || code != "403" {
+				through++
 				t.Errorf("%s with s3's certificate claiming another server: exit %d, HTTP %s, want 403: %s", call, r.Code, code, r)
 			}
 		}
@@ -142,6 +154,7 @@ func TestAttacks(t *testing.T) {
 			t.Fatal(r)
 		}
 		t.Logf("attacker: %s", strings.TrimSpace(r.Out))
+		note("key spraying through egress (UDP to every key of s2)", sentOf(r.Out), strings.Count(sink.out.String(), "forged"))
 		intact(t)
 	})
 
@@ -169,6 +182,7 @@ func TestAttacks(t *testing.T) {
 			}
 			return nil
 		})
+		note("UDP from a source port in the key range", 3, strings.Count(esink.out.String(), "keyport"))
 		if strings.Contains(esink.out.String(), "keyport") {
 			t.Errorf("a datagram from a key-range source port was delivered: %q", esink.out.String())
 		}
@@ -206,6 +220,7 @@ func TestAttacks(t *testing.T) {
 			}
 			return nil
 		})
+		note("a new flow from a server workload back to its client", 1, strings.Count(fsink.out.String(), "reverse"))
 		if got := fsink.out.String(); got != "" {
 			t.Errorf("front received %q from db, which policy never allowed to open a flow to it", got)
 		}
@@ -232,6 +247,7 @@ func TestAttacks(t *testing.T) {
 		if r := l.in(w.Name, 10*time.Second, "ping", "-c", "1", "-W", "2", "203.0.113.2"); r.Code != 0 {
 			t.Errorf("untagged egress broke: %s", r)
 		}
+		note("802.1Q-tagged frames from a workload", sentOf(r.Out), strings.Count(dump.out.String(), "vlan 42"))
 		if out := dump.out.String(); out != "" {
 			t.Errorf("tagged frames reached the underlay:\n%s", out)
 		}
@@ -240,9 +256,12 @@ func TestAttacks(t *testing.T) {
 
 	t.Run("an etcd client inside a workload", func(t *testing.T) {
 		l := l.with(t)
+		through := 0
+		defer func() { note("an etcd client inside a workload (4 endpoints)", 4, through) }()
 		for _, ep := range []string{"https://198.19.0.254:2379", "http://198.19.0.254:2379", "http://198.18.0.254:2379", "https://198.18.0.254:2379"} {
 			r := l.in(w.Name, 30*time.Second, filepath.Join(bin, "nvictl"), "--etcd", ep, "servers")
 			if r.Code == 0 {
+				through++
 				t.Errorf("a workload read the directory at %s: %s", ep, r)
 			}
 		}
@@ -290,13 +309,16 @@ func TestAttacks(t *testing.T) {
 			}
 			return nil
 		})
+		made := 0
 		for _, x := range l.sessions("s1") {
 			for _, ip := range ips {
 				if x.Server == ip {
+					made++
 					t.Errorf("a session toward a malformed server: %+v", x)
 				}
 			}
 		}
+		note("malformed server records (IPv6, empty, garbage) and first packets toward them", len(ips), made)
 		for k := range bad {
 			cli.Delete(ctx, "/nvi/v1/servers/"+k)
 			cli.Delete(ctx, "/nvi/v1/endpoints/acme/x-"+k)
@@ -321,8 +343,12 @@ func TestAttacks(t *testing.T) {
 		if r := l.in(c.Name, 10*time.Second, filepath.Join(bin, "nviattack"), "spray", "--to", s.IP, "--ports", "6001-6020", "--payload", "new"); r.Code != 0 {
 			t.Fatal(r)
 		}
+		n := 0
+		defer func() {
+			note("evil's flood of first packets: acme's 20 new sessions lost", sentOf(flood.out.String()), 20-n)
+		}()
 		eventually(t, 10*time.Second, "acme's 20 new sessions", func() error {
-			n := 0
+			n = 0
 			for _, x := range l.sessions("s1") {
 				if x.Client == c.IP && x.Server == s.IP && x.Port >= 6001 && x.Port <= 6020 {
 					n++
@@ -340,6 +366,31 @@ func TestAttacks(t *testing.T) {
 		t.Logf("attacker: %s; its meter dropped %d", strings.TrimSpace(flood.out.String()), l.meterDrops("s1", w))
 		intact(t)
 	})
+}
+
+// attackRow is one line of the attack table.
+type attackRow struct {
+	attack        string
+	sent, through int
+}
+
+// logAttacks prints the attack table.
+func logAttacks(t *testing.T, rows []attackRow) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n| attack | sent | got through |\n| --- | ---: | ---: |\n")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %s | %d | %d |\n", r.attack, r.sent, r.through)
+	}
+	t.Log(b.String())
+}
+
+// sentOf reads nviattack's "sent N".
+func sentOf(out string) int {
+	var n int
+	if i := strings.LastIndex(out, "sent "); i >= 0 {
+		fmt.Sscanf(out[i:], "sent %d", &n)
+	}
+	return n
 }
 
 // operatorDirectory opens the lab's directory with the operator's

@@ -51,9 +51,11 @@ func TestOrchestrators(t *testing.T) {
 	// Docker on s2, through nvi-docker.
 	dname := l.Prefix + "nvi" // the plugin is named after its socket
 	sock := "/run/docker/plugins/" + dname + ".sock"
+	cred := filepath.Join(t.TempDir(), "docker-s2")
+	l.must("ca", "issue-plugin", "docker-s2", "--out", cred)
 	l.start("", filepath.Join(bin, "nvi-docker"), "--socket", sock,
 		"--agent", filepath.Join(l.runDir(), "s2", "nvid.sock"),
-		"--etcd", "unix://"+filepath.Join(l.runDir(), "etcd.sock"), "--bridge-netns", l.server("s2"))
+		"--etcd", "unixs://"+filepath.Join(l.runDir(), "etcd.sock"), "--etcd-identity", cred, "--bridge-netns", l.server("s2"))
 	eventually(t, 10*time.Second, "nvi-docker listening", func() error {
 		_, err := os.Stat(sock)
 		return err

@@ -235,7 +235,7 @@ func (id *Identity) ServerTLS() *tls.Config {
 		ClientCAs:  id.roots,
 		// Also runs on resumed sessions, so a revocation takes effect there.
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			_, err := id.PeerName(&cs)
+			_, err := id.verifyServer(cs.PeerCertificates, time.Now(), x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
 			return err
 		},
 	}
@@ -256,7 +256,7 @@ func (id *Identity) ClientTLS(peer string) *tls.Config {
 		// full and resumed handshakes alike.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			name, err := id.verifyServer(cs.PeerCertificates, x509.ExtKeyUsageServerAuth)
+			name, err := id.verifyServer(cs.PeerCertificates, time.Now(), x509.ExtKeyUsageServerAuth)
 			if err != nil {
 				return err
 			}
@@ -269,18 +269,31 @@ func (id *Identity) ClientTLS(peer string) *tls.Config {
 	}
 }
 
-// PeerName is the server a TLS connection's peer speaks for. It verifies the
-// peer's certificate against the CA itself (so it can be called on either
-// side of a connection), refuses certificates that are not server
-// certificates, and asks the revocation check.
+// PeerName is the server a TLS connection's peer speaks for, asked at each
+// request. It verifies the peer's certificate against the CA itself (so it
+// can be called on either side of a connection), refuses certificates that
+// are not server certificates, and asks the revocation check every time.
+// Expiry was checked at the handshake: a connection stays authenticated
+// while it lasts, also past its certificate's rotation and expiry, unless
+// the server is revoked.
 func (id *Identity) PeerName(cs *tls.ConnectionState) (string, error) {
 	if cs == nil {
 		return "", errors.New("not a TLS connection")
 	}
-	return id.verifyServer(cs.PeerCertificates, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+	if len(cs.PeerCertificates) == 0 {
+		return "", errors.New("the peer presented no certificate")
+	}
+	// Verify as of a moment inside the leaf's validity, so that only
+	// expiry is not judged again.
+	leaf := cs.PeerCertificates[0]
+	at := time.Now()
+	if at.After(leaf.NotAfter) {
+		at = leaf.NotAfter
+	}
+	return id.verifyServer(cs.PeerCertificates, at, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
 }
 
-func (id *Identity) verifyServer(certs []*x509.Certificate, usages ...x509.ExtKeyUsage) (string, error) {
+func (id *Identity) verifyServer(certs []*x509.Certificate, at time.Time, usages ...x509.ExtKeyUsage) (string, error) {
 	if len(certs) == 0 {
 		return "", errors.New("the peer presented no certificate")
 	}
@@ -289,7 +302,7 @@ func (id *Identity) verifyServer(certs []*x509.Certificate, usages ...x509.ExtKe
 	for _, c := range certs[1:] {
 		inter.AddCert(c)
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: id.roots, Intermediates: inter, KeyUsages: usages}); err != nil {
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: id.roots, Intermediates: inter, KeyUsages: usages, CurrentTime: at}); err != nil {
 		return "", fmt.Errorf("the peer's certificate does not verify against this cloud's CA: %w", err)
 	}
 	name, err := ServerNameOf(leaf)

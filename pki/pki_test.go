@@ -779,3 +779,33 @@ func mustKey(t *testing.T) *ecdsa.PrivateKey {
 }
 
 func pkixName() pkix.Name { return pkix.Name{} }
+
+// TestPeerNameOnLongConnections: a connection authenticated at its
+// handshake keeps naming its server after the certificate it showed has
+// expired (the peer rotated meanwhile), but not after a revocation; a
+// foreign certificate never names anyone.
+func TestPeerNameOnLongConnections(t *testing.T) {
+	ca := newCA(t)
+	other := newCA(t)
+	s1 := enrollServer(t, ca, "s1", time.Hour)
+	now := time.Now()
+	state := func(c *tls.Certificate) *tls.ConnectionState {
+		return &tls.ConnectionState{PeerCertificates: []*x509.Certificate{c.Leaf}}
+	}
+	old := rawServerCert(t, ca, "s2", now.Add(-90*time.Second), now.Add(-time.Second))
+	if name, err := s1.PeerName(state(old)); err != nil || name != "s2" {
+		t.Fatalf("PeerName on a connection whose certificate expired since: %q, %v; want s2", name, err)
+	}
+	if _, err := s1.PeerName(state(rawServerCert(t, other, "s2", now.Add(-time.Minute), now.Add(time.Hour)))); err == nil {
+		t.Fatal("a foreign CA's certificate named a server")
+	}
+	s1.SetRevocationCheck(func(name string, notBefore time.Time) error {
+		if name == "s2" {
+			return errors.New("revoked")
+		}
+		return nil
+	})
+	if _, err := s1.PeerName(state(old)); err == nil {
+		t.Fatal("a revoked server's old connection still names it")
+	}
+}

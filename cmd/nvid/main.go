@@ -75,6 +75,8 @@ func runAgent(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 0, "life of this server's directory record without renewal (default 10s)")
 	var rate uint
 	fs.UintVar(&rate, "punt-rate", 5000, "packet-ins per second each workload's meter lets through to the agent")
+	var uplinkRate uint
+	fs.UintVar(&uplinkRate, "uplink-punt-rate", 1000, "packet-ins per second the uplink's meter lets through (ICMP errors, peers' echoes)")
 	var underlay string
 	fs.StringVar(&underlay, "underlay", "", "more infrastructure prefixes workloads must not reach, comma-separated (the data subnet, router and directory are always in)")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
@@ -110,7 +112,10 @@ func runAgent(ctx context.Context, args []string) error {
 	if cfg.KeyRange, err = session.ParseKeyRange(keys); err != nil {
 		return fmt.Errorf("--key-range: %w", err)
 	}
-	cfg.PuntRate = uint32(rate)
+	if rate == 0 || rate > 1_000_000 || uplinkRate == 0 || uplinkRate > 1_000_000 {
+		return fmt.Errorf("--punt-rate %d, --uplink-punt-rate %d: want 1..1000000 packets a second", rate, uplinkRate)
+	}
+	cfg.PuntRate, cfg.UplinkPuntRate = uint32(rate), uint32(uplinkRate)
 	for _, p := range strings.Split(underlay, ",") {
 		if p = strings.TrimSpace(p); p == "" {
 			continue
