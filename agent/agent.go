@@ -49,6 +49,7 @@ type Agent struct {
 	keys       *session.KeyPool
 	peers      map[peerAddr]*api.PeerClient
 	registered bool
+	self       directory.Server // this server's record as registered: what port maps may not take
 	dirErr     string
 	lim        limits // session quotas and log limits (limits.go)
 }
@@ -307,7 +308,10 @@ func (a *Agent) register(ctx context.Context) error {
 		Site:      a.cfg.Site,
 		AgentAddr: a.cfg.PeerListen,
 		Role:      directory.RoleServer,
+		KeyRange:  a.cfg.KeyRange,
+		Reserved:  hostReserved(),
 	}
+	a.self = srv
 	a.mu.Unlock()
 	for attempt := 0; ; attempt++ {
 		reg, err := a.dir.RegisterServer(ctx, srv, a.cfg.LeaseTTL)

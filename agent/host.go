@@ -51,6 +51,23 @@ func (a *Agent) warnEphemeralOverlap() {
 	}
 }
 
+// hostReserved are the host ports on the data address that port maps may not
+// take besides the keys, the NAT range and the agent's and directory's
+// ports: SSH, and the host's ephemeral range, whose replies a port map
+// would otherwise steal from the host's own connections.
+func hostReserved() []directory.PortRange {
+	out := []directory.PortRange{{First: 22, Last: 22}}
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return out
+	}
+	var lo, hi uint16
+	if _, err := fmt.Sscanf(string(b), "%d %d", &lo, &hi); err == nil && lo > 0 && lo <= hi {
+		out = append(out, directory.PortRange{First: lo, Last: hi})
+	}
+	return out
+}
+
 // nextHop is the MAC that frames toward a peer server carry: the peer's own
 // on a shared segment, else the underlay router's, as the host's neighbour
 // table knows it.

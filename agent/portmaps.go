@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"log/slog"
 
 	"nvi/directory"
 	"nvi/openflow"
@@ -84,6 +85,11 @@ func (a *Agent) portMapFlows(br pipeline.Bridge) []openflow.Message {
 			}
 		}
 		if target == nil {
+			continue
+		}
+		// Whoever wrote the record, a port this host needs stays the host's.
+		if err := a.self.CheckPort(pm.Port); err != nil {
+			a.logLimited(slog.LevelWarn, "portmap-refused", "port map not installed", "portmap", pm.String(), "err", err)
 			continue
 		}
 		fms, err := pipeline.PortMapFlows(br, pipeline.PortMap{Proto: pm.Proto, Port: pm.Port, Target: target.workload(), TargetPort: pm.TargetPort})
