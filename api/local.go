@@ -211,15 +211,5 @@ func ServeLocal(ctx context.Context, l net.Listener, h http.Handler, authorize f
 		cred, err := peerCred(c)
 		return context.WithValue(ctx, credKey{}, credResult{cred, err})
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-		return nil
-	}
+	return serveUntil(ctx, srv, l)
 }

@@ -200,7 +200,11 @@ func newServer(h http.Handler, log *slog.Logger) *http.Server {
 
 // Serve runs h on l until ctx ends, then shuts down gracefully.
 func Serve(ctx context.Context, l net.Listener, h http.Handler, log *slog.Logger) error {
-	srv := newServer(h, log)
+	return serveUntil(ctx, newServer(h, log), l)
+}
+
+// serveUntil runs srv on l until ctx ends, then shuts it down gracefully.
+func serveUntil(ctx context.Context, srv *http.Server, l net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	select {

@@ -597,3 +597,22 @@ func TestCheckRecord(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseToken: any string is refused with an error or is a token that
+// passes its checks and prints as the same token again. Nothing panics.
+func FuzzParseToken(f *testing.F) {
+	f.Add(Token{Addr: "198.19.0.254:7471", Pin: "sha256:" + strings.Repeat("ab", 32), ID: "0123456789abcdef", Secret: strings.Repeat("x", 43), Name: "s1"}.String())
+	f.Add("nvi1.")
+	f.Add("nvi1.e30")
+	f.Add("not a token")
+	f.Fuzz(func(t *testing.T, s string) {
+		tok, err := ParseToken(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseToken(tok.String())
+		if err != nil || again != tok {
+			t.Fatalf("token %q parsed to %+v, which prints as %q and parses to %+v, %v", s, tok, tok.String(), again, err)
+		}
+	})
+}

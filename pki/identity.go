@@ -321,6 +321,13 @@ func (id *Identity) verifyServer(certs []*x509.Certificate, at time.Time, usages
 // renewals): TLS 1.3, the current certificate is presented, and the answer
 // must be an enrollment-service certificate from the CA.
 func (id *Identity) EnrollClientTLS() *tls.Config {
+	return id.serviceTLS(CheckEnrollService)
+}
+
+// serviceTLS is the client side toward one of the cloud's services: TLS
+// 1.3, the current certificate presented, and the answer checked by check
+// (its kind, not a host name).
+func (id *Identity) serviceTLS(check func([]*x509.Certificate, *x509.CertPool) error) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -328,7 +335,7 @@ func (id *Identity) EnrollClientTLS() *tls.Config {
 		},
 		InsecureSkipVerify: true, // VerifyConnection checks the kind, not a host name
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			return CheckEnrollService(cs.PeerCertificates, id.roots)
+			return check(cs.PeerCertificates, id.roots)
 		},
 	}
 }
@@ -373,14 +380,5 @@ func checkService(certs []*x509.Certificate, roots *x509.CertPool, org, what str
 // current certificate is presented (etcd takes the user from its common
 // name), and the answer must be the directory's certificate from the CA.
 func (id *Identity) DirectoryTLS() *tls.Config {
-	return &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return id.current(), nil
-		},
-		InsecureSkipVerify: true, // VerifyConnection checks the kind, not a host name
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			return CheckDirectory(cs.PeerCertificates, id.roots)
-		},
-	}
+	return id.serviceTLS(CheckDirectory)
 }
