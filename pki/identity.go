@@ -283,14 +283,35 @@ func (id *Identity) PeerName(cs *tls.ConnectionState) (string, error) {
 	if len(cs.PeerCertificates) == 0 {
 		return "", errors.New("the peer presented no certificate")
 	}
+	leaf := cs.PeerCertificates[0]
+	if len(cs.VerifiedChains) > 0 && cs.VerifiedChains[0][0] == leaf {
+		// The serving side's handshake verified this chain against our
+		// CA and its kind (ServerTLS): per request, only the name and
+		// the revocation are asked again — no signature to check on the
+		// way of every session's Accept.
+		name, err := ServerNameOf(leaf)
+		if err != nil {
+			return "", err
+		}
+		return name, id.checkRevoked(name, leaf)
+	}
 	// Verify as of a moment inside the leaf's validity, so that only
 	// expiry is not judged again.
-	leaf := cs.PeerCertificates[0]
 	at := time.Now()
 	if at.After(leaf.NotAfter) {
 		at = leaf.NotAfter
 	}
 	return id.verifyServer(cs.PeerCertificates, at, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+}
+
+// checkRevoked asks the revocation check about a verified certificate.
+func (id *Identity) checkRevoked(name string, leaf *x509.Certificate) error {
+	if f := id.revoked.Load(); f != nil {
+		if err := (*f)(name, leaf.NotBefore); err != nil {
+			return fmt.Errorf("server %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 func (id *Identity) verifyServer(certs []*x509.Certificate, at time.Time, usages ...x509.ExtKeyUsage) (string, error) {
@@ -309,10 +330,8 @@ func (id *Identity) verifyServer(certs []*x509.Certificate, at time.Time, usages
 	if err != nil {
 		return "", err
 	}
-	if f := id.revoked.Load(); f != nil {
-		if err := (*f)(name, leaf.NotBefore); err != nil {
-			return "", fmt.Errorf("server %s: %w", name, err)
-		}
+	if err := id.checkRevoked(name, leaf); err != nil {
+		return "", err
 	}
 	return name, nil
 }
