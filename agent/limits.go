@@ -29,9 +29,8 @@ const (
 	clientDeafAfter = 15 * time.Second
 )
 
-// LocalAPIConfig says who may use the local API. It is separate from
-// Config so that it can be wired in on its own: Config.LocalAPI, or a
-// --socket-group flag, set by the lead.
+// LocalAPIConfig says who may use the local API (Config.LocalAPI, nvid's
+// --socket-group).
 type LocalAPIConfig struct {
 	// SocketGroup is the group that owns the socket (mode 0660) and whose
 	// members may call the agent besides root. Empty means "root".
