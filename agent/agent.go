@@ -108,7 +108,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	a.warnEphemeralOverlap()
+	if err := a.reserveKeys(); err != nil {
+		return err
+	}
 
 	// The local API first, so that tools can ask why the agent is not ready.
 	serveLocal, err := a.listenLocalAPI(a.cfg.LocalAPI)

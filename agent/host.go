@@ -33,22 +33,52 @@ func configureDataIP(ctx context.Context, dev string, addr netip.Prefix, gateway
 	return nil
 }
 
-// warnEphemeralOverlap complains when the host's ephemeral ports reach into
-// the key range: a client source port equal to a key would be mistaken for
-// session traffic.
-func (a *Agent) warnEphemeralOverlap() {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+// reserveKeys keeps the host's own connections out of the key range: when
+// the host's ephemeral ports reach into it, their replies would be taken
+// for session traffic (and dropped as stray), so the keys are added to
+// net.ipv4.ip_local_reserved_ports. If that cannot be done, the agent does
+// not start.
+func (a *Agent) reserveKeys() error {
+	const rangeFile, reservedFile = "/proc/sys/net/ipv4/ip_local_port_range", "/proc/sys/net/ipv4/ip_local_reserved_ports"
+	b, err := os.ReadFile(rangeFile)
 	if err != nil {
-		return
+		return nil // not Linux, or no procfs: nothing to protect here
 	}
 	var lo, hi int
 	if _, err := fmt.Sscanf(string(b), "%d %d", &lo, &hi); err != nil {
-		return
+		return nil
 	}
-	if hi >= int(a.cfg.KeyRange.First()) && lo <= int(a.cfg.KeyRange.Last()) {
-		a.log.Warn("the host's ephemeral port range overlaps the session key range; reserve the keys with net.ipv4.ip_local_reserved_ports",
-			"ephemeral", fmt.Sprintf("%d-%d", lo, hi), "keys", a.cfg.KeyRange.String())
+	keys := a.cfg.KeyRange
+	if hi < int(keys.First()) || lo > int(keys.Last()) {
+		return nil
 	}
+	cur, err := os.ReadFile(reservedFile)
+	if err != nil {
+		return fmt.Errorf("the host's ephemeral ports %d-%d overlap the session keys %s and %s is unreadable: %w", lo, hi, keys, reservedFile, err)
+	}
+	next, changed := withReserved(strings.TrimSpace(string(cur)), keys.String())
+	if !changed {
+		return nil
+	}
+	if err := os.WriteFile(reservedFile, []byte(next), 0o644); err != nil {
+		return fmt.Errorf("the host's ephemeral ports %d-%d overlap the session keys %s, and reserving them failed: %w (set net.ipv4.ip_local_reserved_ports=%s, or narrow net.ipv4.ip_local_port_range)", lo, hi, keys, err, keys)
+	}
+	a.log.Info("reserved the session keys from the host's ephemeral ports", "ephemeral", fmt.Sprintf("%d-%d", lo, hi), "reserved", next)
+	return nil
+}
+
+// withReserved adds the port range r ("A-B") to a ip_local_reserved_ports
+// list ("", "22,8000-8100"), unless it is there already.
+func withReserved(cur, r string) (string, bool) {
+	for _, item := range strings.Split(cur, ",") {
+		if strings.TrimSpace(item) == r {
+			return cur, false
+		}
+	}
+	if cur == "" {
+		return r, true
+	}
+	return cur + "," + r, true
 }
 
 // hostReserved are the host ports on the data address that port maps may not

@@ -294,3 +294,19 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+func TestWithReserved(t *testing.T) {
+	for _, tc := range []struct {
+		cur, r, want string
+		changed      bool
+	}{
+		{"", "61440-65535", "61440-65535", true},
+		{"22,8000-8100", "61440-65535", "22,8000-8100,61440-65535", true},
+		{"22,61440-65535", "61440-65535", "22,61440-65535", false},
+	} {
+		got, changed := withReserved(tc.cur, tc.r)
+		if got != tc.want || changed != tc.changed {
+			t.Errorf("withReserved(%q, %q) = %q, %v; want %q, %v", tc.cur, tc.r, got, changed, tc.want, tc.changed)
+		}
+	}
+}
