@@ -42,7 +42,9 @@ type world struct {
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func newWorld(t *testing.T, agentAddr map[string]string) *world {
+// embeddedDirectory starts an embedded etcd on loopback for one test and
+// opens a store on it.
+func embeddedDirectory(t *testing.T) (context.Context, *directory.Store) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
@@ -56,6 +58,54 @@ func newWorld(t *testing.T, agentAddr map[string]string) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	return ctx, st
+}
+
+// testAgent makes an agent from c (the switch-related fields filled in),
+// wired to the directory but with no switch.
+func testAgent(t *testing.T, ctx context.Context, st *directory.Store, c Config) *Agent {
+	t.Helper()
+	c.Uplink, c.OVSDB, c.OVSRunDir, c.Socket, c.Etcd = "up0", "unix:/nonexistent", t.TempDir(), t.TempDir()+"/s", []string{"x"}
+	if c.Logger == nil {
+		c.Logger = quietLog()
+	}
+	a, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.ctx = ctx
+	a.dir = st
+	a.cache = directory.NewCache(st, c.Logger)
+	a.sw = newSwitchConn(a) // never run: no switch
+	a.br = pipelineBridge(c.DataIP.Addr(), a.cfg.KeyRange)
+	return a
+}
+
+// bindLocal binds the endpoint of tenant at ip (network "web") on OpenFlow
+// port, as the agent does when its workload is plugged in.
+func bindLocal(t *testing.T, a *Agent, ctx context.Context, st *directory.Store, k addrKey, port uint32) *local {
+	t.Helper()
+	ep, err := st.EndpointByIP(ctx, k.tenant, k.ip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nw, err := st.Network(ctx, k.tenant, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ten, err := a.tenantOf(ctx, k.tenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac, _ := net.ParseMAC(ep.MAC)
+	l := &local{ep: ep, net: nw, mac: mac, ofport: port, iface: "veth", zone: ten.zone, nets: ten.nets}
+	a.locals[port], a.byAddr[k] = l, l
+	return l
+}
+
+func newWorld(t *testing.T, agentAddr map[string]string) *world {
+	t.Helper()
+	ctx, st := embeddedDirectory(t)
 	regs := map[string]*directory.Registration{}
 	for name, ip := range map[string]netip.Addr{"s1": ipS1, "s2": ipS2} {
 		var err error
@@ -89,40 +139,16 @@ func newWorld(t *testing.T, agentAddr map[string]string) *world {
 // OpenFlow port 20, 21, ...
 func (w *world) agentOf(t *testing.T, name string, data netip.Prefix, cfg func(*Config), binds ...addrKey) *Agent {
 	t.Helper()
-	c := Config{Name: name, Uplink: "up0", OVSDB: "unix:/nonexistent", OVSRunDir: t.TempDir(), Socket: t.TempDir() + "/s",
-		DataIP: data, Etcd: []string{"x"}, Logger: quietLog(),
+	c := Config{Name: name, DataIP: data,
 		// The fake peers here speak plain HTTP: these tests are about the
 		// session life cycle; peer_test.go proves the authentication.
 		InsecurePeerAPI: true}
 	if cfg != nil {
 		cfg(&c)
 	}
-	a, err := New(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.ctx = w.ctx
-	a.dir = w.store
-	a.cache = directory.NewCache(w.store, quietLog())
-	a.sw = newSwitchConn(a) // never run: no switch
-	a.br = pipelineBridge(data.Addr(), a.cfg.KeyRange)
+	a := testAgent(t, w.ctx, w.store, c)
 	for i, b := range binds {
-		ep, err := w.store.EndpointByIP(w.ctx, b.tenant, b.ip)
-		if err != nil {
-			t.Fatal(err)
-		}
-		nw, err := w.store.Network(w.ctx, b.tenant, "web")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ten, err := a.tenantOf(w.ctx, b.tenant)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mac, _ := net.ParseMAC(ep.MAC)
-		port := uint32(20 + i)
-		l := &local{ep: ep, net: nw, mac: mac, ofport: port, iface: "veth", zone: ten.zone, nets: ten.nets}
-		a.locals[port], a.byAddr[b] = l, l
+		bindLocal(t, a, w.ctx, w.store, b, uint32(20+i))
 	}
 	return a
 }

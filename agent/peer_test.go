@@ -22,7 +22,6 @@ import (
 	"nvi/api"
 	"nvi/directory"
 	"nvi/internal/testca"
-	"nvi/pipeline"
 	"nvi/session"
 )
 
@@ -48,18 +47,7 @@ type peerWorld struct {
 
 func newPeerWorld(t *testing.T, agentAddr map[string]string) *peerWorld {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	e, err := directory.ServeEmbedded(ctx, directory.EmbedConfig{DataDir: t.TempDir(), ClientURLs: []string{"http://127.0.0.1:0"}, Logger: peerQuiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	st, err := directory.Open(ctx, directory.Config{Endpoints: e.Endpoints(), Logger: peerQuiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	ctx, st := embeddedDirectory(t)
 	for name, ip := range map[string]netip.Addr{"s1": peerIPs1, "s2": peerIPs2, "s3": peerIPs3} {
 		if _, err := st.RegisterServer(ctx, directory.Server{Name: name, DataIP: ip, DataMAC: "02:00:c0:00:02:0" + name[1:], AgentAddr: agentAddr[name]}, 30*time.Second); err != nil {
 			t.Fatal(err)
@@ -85,37 +73,13 @@ func newPeerWorld(t *testing.T, agentAddr map[string]string) *peerWorld {
 // OpenFlow port 20, wired to the directory but with no switch.
 func (w *peerWorld) agent(t *testing.T, id *testca.Identity, data netip.Prefix, ip netip.Addr, tune func(*Config)) *Agent {
 	t.Helper()
-	cfg := Config{Name: id.Name, Uplink: "up0", OVSDB: "unix:/nonexistent", OVSRunDir: t.TempDir(), Socket: t.TempDir() + "/s",
-		DataIP: data, Etcd: []string{"x"}, Identity: id, Logger: peerQuiet,
+	cfg := Config{Name: id.Name, DataIP: data, Identity: id, Logger: peerQuiet,
 		PeerRate: 1e6, PeerBurst: 1e6} // the limits have their own test
 	if tune != nil {
 		tune(&cfg)
 	}
-	a, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.ctx = w.ctx
-	a.dir = w.store
-	a.cache = directory.NewCache(w.store, peerQuiet)
-	a.sw = newSwitchConn(a) // never run: no switch
-	mac, _ := net.ParseMAC("02:00:c0:00:02:99")
-	a.br = pipeline.Bridge{Uplink: 1, DataIP: data.Addr(), DataMAC: mac, Keys: session.DefaultKeyRange, PuntMeter: 1, DenyTimeout: 5}
-	ep, err := w.store.EndpointByIP(w.ctx, "acme", ip)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nw, err := w.store.Network(w.ctx, "acme", "web")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ten, err := a.tenantOf(w.ctx, "acme")
-	if err != nil {
-		t.Fatal(err)
-	}
-	epMAC, _ := net.ParseMAC(ep.MAC)
-	l := &local{ep: ep, net: nw, mac: epMAC, ofport: 20, iface: "veth", zone: ten.zone, nets: ten.nets}
-	a.locals[20], a.byAddr[addrKey{"acme", ip}] = l, l
+	a := testAgent(t, w.ctx, w.store, cfg)
+	bindLocal(t, a, w.ctx, w.store, addrKey{"acme", ip}, 20)
 	return a
 }
 
@@ -306,10 +270,7 @@ func TestPeerForgedReleaseKeepsLiveSession(t *testing.T) {
 	if err := s1.Release(ctx, right); err != nil {
 		t.Fatalf("the session's own peer: %v", err)
 	}
-	a.mu.Lock()
-	gone := a.sessions[tu] == nil
-	a.mu.Unlock()
-	if !gone {
+	if !sessionGone(a, tu) {
 		t.Fatal("the session's own peer could not release it")
 	}
 }
@@ -335,10 +296,7 @@ func TestPeerReleaseOfAdoptedSession(t *testing.T) {
 	if err := (peerService{a}).Release(context.Background(), "s1", req); err != nil {
 		t.Fatal(err)
 	}
-	a.mu.Lock()
-	gone := a.sessions[tu] == nil
-	a.mu.Unlock()
-	if !gone {
+	if !sessionGone(a, tu) {
 		t.Fatal("s1 could not release it")
 	}
 }
@@ -551,4 +509,11 @@ func TestInsecurePeerAPI(t *testing.T) {
 	if err := c.Accept(context.Background(), api.AcceptRequest{From: "s3", Tuple: tu, Key: 61999}); api.CodeOf(err) != api.CodeDenied {
 		t.Fatalf("insecure Accept claiming s3 for s1's client: err = %v, want denied", err)
 	}
+}
+
+// sessionGone says whether a holds no session for tu.
+func sessionGone(a *Agent, tu session.Tuple) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.sessions[tu] == nil
 }

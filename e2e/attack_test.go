@@ -214,9 +214,9 @@ func TestAttacks(t *testing.T) {
 		l.in(d.Name, 10*time.Second, filepath.Join(bin, "nviattack"), "spray", "--to", f.IP, "--ports", "9999", "--src-port", "5353", "--payload", "reverse")
 		l.in(d.Name, 10*time.Second, filepath.Join(bin, "nviattack"), "spray", "--to", f.IP, "--ports", "9999", "--payload", "control")
 		// Both are refused: wait until the agents have decided on them.
-		eventually(t, 5*time.Second, "db's attempts refused by flows", func() error {
-			if len(l.flows("s2", "0x4000000000000000/0xf000000000000000")) == 0 && len(l.flows("s1", "0x4000000000000000/0xf000000000000000")) == 0 {
-				return fmt.Errorf("no drop flow yet")
+		eventually(t, 5*time.Second, "db's attempts refused by a flow on s2", func() error {
+			if deny := strings.Join(l.flows("s2", "0x4000000000000000/0xf000000000000000"), "\n"); !strings.Contains(deny, "nw_dst="+f.IP) {
+				return fmt.Errorf("no drop flow toward front yet: %s", deny)
 			}
 			return nil
 		})
@@ -303,9 +303,13 @@ func TestAttacks(t *testing.T) {
 				t.Fatal(r)
 			}
 		}
+		// Each first packet was decided: a drop flow for its destination.
 		eventually(t, 10*time.Second, "the look-ups toward the bad records refused", func() error {
-			if n := len(l.flows("s1", "0x4000000000000000/0xf000000000000000")); n == 0 {
-				return fmt.Errorf("no drop flow on s1 yet")
+			deny := strings.Join(l.flows("s1", "0x4000000000000000/0xf000000000000000"), "\n")
+			for _, ip := range ips {
+				if !strings.Contains(deny, "nw_dst="+ip) {
+					return fmt.Errorf("no drop flow toward %s yet: %s", ip, deny)
+				}
 			}
 			return nil
 		})
