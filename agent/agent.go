@@ -19,6 +19,7 @@ import (
 	"nvi/directory"
 	"nvi/ovsdb"
 	"nvi/pipeline"
+	"nvi/registrar"
 	"nvi/session"
 )
 
@@ -28,10 +29,14 @@ type Agent struct {
 	log *slog.Logger
 	ctx context.Context // lives as long as Run
 
-	ovs   *ovsdb.Client
-	dir   *directory.Store
-	cache *directory.Cache
-	sw    *switchConn // the OpenFlow connection to our bridge
+	ovs *ovsdb.Client
+	dir *directory.Store
+	// claims writes this server's endpoints and address blocks: the
+	// registrar's client when the directory has authentication on (the
+	// agent's credential may only read them), else dir itself.
+	claims directory.Claimer
+	cache  *directory.Cache
+	sw     *switchConn // the OpenFlow connection to our bridge
 
 	mu         sync.Mutex
 	br         pipeline.Bridge    // facts the flows depend on; set once the switch is known
@@ -277,6 +282,10 @@ func (a *Agent) openDirectory(ctx context.Context) error {
 	for attempt := 0; ; attempt++ {
 		d, err := directory.Open(ctx, directory.Config{Endpoints: a.cfg.Etcd, TLS: a.cfg.DirectoryTLS, Logger: a.log})
 		if err == nil {
+			if a.claims, err = a.claimer(d); err != nil {
+				d.Close()
+				return err
+			}
 			a.dir = d
 			a.setDirErr("")
 			return nil
@@ -291,6 +300,16 @@ func (a *Agent) openDirectory(ctx context.Context) error {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// claimer is who makes this server's claims: the registrar when one is
+// configured, else the directory with the agent's own credential.
+func (a *Agent) claimer(d *directory.Store) (directory.Claimer, error) {
+	if a.cfg.Registrar != "" {
+		a.log.Info("endpoints and address blocks are claimed through the registrar", "registrar", a.cfg.Registrar)
+		return registrar.NewClient(a.cfg.Registrar, a.cfg.RegistrarTLS), nil
+	}
+	return d.ClaimsFor(a.cfg.Name)
 }
 
 func (a *Agent) setDirErr(s string) {
@@ -318,6 +337,7 @@ func (a *Agent) register(ctx context.Context) error {
 	for attempt := 0; ; attempt++ {
 		reg, err := a.dir.RegisterServer(ctx, srv, a.cfg.LeaseTTL)
 		if err == nil {
+			reg.UseClaimer(a.claims)
 			a.mu.Lock()
 			a.registered, a.reg = true, reg
 			a.mu.Unlock()

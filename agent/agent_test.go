@@ -74,6 +74,9 @@ func testAgent(t *testing.T, ctx context.Context, st *directory.Store, c Config)
 		t.Fatal(err)
 	}
 	a.ctx = ctx
+	if a.claims, err = a.claimer(st); err != nil {
+		t.Fatal(err)
+	}
 	a.dir = st
 	a.cache = directory.NewCache(st, c.Logger)
 	a.sw = newSwitchConn(a) // never run: no switch

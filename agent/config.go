@@ -49,6 +49,13 @@ type Config struct {
 	// DirectoryTLS authenticates the agent to the directory with its
 	// certificate (etcd takes the user from it); nil speaks plain etcd.
 	DirectoryTLS *tls.Config
+	// Registrar (HOST:PORT, beside the enrollment service) makes this
+	// server's claims in the directory — its endpoints and address blocks —
+	// when the directory's authentication lets servers only read them;
+	// RegistrarTLS presents the server's certificate to it. Empty: the
+	// agent writes them itself (a directory without authentication).
+	Registrar    string
+	RegistrarTLS *tls.Config
 	Site         string
 
 	IdleTimeout  time.Duration    // a session with no packets this long is torn down

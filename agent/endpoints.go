@@ -187,7 +187,7 @@ func (a *Agent) bind(ctx context.Context, iface string, ofport uint32, ifaceID s
 		return fmt.Errorf("installing flows: %w", err)
 	}
 	l.ep.Port = ofport
-	if _, err := a.dir.UpdateEndpointPort(ctx, ep.Tenant, ep.Name, ofport); err != nil {
+	if _, err := a.claims.UpdateEndpointPort(ctx, ep.Tenant, ep.Name, ofport); err != nil {
 		a.log.Warn("cannot record the port in the directory", "endpoint", ep.Ref(), "err", err)
 	}
 	a.log.Info("workload bound", "endpoint", ep.Ref(), "ip", ep.IP, "mac", ep.MAC, "iface", iface, "ofport", ofport)
@@ -304,7 +304,7 @@ func (a *Agent) createEndpoint(ctx context.Context, req api.CreateEndpointReques
 	var got directory.Endpoint
 	var err error
 	if ep.IP.IsValid() {
-		got, err = a.dir.CreateEndpoint(ctx, ep)
+		got, err = a.claims.CreateEndpoint(ctx, ep)
 	} else {
 		got, err = a.createWithAddress(ctx, ep)
 	}
@@ -376,7 +376,7 @@ func (a *Agent) deleteEndpoint(ctx context.Context, tenant, name string) error {
 			a.log.Warn("cannot remove the port", "iface", l.iface, "err", err)
 		}
 	}
-	if err := a.dir.DeleteEndpoint(ctx, tenant, name); err != nil {
+	if err := a.claims.DeleteEndpoint(ctx, tenant, name); err != nil {
 		return apiError(err)
 	}
 	a.addressFreed(ep)

@@ -39,7 +39,7 @@ func (a *Agent) createWithAddress(ctx context.Context, ep directory.Endpoint) (d
 	for attempt := 0; attempt < maxAddrAttempts; attempt++ {
 		ip, err := p.pool.Next(func(ip netip.Addr) bool { return p.used[ip] })
 		if errors.Is(err, ipam.ErrNeedBlock) {
-			b, err := a.dir.ClaimBlock(ctx, a.reg, ep.Tenant, ep.Network)
+			b, err := a.reg.ClaimBlock(ctx, ep.Tenant, ep.Network)
 			if err != nil {
 				return directory.Endpoint{}, err
 			}
@@ -53,7 +53,7 @@ func (a *Agent) createWithAddress(ctx context.Context, ep directory.Endpoint) (d
 			return directory.Endpoint{}, err
 		}
 		ep.IP = ip
-		got, err := a.dir.CreateEndpoint(ctx, ep)
+		got, err := a.claims.CreateEndpoint(ctx, ep)
 		if errors.Is(err, directory.ErrConflict) {
 			p.used[ip] = true // taken by someone's explicit address
 			continue
@@ -80,7 +80,7 @@ func (a *Agent) addrPoolOf(ctx context.Context, tenant, network string) (*addrPo
 	if err != nil {
 		return nil, err
 	}
-	blocks, err := a.dir.ServerBlocks(ctx, a.reg, tenant, network)
+	blocks, err := a.reg.ServerBlocks(ctx, tenant, network)
 	if err != nil {
 		return nil, err
 	}

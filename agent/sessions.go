@@ -733,11 +733,12 @@ func (a *Agent) slowForward(e *entry, f *packet.Frame, in uint32, translate func
 // to the host untouched.
 func (a *Agent) fromPeer(f *packet.Frame) {
 	a.mu.Lock()
-	uplink := a.br.Uplink
+	br := a.br
 	a.mu.Unlock()
+	uplink := br.Uplink
 	if f.EthType() == packet.EtherTypeIPv4 && f.IPProto() == uint8(session.ICMP) {
 		if f.IsICMPError() {
-			if err := pipeline.CheckError(f); err != nil {
+			if err := errors.Join(pipeline.CheckError(f), pipeline.CheckErrorSource(br, f)); err != nil {
 				a.log.Debug("ICMP error from the underlay ignored", "from", f.IPv4Src(), "reason", err)
 				return
 			}

@@ -18,7 +18,7 @@ import (
 const (
 	RootUser = "root"
 	// SharedServerRole holds what every server may do: read the whole
-	// prefix and write the shared claim spaces.
+	// prefix.
 	SharedServerRole = "nvi-server"
 )
 
@@ -34,12 +34,11 @@ type Revocation struct {
 	At   time.Time `json:"at"`
 }
 
-// serverGrants is what a server's agent writes under the prefix besides its
-// own record and port maps: endpoints and their address and iface indexes
-// (CreateEndpoint, UpdateEndpointPort, DeleteEndpoint) and address blocks
-// (ClaimBlock, ServerBlocks, ReleaseBlock). These are shared claim spaces:
-// any server can write any key in them.
-func (k keys) serverGrants() []string {
+// claimSpaces are the keys servers share and write only through a
+// [Claimer] that checks who the claim is for (the registrar): endpoints and
+// their address and iface indexes, and address blocks. Servers' roles may
+// read them, never write them.
+func (k keys) claimSpaces() []string {
 	return []string{k.allEndpoints(), k.prefix + "addrs/", k.prefix + "ifaces/", k.prefix + "blocks/"}
 }
 
@@ -76,7 +75,8 @@ func (s *Store) EnableAuth(ctx context.Context) error {
 }
 
 // ensureSharedRole creates SharedServerRole if missing and grants it its
-// permissions (granting again is a no-op in etcd).
+// permission (granting again is a no-op in etcd). Earlier versions granted
+// it write access to the claim spaces: that is revoked.
 func (s *Store) ensureSharedRole(ctx context.Context, op string) error {
 	if err := s.ensureRole(ctx, op, SharedServerRole); err != nil {
 		return err
@@ -90,9 +90,10 @@ func (s *Store) ensureSharedRole(ctx context.Context, op string) error {
 	if err := grant(s.k.prefix, clientv3.PermissionType(clientv3.PermRead)); err != nil {
 		return err
 	}
-	for _, p := range s.k.serverGrants() {
-		if err := grant(p, clientv3.PermissionType(clientv3.PermReadWrite)); err != nil {
-			return err
+	for _, p := range s.k.claimSpaces() {
+		_, err := s.cli.RoleRevokePermission(ctx, SharedServerRole, p, clientv3.GetPrefixRangeEnd(p))
+		if err != nil && !errors.Is(err, rpctypes.ErrPermissionNotGranted) {
+			return authError(op, err)
 		}
 	}
 	return nil

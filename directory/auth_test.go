@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"nvi/policy"
 	"nvi/session"
@@ -56,8 +57,21 @@ func newTLSDirectory(t *testing.T) *tlsDirectory {
 	if err := d.root.EnableAuth(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// A directory set up by an earlier version gave servers write access
+	// to the claim spaces; enabling auth again takes it back.
+	old := d.prefix + "endpoints/"
+	if _, err := d.root.Client().RoleGrantPermission(ctx, SharedServerRole, old, clientv3.GetPrefixRangeEnd(old), clientv3.PermissionType(clientv3.PermReadWrite)); err != nil {
+		t.Fatal(err)
+	}
 	if err := d.root.EnableAuth(ctx); err != nil {
 		t.Fatalf("EnableAuth again (idempotent): %v", err)
+	}
+	role, err := d.root.Client().RoleGet(ctx, SharedServerRole)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(role.Perm) != 1 || string(role.Perm[0].Key) != d.prefix || role.Perm[0].PermType != clientv3.PermRead {
+		t.Fatalf("the shared server role holds %v; want only read on %s", role.Perm, d.prefix)
 	}
 	for _, s := range []string{"s1", "s2"} {
 		if err := d.root.GrantServer(ctx, s); err != nil {
@@ -157,16 +171,31 @@ func TestServerRole(t *testing.T) {
 	defer reg2.Close()
 
 	s1 := d.open(t, ServerUser("s1"))
-	// Allowed: its own record, endpoints, blocks, its own port maps, and
-	// reading everything (including through the watch).
+	// Allowed: its own record, its own port maps, and reading everything
+	// (including through the watch). Its endpoints and blocks it cannot
+	// write itself: the registrar makes those claims for it, with root's
+	// credential ([Store.ClaimsFor]).
 	reg1, err := s1.RegisterServer(ctx, Server{Name: "s1", DataIP: netip.MustParseAddr("192.0.2.1"), DataMAC: "02:00:00:00:00:01", AgentAddr: "192.0.2.1:7470"}, 30*time.Second)
 	if err != nil {
 		t.Fatalf("s1 registering itself: %v", err)
 	}
 	defer reg1.Close()
-	b := must[netip.Prefix](t)(s1.ClaimBlock(ctx, reg1, "acme", "web"))
-	must[Endpoint](t)(s1.CreateEndpoint(ctx, Endpoint{Tenant: "acme", Network: "web", Name: "w1", IP: b.Addr().Next().Next(), Server: "s1", IfaceID: "vm-1"}))
-	must[Endpoint](t)(s1.UpdateEndpointPort(ctx, "acme", "w1", 7))
+	if _, err := reg1.ClaimBlock(ctx, "acme", "web"); !errors.Is(err, ErrDenied) {
+		t.Fatalf("s1 claiming a block with its own credential: %v; want ErrDenied", err)
+	}
+	_, err = s1.CreateEndpoint(ctx, Endpoint{Tenant: "acme", Network: "web", Name: "w0", IP: netip.MustParseAddr("10.1.0.9"), Server: "s1"})
+	wantErr(t, err, ErrDenied)
+	byRegistrar := must[*Claims](t)(root.ClaimsFor("s1"))
+	reg1.UseClaimer(byRegistrar)
+	b := must[netip.Prefix](t)(reg1.ClaimBlock(ctx, "acme", "web"))
+	if l := leaseOf(t, root, root.k.block("acme", "web", b)); l != reg1.Lease() {
+		t.Fatalf("the registrar put s1's block under lease %x, not s1's %x", l, reg1.Lease())
+	}
+	must[Endpoint](t)(byRegistrar.CreateEndpoint(ctx, Endpoint{Tenant: "acme", Network: "web", Name: "w1", IP: b.Addr().Next().Next(), Server: "s1", IfaceID: "vm-1"}))
+	must[Endpoint](t)(byRegistrar.UpdateEndpointPort(ctx, "acme", "w1", 7))
+	_, err = s1.UpdateEndpointPort(ctx, "acme", "w1", 8)
+	wantErr(t, err, ErrDenied)
+	wantErr(t, s1.DeleteEndpoint(ctx, "acme", "w1"), ErrDenied)
 	if p := must[policy.Policy](t)(s1.Policy(ctx, "acme")); len(p.Rules) != 1 || p.Rules[0].ID != rule.ID {
 		t.Fatalf("s1 reads policy %+v", p)
 	}
@@ -181,12 +210,14 @@ func TestServerRole(t *testing.T) {
 		t.Fatalf("s1's cache sees s2 as %+v", got)
 	}
 
-	// Refused: everything that is not its own or a shared claim space.
+	// Refused: everything that is not its own, the claim spaces included.
 	raw := s1.Client()
 	for _, key := range []string{
 		"servers/s2", "tenants/acme", "tenants/evil", "zones/99", "networks/acme/web", "networks/acme/new",
 		"rules/acme/" + rule.ID, "rules/acme/00000001", "groups/acme/g", "pairs/acme/a/b",
 		"revoked/s2", "revoked/s1", "portmaps/s2/tcp/8080", "elsewhere",
+		"endpoints/acme/w1", "endpoints/acme/new", "addrs/acme/10.1.0.2", "addrs/acme/10.1.0.200",
+		"ifaces/vm-1", "ifaces/vm-9", "blocks/acme/web/" + b.String(), "blocks/acme/web/10.1.0.240/28",
 	} {
 		if _, err := raw.Put(ctx, d.prefix+key, "{}"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
 			t.Errorf("s1 writing %s: err = %v; want permission denied", key, err)

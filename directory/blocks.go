@@ -30,14 +30,13 @@ import (
 // nobody took them); a restarted agent adopts its predecessor's blocks with
 // [Store.ServerBlocks].
 
-// ClaimBlock claims for reg's server the lowest block of the network that
-// no server holds, and returns it. When every block is held, the error wraps
-// ErrConflict: "network acme/web has no free block".
-func (s *Store) ClaimBlock(ctx context.Context, reg *Registration, tenant, network string) (netip.Prefix, error) {
+// claimBlock claims for server, under lease, the lowest block of the
+// network that no server holds.
+func (s *Store) claimBlock(ctx context.Context, server string, lease clientv3.LeaseID, tenant, network string) (netip.Prefix, error) {
 	if err := validateNames("tenant", tenant, "network", network); err != nil {
 		return netip.Prefix{}, err
 	}
-	server, ref := reg.srv.Name, tenant+"/"+network
+	ref := tenant + "/" + network
 	op := "claiming an address block of network " + ref + " for server " + server
 	nkey := s.k.network(tenant, network)
 	return retry(ctx, op, "other servers keep claiming the same blocks", func() (netip.Prefix, bool, error) {
@@ -68,15 +67,10 @@ func (s *Store) ClaimBlock(ctx context.Context, reg *Registration, tenant, netwo
 			return netip.Prefix{}, false, errorf(ErrConflict, "network %s has no free block (every /%d block of %s is held)", ref, n.blockBits(), n.CIDR)
 		}
 		b, key := all[i], s.k.block(tenant, network, all[i])
-		reg.blockMu.Lock()
-		defer reg.blockMu.Unlock()
 		tresp, err := s.txn(ctx, op, []clientv3.Cmp{absent(key), unchanged(nkey, nr.modRev)},
-			[]clientv3.Op{clientv3.OpPut(key, server, clientv3.WithLease(reg.Lease()))}, nil)
+			[]clientv3.Op{clientv3.OpPut(key, server, clientv3.WithLease(lease))}, nil)
 		if err != nil {
-			return netip.Prefix{}, false, leaseLapsed(reg, err)
-		}
-		if tresp.Succeeded {
-			reg.blocks[key] = struct{}{}
+			return netip.Prefix{}, false, leaseLapsed(server, err)
 		}
 		return b, tresp.Succeeded, nil
 	})
@@ -95,9 +89,9 @@ func hasHost(n Network, b netip.Prefix) bool {
 
 // leaseLapsed says so when a write under reg's lease failed because the
 // lease is gone: the registration is about to register again.
-func leaseLapsed(reg *Registration, err error) error {
+func leaseLapsed(server string, err error) error {
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		return errorf(ErrUnavailable, "server %s: its lease is gone (it lapsed and the server is registering again, or the registration was closed): %w", reg.srv.Name, err)
+		return errorf(ErrUnavailable, "server %s: its lease is gone (it lapsed and the server is registering again, or the registration was closed): %w", server, err)
 	}
 	return err
 }
@@ -147,21 +141,16 @@ func (s *Store) blocks(ctx context.Context, tenant, network string) (map[netip.P
 	return out, nil
 }
 
-// ServerBlocks returns the blocks of the network that reg's server holds,
-// lowest first: what an agent starts its [ipam.Pool] with. Blocks its server
-// name holds under another lease (a previous process of the same agent,
-// whose lease has not run out yet) are adopted: moved under reg's lease with
-// compare-and-swap, so they outlive the old lease.
-func (s *Store) ServerBlocks(ctx context.Context, reg *Registration, tenant, network string) ([]netip.Prefix, error) {
+// adoptBlocks returns the blocks of the network that server holds, lowest
+// first. Those it holds under another lease than lease (a previous process
+// of the same agent, whose lease has not run out yet) are moved under lease
+// with compare-and-swap, so they outlive the old one.
+func (s *Store) adoptBlocks(ctx context.Context, server string, lease clientv3.LeaseID, tenant, network string) ([]netip.Prefix, error) {
 	all, err := s.blocks(ctx, tenant, network)
 	if err != nil {
 		return nil, err
 	}
-	server := reg.srv.Name
 	var out []netip.Prefix
-	reg.blockMu.Lock()
-	defer reg.blockMu.Unlock()
-	lease := reg.Lease()
 	for b, kv := range all {
 		if string(kv.Value) != server {
 			continue
@@ -171,61 +160,60 @@ func (s *Store) ServerBlocks(ctx context.Context, reg *Registration, tenant, net
 			resp, err := s.txn(ctx, "adopting block "+b.String()+" for server "+server, []clientv3.Cmp{unchanged(key, kv.ModRevision)},
 				[]clientv3.Op{clientv3.OpPut(key, server, clientv3.WithLease(lease))}, nil)
 			if err != nil {
-				return nil, leaseLapsed(reg, err)
+				return nil, leaseLapsed(server, err)
 			}
 			if !resp.Succeeded {
 				continue // released or expired meanwhile
 			}
-			reg.log.Info("directory: adopted an address block of a previous process", "block", b, "network", tenant+"/"+network)
+			s.log.Info("directory: adopted an address block of a previous process", "server", server, "block", b, "network", tenant+"/"+network)
 		}
-		reg.blocks[key] = struct{}{}
 		out = append(out, b)
 	}
 	slices.SortFunc(out, func(x, y netip.Prefix) int { return x.Addr().Compare(y.Addr()) })
 	return out, nil
 }
 
-// ReleaseBlock gives a block reg's server holds back to the pool. Endpoints
-// keep their addresses; whoever claims the block next meets them as taken.
-func (s *Store) ReleaseBlock(ctx context.Context, reg *Registration, tenant, network string, block netip.Prefix) error {
-	if err := validateNames("tenant", tenant, "network", network); err != nil {
+// releaseBlock gives a block server holds back to the pool. Endpoints keep
+// their addresses; whoever claims the block next meets them as taken.
+func (s *Store) releaseBlock(ctx context.Context, server string, b BlockRef) error {
+	if err := b.validate(); err != nil {
 		return err
 	}
-	server, key := reg.srv.Name, s.k.block(tenant, network, block.Masked())
-	op := "releasing block " + block.String() + " of network " + tenant + "/" + network
+	key := s.k.block(b.Tenant, b.Network, b.Block)
+	op := "releasing block " + b.String()
 	resp, err := s.txn(ctx, op, []clientv3.Cmp{clientv3.Compare(clientv3.Value(key), "=", server)},
 		[]clientv3.Op{clientv3.OpDelete(key)}, []clientv3.Op{clientv3.OpGet(key)})
 	if err != nil {
 		return err
 	}
-	reg.blockMu.Lock()
-	delete(reg.blocks, key)
-	reg.blockMu.Unlock()
 	if resp.Succeeded {
 		return nil
 	}
 	if kv := kvs(resp, 0); len(kv) > 0 {
-		return errorf(ErrConflict, "block %s of network %s/%s is held by server %s, not %s", block, tenant, network, kv[0].Value, server)
+		return errorf(ErrConflict, "block %s is held by server %s, not %s", b, kv[0].Value, server)
 	}
-	return errorf(ErrNotFound, "block %s of network %s/%s is not held by any server", block, tenant, network)
+	return errorf(ErrNotFound, "block %s is not held by any server", b)
 }
 
-// moveBlocks puts the blocks r holds under its new lease after it
-// registered again. A block still held keeps its holder; one that expired
-// with the old lease is taken back if nobody claimed it meanwhile; one
-// another server claimed is forgotten. Caller holds r.blockMu.
-func (r *Registration) moveBlocks(ctx context.Context, lease clientv3.LeaseID) {
-	name := r.srv.Name
-	for key := range r.blocks {
-		put := clientv3.OpPut(key, name, clientv3.WithLease(lease))
-		resp, err := r.s.txn(ctx, "moving block "+key+" to a new lease", []clientv3.Cmp{clientv3.Compare(clientv3.Value(key), "=", name)},
+// keepBlocks puts the blocks server held under lease after it registered
+// again. A block still held keeps its holder; one that expired with the old
+// lease is taken back if nobody claimed it meanwhile; one another server
+// claimed is lost, and returned.
+func (s *Store) keepBlocks(ctx context.Context, server string, lease clientv3.LeaseID, held []BlockRef) (lost []BlockRef, err error) {
+	for _, b := range held {
+		if err := b.validate(); err != nil {
+			return lost, err
+		}
+		key := s.k.block(b.Tenant, b.Network, b.Block)
+		put := clientv3.OpPut(key, server, clientv3.WithLease(lease))
+		resp, err := s.txn(ctx, "moving block "+b.String()+" of server "+server+" to a new lease", []clientv3.Cmp{clientv3.Compare(clientv3.Value(key), "=", server)},
 			[]clientv3.Op{put}, []clientv3.Op{clientv3.OpTxn([]clientv3.Cmp{absent(key)}, []clientv3.Op{put}, nil)})
-		switch {
-		case err != nil:
-			r.log.Warn("directory: could not move an address block to the new lease; it expires with the old one", "key", key, "err", err)
-		case !resp.Succeeded && !resp.Responses[0].GetResponseTxn().Succeeded:
-			r.log.Warn("directory: address block lost while the lease had lapsed: another server holds it", "key", key)
-			delete(r.blocks, key)
+		if err != nil {
+			return lost, leaseLapsed(server, err)
+		}
+		if !resp.Succeeded && !resp.Responses[0].GetResponseTxn().Succeeded {
+			lost = append(lost, b)
 		}
 	}
+	return lost, nil
 }

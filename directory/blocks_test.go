@@ -52,7 +52,7 @@ func TestClaimBlock(t *testing.T) {
 	}
 	claim := func(reg *Registration, want string) {
 		t.Helper()
-		if b := must[netip.Prefix](t)(s.ClaimBlock(ctx, reg, "acme", "web")); b != pfx(want) {
+		if b := must[netip.Prefix](t)(reg.ClaimBlock(ctx, "acme", "web")); b != pfx(want) {
 			t.Fatalf("%s claimed %s; want %s", reg.Server().Name, b, want)
 		}
 	}
@@ -66,26 +66,26 @@ func TestClaimBlock(t *testing.T) {
 	if l := leaseOf(t, s, s.k.block("acme", "web", pfx("10.1.0.16/28"))); l != r2.Lease() {
 		t.Fatalf("block stored under lease %x; want s2's %x", l, r2.Lease())
 	}
-	if bs := must[[]netip.Prefix](t)(s.ServerBlocks(ctx, r1, "acme", "web")); len(bs) != 2 || bs[0] != pfx("10.1.0.0/28") || bs[1] != pfx("10.1.0.32/28") {
+	if bs := must[[]netip.Prefix](t)(r1.ServerBlocks(ctx, "acme", "web")); len(bs) != 2 || bs[0] != pfx("10.1.0.0/28") || bs[1] != pfx("10.1.0.32/28") {
 		t.Fatalf("ServerBlocks(s1) = %v", bs)
 	}
 
 	// Release: only by the holder; the block is then the lowest free again.
-	wantErr(t, s.ReleaseBlock(ctx, r2, "acme", "web", pfx("10.1.0.0/28")), ErrConflict, "block 10.1.0.0/28 of network acme/web is held by server s1, not s2")
-	if err := s.ReleaseBlock(ctx, r1, "acme", "web", pfx("10.1.0.0/28")); err != nil {
+	wantErr(t, r2.ReleaseBlock(ctx, "acme", "web", pfx("10.1.0.0/28")), ErrConflict, "block 10.1.0.0/28 of network acme/web is held by server s1, not s2")
+	if err := r1.ReleaseBlock(ctx, "acme", "web", pfx("10.1.0.0/28")); err != nil {
 		t.Fatal(err)
 	}
-	wantErr(t, s.ReleaseBlock(ctx, r1, "acme", "web", pfx("10.1.0.0/28")), ErrNotFound, "is not held by any server")
+	wantErr(t, r1.ReleaseBlock(ctx, "acme", "web", pfx("10.1.0.0/28")), ErrNotFound, "is not held by any server")
 	claim(r2, "10.1.0.0/28")
 
 	// Exhaustion, and blocks without a usable address are never handed out.
 	must[Network](t)(s.CreateNetwork(ctx, Network{Tenant: "acme", Name: "tiny", CIDR: pfx("10.8.0.0/30"), BlockBits: 32}))
-	if b := must[netip.Prefix](t)(s.ClaimBlock(ctx, r1, "acme", "tiny")); b != pfx("10.8.0.2/32") {
+	if b := must[netip.Prefix](t)(r1.ClaimBlock(ctx, "acme", "tiny")); b != pfx("10.8.0.2/32") {
 		t.Fatalf("claimed %s in tiny; want 10.8.0.2/32 (.0 is the network, .1 the gateway, .3 broadcast)", b)
 	}
-	_, err := s.ClaimBlock(ctx, r2, "acme", "tiny")
+	_, err := r2.ClaimBlock(ctx, "acme", "tiny")
 	wantErr(t, err, ErrConflict, "network acme/tiny has no free block (every /32 block of 10.8.0.0/30 is held)")
-	_, err = s.ClaimBlock(ctx, r1, "acme", "nope")
+	_, err = r1.ClaimBlock(ctx, "acme", "nope")
 	wantErr(t, err, ErrNotFound, "network acme/nope does not exist")
 	_, err = s.Blocks(ctx, "acme", "nope")
 	wantErr(t, err, ErrNotFound, "network acme/nope does not exist")
@@ -128,7 +128,7 @@ func (a *agentAlloc) create(ctx context.Context, name string) (Endpoint, error) 
 		ip, err := a.pool.Next(a.used.Has)
 		if errors.Is(err, ipam.ErrNeedBlock) {
 			var b netip.Prefix
-			if b, err = a.s.ClaimBlock(ctx, a.reg, "acme", "web"); err == nil {
+			if b, err = a.reg.ClaimBlock(ctx, "acme", "web"); err == nil {
 				err = a.pool.Add(b)
 			}
 		} else if err == nil {
@@ -261,13 +261,13 @@ func TestBlocksOfExpiredServer(t *testing.T) {
 	dying, die := context.WithCancel(ctxT(t))
 	r1 := register(t, dying, s, 1, time.Second)
 	r2 := register(t, ctxT(t), s, 2, 30*time.Second)
-	b := must[netip.Prefix](t)(s.ClaimBlock(ctxT(t), r1, "acme", "web"))
+	b := must[netip.Prefix](t)(r1.ClaimBlock(ctxT(t), "acme", "web"))
 	die() // the agent dies without revoking
 	eventually(t, "blocks of the dead server expire", func() bool {
 		bs, err := s.Blocks(ctxT(t), "acme", "web")
 		return err == nil && len(bs) == 0
 	})
-	if got := must[netip.Prefix](t)(s.ClaimBlock(ctxT(t), r2, "acme", "web")); got != b {
+	if got := must[netip.Prefix](t)(r2.ClaimBlock(ctxT(t), "acme", "web")); got != b {
 		t.Fatalf("s2 claimed %s; want the expired %s", got, b)
 	}
 }
@@ -283,14 +283,14 @@ func TestBlocksFollowTheLease(t *testing.T) {
 	addNetwork(t, s, "acme", "web", "10.1.0.0/24")
 	r1 := register(t, ctx, s, 1, 1500*time.Millisecond)
 	r2 := register(t, ctx, s, 2, 30*time.Second)
-	b1 := must[netip.Prefix](t)(s.ClaimBlock(ctx, r1, "acme", "web")) // 10.1.0.0/28
-	b2 := must[netip.Prefix](t)(s.ClaimBlock(ctx, r1, "acme", "web")) // 10.1.0.16/28
+	b1 := must[netip.Prefix](t)(r1.ClaimBlock(ctx, "acme", "web")) // 10.1.0.0/28
+	b2 := must[netip.Prefix](t)(r1.ClaimBlock(ctx, "acme", "web")) // 10.1.0.16/28
 	old := r1.Lease()
 	if _, err := s.Client().Revoke(ctx, old); err != nil {
 		t.Fatal(err)
 	}
 	// While s1's lease is gone, s2 takes the lowest free block: s1's first.
-	if got := must[netip.Prefix](t)(s.ClaimBlock(ctx, r2, "acme", "web")); got != b1 {
+	if got := must[netip.Prefix](t)(r2.ClaimBlock(ctx, "acme", "web")); got != b1 {
 		t.Fatalf("s2 claimed %s; want %s", got, b1)
 	}
 	eventually(t, "s1 registered again", func() bool { return r1.Lease() != old })
@@ -301,14 +301,14 @@ func TestBlocksFollowTheLease(t *testing.T) {
 	if got[b1] != "s2" || got[b2] != "s1" {
 		t.Fatalf("Blocks after re-registration = %v", got)
 	}
-	if bs := must[[]netip.Prefix](t)(s.ServerBlocks(ctx, r1, "acme", "web")); len(bs) != 1 || bs[0] != b2 {
+	if bs := must[[]netip.Prefix](t)(r1.ServerBlocks(ctx, "acme", "web")); len(bs) != 1 || bs[0] != b2 {
 		t.Fatalf("ServerBlocks(s1) = %v", bs)
 	}
 
 	// A new process of s1 adopts the block its predecessor held.
 	s1b := openOn(t, shared.Endpoints(), s.Prefix())
 	again := register(t, ctx, s1b, 1, 30*time.Second)
-	if bs := must[[]netip.Prefix](t)(s1b.ServerBlocks(ctx, again, "acme", "web")); len(bs) != 1 || bs[0] != b2 {
+	if bs := must[[]netip.Prefix](t)(again.ServerBlocks(ctx, "acme", "web")); len(bs) != 1 || bs[0] != b2 {
 		t.Fatalf("adopted blocks = %v", bs)
 	}
 	if l := leaseOf(t, s, s.k.block("acme", "web", b2)); l != again.Lease() {

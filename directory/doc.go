@@ -71,23 +71,27 @@
 //     for the cloud): everything, including users and roles.
 //   - server:<name> (CN "server:<name>", one server's agent, made by
 //     [Store.GrantServer]): reads the whole prefix; writes its own record
-//     servers/<name> and its own port maps portmaps/<name>/; and writes the
-//     shared claim spaces endpoints/, addrs/, ifaces/ and blocks/, which
-//     agents need today to create, bind and delete their workloads'
-//     endpoints and to claim address blocks. Nothing else: not tenants,
-//     zones, networks, groups, pairs, rules, another server's record or
-//     port maps, nor revoked/. (So a tenant stored before conntrack zones
-//     existed gets its zone only when root reads it.)
+//     servers/<name> and its own port maps portmaps/<name>/. Nothing else:
+//     not tenants, zones, networks, groups, pairs, rules, another server's
+//     record or port maps, nor revoked/, and not the claim spaces either.
+//     (So a tenant stored before conntrack zones existed gets its zone only
+//     when root reads it.)
 //
-// The shared claim spaces are writable by EVERY server: a compromised
-// server can create, rebind or delete any tenant's endpoints (and so place
-// a workload of its own in any tenant as far as peers can tell), and take
-// or drop any network's address blocks. Closing that needs those claims
-// made by a trusted party (the cloud's control plane) instead of by the
-// agents; until then, a server's credential is as strong as its weakest
-// host. [Store.RevokeServer] withdraws one: etcd refuses it from the next
-// request on, its record goes, and revoked/<name> tells peer agents
-// ([Cache.Revoked]) to stop trusting its certificates.
+// The claim spaces (endpoints/, addrs/, ifaces/, blocks/) are shared by
+// all servers, so no prefix of them is one server's to grant. A server's
+// claims there are made for it by the registrar (package nvi/registrar),
+// which holds the root credential, takes the server's name from its
+// certificate, and checks every claim against that name inside the writing
+// transaction ([Claimer], [Store.ClaimsFor]): a server creates endpoints on
+// itself only, changes and deletes only the endpoints that live on it, and
+// claims, moves and releases only its own address blocks. A compromised
+// server can still create endpoints of its own in any tenant with a free
+// address (placing workloads is what a server is for), but it cannot take,
+// move or remove anything of another server's.
+// [Store.RevokeServer] withdraws a credential: etcd refuses it from the
+// next request on, its record goes, and revoked/<name> tells peer agents
+// ([Cache.Revoked]) to stop trusting its certificates (the registrar
+// reads the CA's own revocation list).
 //
 // A [Config] with TLS nil speaks plain http:// or unix:// to an etcd
 // without auth: for tests and old single-host setups only.

@@ -245,12 +245,21 @@ func (s *Store) Endpoints(ctx context.Context, f Filter) ([]Endpoint, error) {
 // its server (0 when unbound), with compare-and-swap so that a concurrent
 // update of another field is not lost.
 func (s *Store) UpdateEndpointPort(ctx context.Context, tenant, name string, port uint32) (Endpoint, error) {
+	return s.updateEndpointPort(ctx, "", tenant, name, port)
+}
+
+// updateEndpointPort is UpdateEndpointPort for an endpoint that must live
+// on server owner ("": any).
+func (s *Store) updateEndpointPort(ctx context.Context, owner, tenant, name string, port uint32) (Endpoint, error) {
 	for range casRetries {
 		r, err := s.endpoint(ctx, tenant, name)
 		if err != nil {
 			return Endpoint{}, err
 		}
 		e := r.val
+		if err := ownedBy(e, owner, "change"); err != nil {
+			return Endpoint{}, err
+		}
 		if e.Port == port {
 			return e, nil
 		}
@@ -274,6 +283,22 @@ func (s *Store) UpdateEndpointPort(ctx context.Context, tenant, name string, por
 // endpoint's revision so the index entries removed are certainly its own,
 // and by its server's port maps being unchanged so none is left behind.
 func (s *Store) DeleteEndpoint(ctx context.Context, tenant, name string) error {
+	return s.deleteEndpoint(ctx, "", tenant, name)
+}
+
+// ownedBy refuses an endpoint that does not live on server owner ("": any
+// server will do). The caller's transaction compares the endpoint's
+// revision, so the check holds when it writes.
+func ownedBy(e Endpoint, owner, verb string) error {
+	if owner != "" && e.Server != owner {
+		return errorf(ErrDenied, "server %s cannot %s endpoint %s: it lives on server %s", owner, verb, e.Ref(), e.Server)
+	}
+	return nil
+}
+
+// deleteEndpoint is DeleteEndpoint for an endpoint that must live on server
+// owner ("": any).
+func (s *Store) deleteEndpoint(ctx context.Context, owner, tenant, name string) error {
 	if err := validateNames("tenant", tenant, "endpoint", name); err != nil {
 		return err
 	}
@@ -284,6 +309,9 @@ func (s *Store) DeleteEndpoint(ctx context.Context, tenant, name string) error {
 			return struct{}{}, false, err
 		}
 		e := r.val
+		if err := ownedBy(e, owner, "delete"); err != nil {
+			return struct{}{}, false, err
+		}
 		ops := []clientv3.Op{clientv3.OpDelete(key), clientv3.OpDelete(s.k.addr(tenant, e.IP))}
 		if e.IfaceID != "" {
 			ops = append(ops, clientv3.OpDelete(s.k.iface(e.IfaceID)))

@@ -37,7 +37,8 @@ type Registration struct {
 	// blockMu orders block claims against moving the blocks to a new lease,
 	// so that no claim lands under a lease the registration left behind.
 	blockMu sync.Mutex
-	blocks  map[string]struct{} // keys of the address blocks held
+	blocks  map[BlockRef]struct{} // the address blocks held
+	claimer Claimer               // who writes them
 	// conflicted: Reassert found another agent holding the name (logged
 	// once until it is resolved). Guarded by blockMu.
 	conflicted bool
@@ -76,7 +77,8 @@ func (s *Store) RegisterServer(ctx context.Context, srv Server, ttl time.Duratio
 	if ttl < MinServerTTL {
 		return nil, errorf(ErrInvalid, "server %s: lease TTL %v is shorter than %v", srv.Name, ttl, MinServerTTL)
 	}
-	r := &Registration{s: s, srv: srv, ttl: ttl, log: s.log.With("server", srv.Name), done: make(chan struct{}), blocks: map[string]struct{}{}}
+	r := &Registration{s: s, srv: srv, ttl: ttl, log: s.log.With("server", srv.Name), done: make(chan struct{}), blocks: map[BlockRef]struct{}{}}
+	r.claimer = &Claims{s: s, server: srv.Name}
 	if err := r.register(ctx); err != nil {
 		return nil, err
 	}
@@ -116,7 +118,7 @@ func (r *Registration) registerCtx(ctx context.Context) error {
 	r.mu.Lock()
 	r.lease = lease.ID
 	r.mu.Unlock()
-	r.moveBlocks(ctx, lease.ID)
+	r.keepBlocks(ctx)
 	return nil
 }
 

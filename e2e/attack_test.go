@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -13,6 +16,7 @@ import (
 	"nvi/directory"
 	"nvi/lab"
 	"nvi/pipeline"
+	"nvi/pki"
 )
 
 // TestAttacks tries, on a real lab, every attack of the security review
@@ -143,6 +147,109 @@ func TestAttacks(t *testing.T) {
 				through++
 				t.Errorf("%s with s3's certificate claiming another server: exit %d, HTTP %s, want 403: %s", call, r.Code, code, r)
 			}
+		}
+		intact(t)
+	})
+
+	t.Run("a server's credential against other servers' claims", func(t *testing.T) {
+		l := l.with(t)
+		// s1 is compromised: its key and certificate are the attacker's.
+		// It tries to take, move or remove what is s2's — the victim
+		// server's endpoint, its address, its address block — straight in
+		// etcd and through the registrar in its own name.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		op := l.operatorDirectory()
+		defer op.Close()
+		victimEp, err := op.EndpointByIP(ctx, "acme", netip.MustParseAddr(s.IP))
+		if err != nil {
+			t.Fatal(err)
+		}
+		blocks, err := op.Blocks(ctx, "acme", "web")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s2Block netip.Prefix
+		for b, holder := range blocks {
+			if holder == "s2" && b.Contains(victimEp.IP) {
+				s2Block = b
+			}
+		}
+		if !s2Block.IsValid() {
+			t.Fatalf("no block of s2 holds %s: %v", victimEp.IP, blocks)
+		}
+		idDir := filepath.Join(l.runDir(), "s1", "identity")
+		id, err := pki.LoadIdentity(idDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := lab.Load(l.Prefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		as1, err := directory.Open(ctx, directory.Config{Endpoints: st.Directory.Local, TLS: id.DirectoryTLS()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer as1.Close()
+		stolen := victimEp
+		stolen.Server = "s1"
+		p := "/nvi/v1/"
+		raw := []struct{ what, key, val string }{
+			{"rewrite s2's endpoint onto s1", p + "endpoints/acme/" + victimEp.Name, mustJSON(t, stolen)},
+			{"delete s2's endpoint", p + "endpoints/acme/" + victimEp.Name, ""},
+			{"take s2's workload's address", p + "addrs/acme/" + s.IP, "x"},
+			{"free s2's workload's address", p + "addrs/acme/" + s.IP, ""},
+			{"take s2's iface-id", p + "ifaces/" + victimEp.IfaceID, "acme/x"},
+			{"take s2's block", p + "blocks/acme/web/" + s2Block.String(), "s1"},
+			{"free s2's block", p + "blocks/acme/web/" + s2Block.String(), ""},
+		}
+		through := 0
+		for _, a := range raw {
+			if a.val == "" {
+				_, err = as1.Client().Delete(ctx, a.key)
+			} else {
+				_, err = as1.Client().Put(ctx, a.key, a.val)
+			}
+			if err == nil {
+				through++
+				t.Errorf("s1's credential could %s in etcd (%s)", a.what, a.key)
+			}
+		}
+		note("s1's certificate writing s2's endpoint, address, iface-id and block in etcd", len(raw), through)
+
+		reg := "https://" + st.Trust.EnrollAddr + "/v1/claims/"
+		calls := []struct{ what, path, body string }{
+			{"delete s2's endpoint", "endpoints/delete", fmt.Sprintf(`{"tenant":"acme","name":%q}`, victimEp.Name)},
+			{"rebind s2's endpoint", "endpoints/port", fmt.Sprintf(`{"tenant":"acme","name":%q,"port":99}`, victimEp.Name)},
+			{"create an endpoint on s2", "endpoints/create", `{"tenant":"acme","network":"web","name":"planted","ip":"10.1.0.250","mac":"0a:66:0a:01:00:fa","server":"s2"}`},
+			{"release s2's block", "blocks/release", fmt.Sprintf(`{"tenant":"acme","network":"web","block":%q}`, s2Block)},
+			{"keep s2's block", "blocks/keep", fmt.Sprintf(`{"blocks":[{"tenant":"acme","network":"web","block":%q}]}`, s2Block)},
+		}
+		through = 0
+		for _, c := range calls {
+			r := l.in(l.server("s1"), 15*time.Second, "curl", "-s", "-m", "5", "-w", "\n%{http_code}",
+				"--cert", filepath.Join(idDir, "cert.pem"), "--key", filepath.Join(idDir, "key.pem"), "--cacert", filepath.Join(idDir, "ca.pem"),
+				"-X", "POST", "-H", "Content-Type: application/json", "-d", c.body, reg+c.path)
+			lines := strings.Split(strings.TrimSpace(r.Out), "\n")
+			code := lines[len(lines)-1]
+			// keep answers 200 with the block in "lost": it did not move.
+			if r.Code != 0 || (code == "200" && !strings.Contains(r.Out, `"lost":[{`)) {
+				through++
+				t.Errorf("the registrar let s1 %s: exit %d, HTTP %s: %s", c.what, r.Code, code, r)
+			}
+		}
+		note("s1's certificate asking the registrar to delete, rebind or release s2's claims", len(calls), through)
+
+		// Nothing of s2's moved.
+		if now, err := op.Endpoint(ctx, "acme", victimEp.Name); err != nil || now != victimEp {
+			t.Errorf("s2's endpoint is now %+v (%v); was %+v", now, err, victimEp)
+		}
+		if now, err := op.Blocks(ctx, "acme", "web"); err != nil || now[s2Block] != "s2" {
+			t.Errorf("s2's block %s is held by %q now (%v)", s2Block, now[s2Block], err)
+		}
+		if _, err := op.Endpoint(ctx, "acme", "planted"); !errors.Is(err, directory.ErrNotFound) {
+			t.Errorf("an endpoint was planted on s2: %v", err)
 		}
 		intact(t)
 	})
@@ -462,4 +569,13 @@ func (l *Lab) agentPIDs() []int {
 		}
 	}
 	return out
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

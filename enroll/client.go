@@ -254,3 +254,13 @@ type RefusedError struct {
 func (e *RefusedError) Error() string {
 	return fmt.Sprintf("enrollment service refused (%d): %s", e.Status, e.Msg)
 }
+
+// ServiceAddr is the address of the enrollment service an identity made by
+// Join or Provision renews at (the registrar answers there too).
+func ServiceAddr(identityDir string) (string, error) {
+	st, err := readState(identityDir)
+	if err != nil {
+		return "", err
+	}
+	return st.Addr, nil
+}

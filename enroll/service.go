@@ -46,6 +46,11 @@ type Config struct {
 	Rate        float64
 	Burst       int
 	MaxInFlight int
+	// Routes are further APIs served beside enrollment on the same
+	// listener and certificate, by path pattern (the registrar's
+	// "/v1/claims/"). They do their own limiting; [Service.Caller] tells
+	// them which server a request speaks for.
+	Routes map[string]http.Handler
 
 	now func() time.Time // tests
 }
@@ -255,7 +260,33 @@ func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+pathEnroll, s.wrap("enroll", s.enroll))
 	mux.HandleFunc("POST "+pathRenew, s.wrap("renew", s.renew))
+	for pattern, h := range s.cfg.Routes {
+		mux.Handle(pattern, h)
+	}
 	return mux
+}
+
+// Caller is the server a request over the service's listener speaks for:
+// the name in its client certificate, which the TLS handshake verified
+// against the CA, if that certificate was issued after any revocation of
+// the name.
+func (s *Service) Caller(r *http.Request) (string, error) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		return "", fail(http.StatusUnauthorized, "this needs the server's certificate (mutual TLS)")
+	}
+	leaf := r.TLS.VerifiedChains[0][0]
+	name, err := pki.ServerNameOf(leaf)
+	if err != nil {
+		return "", fail(http.StatusForbidden, "%v", err)
+	}
+	list, err := LoadRevocations(s.cfg.CADir)
+	if err != nil {
+		return "", err
+	}
+	if err := CheckRevoked(list, name, leaf.NotBefore); err != nil {
+		return "", fail(http.StatusForbidden, "%v", err)
+	}
+	return name, nil
 }
 
 func (s *Service) wrap(op string, h func(r *http.Request) (any, error)) http.HandlerFunc {
@@ -388,21 +419,11 @@ func (s *Service) putBack(rec record) {
 // renew issues a new certificate for the key and name of the caller's
 // current certificate.
 func (s *Service) renew(r *http.Request) (any, error) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-		return nil, fail(http.StatusUnauthorized, "renewal needs the server's current certificate (mutual TLS)")
-	}
-	leaf := r.TLS.VerifiedChains[0][0]
-	name, err := pki.ServerNameOf(leaf)
-	if err != nil {
-		return nil, fail(http.StatusForbidden, "%v", err)
-	}
-	list, err := LoadRevocations(s.cfg.CADir)
+	name, err := s.Caller(r)
 	if err != nil {
 		return nil, err
 	}
-	if err := CheckRevoked(list, name, leaf.NotBefore); err != nil {
-		return nil, fail(http.StatusForbidden, "%v", err)
-	}
+	leaf := r.TLS.VerifiedChains[0][0]
 	var req renewRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err

@@ -111,7 +111,7 @@ func startEnroll(ctx context.Context, cfg *Config, st *State, nvictl string) err
 	if err := st.save(); err != nil {
 		return err
 	}
-	cfg.logf("enrollment service on %s (server certificates live %v)", st.Trust.EnrollAddr, ttl)
+	cfg.logf("enrollment service and registrar on %s (server certificates live %v)", st.Trust.EnrollAddr, ttl)
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	return waitFor(wctx, 50*time.Millisecond, func() error {

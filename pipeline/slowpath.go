@@ -201,5 +201,25 @@ func CheckError(f *packet.Frame) error {
 	return nil
 }
 
+// CheckErrorSource says why an ICMP error from the underlay must not be
+// translated into a session, or nil if it may: it must come from the peer
+// the quoted packet went to (its server answering for its workload) or
+// from the infrastructure b knows (UnderlayPrefixes: the data subnet, its
+// routers, the --underlay prefixes). Anyone else — an internet host, a
+// workload's egress — could otherwise forge path-MTU clamps and
+// unreachables into a session whose key and client port it guessed.
+func CheckErrorSource(b Bridge, f *packet.Frame) error {
+	src := f.IPv4Src()
+	if src == f.InnerIPv4Dst() {
+		return nil
+	}
+	for _, p := range UnderlayPrefixes(b) {
+		if p.Contains(src) {
+			return nil
+		}
+	}
+	return fmt.Errorf("pipeline: ICMP error from %s, neither the peer %s nor the underlay: ignored", src, f.InnerIPv4Dst())
+}
+
 // icmpFragNeeded is the code of "fragmentation needed and DF set" (RFC 1191).
 const icmpFragNeeded = 4

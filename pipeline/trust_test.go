@@ -516,3 +516,33 @@ func TestDenyStray(t *testing.T) {
 		}
 	}
 }
+
+// TestErrorSourceMustBeThePeerOrTheUnderlay closes the rest of M9: an ICMP
+// error about a session's packet counts only from the peer itself or from
+// the underlay's own routers.
+func TestErrorSourceMustBeThePeerOrTheUnderlay(t *testing.T) {
+	onWire := frame(t, session.UDP, macA, macB, ipA, ipB, 41000, key, []byte("x"))
+	wf, _ := packet.Parse(onWire)
+	br := brA
+	br.Underlay = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("10.250.0.0/16")}
+	for _, tc := range []struct {
+		src string
+		ok  bool
+	}{
+		{ipB.String(), true},      // the peer
+		{routerIP.String(), true}, // the data subnet's router
+		{"10.250.3.1", true},      // a router of another underlay prefix
+		{"203.0.113.2", false},    // the internet
+		{"100.127.0.9", false},    // an egress address
+	} {
+		fr, err := packet.BuildICMPError(packet.Header{EthSrc: routerMAC, EthDst: macA, Src: netip.MustParseAddr(tc.src), Dst: ipA},
+			packet.ICMPError{Type: 3, Code: 4, MTU: 1400}, wf.L3())
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, _ := packet.Parse(fr)
+		if err := CheckErrorSource(br, &f); (err == nil) != tc.ok {
+			t.Errorf("error from %s: CheckErrorSource = %v, want ok %v", tc.src, err, tc.ok)
+		}
+	}
+}

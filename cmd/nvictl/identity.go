@@ -6,15 +6,18 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"nvi/directory"
 	"nvi/enroll"
 	"nvi/lab"
 	"nvi/pki"
+	"nvi/registrar"
 )
 
 // defaultCADir is where the operator keeps the cloud's CA: NVI_CA_DIR, the
@@ -88,14 +91,14 @@ func caServeCmd() command {
 	var ttl time.Duration
 	var inDir bool
 	return command{
-		name: "serve", help: "run the enrollment service: servers join with tokens and renew their certificates here",
+		name: "serve", help: "run the enrollment service and the registrar: servers join with tokens, renew their certificates, and claim endpoints and address blocks here",
 		flags: func(fs *flag.FlagSet) {
 			caDirFlag(fs, &dir)
 			fs.StringVar(&listen, "listen", "", "address to listen on, IP:PORT (required)")
 			fs.StringVar(&dns, "dns", "", "DNS names of the service, comma-separated, for its certificate")
 			fs.DurationVar(&ttl, "cert-ttl", enroll.DefaultCertTTL, "life of the server certificates it issues (renewed at 2/3)")
 			fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
-			fs.BoolVar(&inDir, "directory", true, "give each enrolled server its directory role (the directory: --etcd, or the lab's); false for a directory without authentication")
+			fs.BoolVar(&inDir, "directory", true, "give each enrolled server its directory role and make servers' claims (endpoints, address blocks) as the registrar (the directory: --etcd, or the lab's); false for a directory without authentication")
 		},
 		run: func(e *env, _ *flag.FlagSet, args []string) error {
 			if err := wantArgs(args, 0, "no arguments"); err != nil {
@@ -119,17 +122,27 @@ func caServeCmd() command {
 				CertTTL: ttl,
 				Logger:  slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: l})),
 			}
+			var d *directory.Store
 			if inDir {
 				// Fail now, not at the first enrollment, if the directory
 				// cannot be reached.
-				if _, err := e.directory(); err != nil {
+				var err error
+				if d, err = e.directory(); err != nil {
 					return fmt.Errorf("the enrollment service grants servers their directory roles: %w (or pass --directory=false)", err)
 				}
 				cfg.Grant = func(ctx context.Context, name string) error { return grantInDirectory(ctx, e, name) }
+				cfg.Routes = map[string]http.Handler{}
 			}
 			svc, err := enroll.NewService(cfg)
 			if err != nil {
 				return err
+			}
+			if d != nil {
+				reg, err := registrar.New(registrar.Config{Directory: d, Caller: svc.Caller, Logger: cfg.Logger})
+				if err != nil {
+					return err
+				}
+				cfg.Routes[registrar.Prefix] = reg.Handler()
 			}
 			ln, err := listenTCP(listen)
 			if err != nil {

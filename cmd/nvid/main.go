@@ -68,6 +68,7 @@ func runAgent(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.LocalAPI.SocketGroup, "socket-group", "", "group whose members may use the local API besides root (socket mode 0660; default: root only)")
 	fs.StringVar(&cfg.PeerListen, "peer-listen", "", "address of the peer API, ip:port on the data address (required)")
 	fs.StringVar(&etcd, "etcd", "", "directory (etcd) endpoints, comma-separated (required)")
+	fs.StringVar(&cfg.Registrar, "registrar", "", "the registrar, HOST:PORT, that makes this server's endpoint and address-block claims in a directory with authentication (default: the enrollment service the identity renews at); \"none\": write them directly (a directory without authentication)")
 	fs.StringVar(&cfg.Site, "site", "default", "the site this server belongs to")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "sessions idle this long are torn down (default 60s)")
 	fs.StringVar(&keys, "key-range", session.DefaultKeyRange.String(), "ports reserved for session keys, an aligned power-of-two block")
@@ -146,6 +147,9 @@ func runAgent(ctx context.Context, args []string) error {
 	if etcdTLS(cfg.Etcd) {
 		cfg.DirectoryTLS = id.DirectoryTLS()
 	}
+	if err := pickRegistrar(&cfg, id, identityDir); err != nil {
+		return err
+	}
 	a, err := agent.New(cfg)
 	if err != nil {
 		return err
@@ -212,6 +216,32 @@ func runDirectory(ctx context.Context, args []string) error {
 	case err := <-m.Err():
 		return err
 	}
+}
+
+// pickRegistrar settles who makes this server's claims: with a directory
+// over TLS (so with authentication, where the server's credential may only
+// read the claim spaces) the registrar — by default the enrollment service
+// the identity renews at; without TLS, or with --registrar none, the agent
+// itself.
+func pickRegistrar(cfg *agent.Config, id *pki.Identity, identityDir string) error {
+	switch {
+	case cfg.Registrar == "none":
+		cfg.Registrar = ""
+		return nil
+	case cfg.Registrar == "" && !etcdTLS(cfg.Etcd):
+		return nil
+	case cfg.Registrar == "":
+		addr, err := enroll.ServiceAddr(identityDir)
+		if err != nil {
+			return fmt.Errorf("a directory over TLS needs the registrar for this server's endpoints and address blocks, and %w; pass --registrar HOST:PORT", err)
+		}
+		cfg.Registrar = addr
+	}
+	if _, _, err := net.SplitHostPort(cfg.Registrar); err != nil {
+		return fmt.Errorf("--registrar %q: want HOST:PORT, e.g. 198.19.0.254:7471, or none", cfg.Registrar)
+	}
+	cfg.RegistrarTLS = id.EnrollClientTLS()
+	return nil
 }
 
 // etcdTLS says whether the directory's endpoints speak TLS.
