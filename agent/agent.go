@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -37,6 +38,10 @@ type Agent struct {
 	claims directory.Claimer
 	cache  *directory.Cache
 	sw     *switchConn // the OpenFlow connection to our bridge
+	// swUp and dirUp say that Run has set sw, and dir, claims and cache:
+	// the local API serves before either, and reads them only after
+	// these flags (which order the writes before its reads).
+	swUp, dirUp atomic.Bool
 
 	mu         sync.Mutex
 	br         pipeline.Bridge    // facts the flows depend on; set once the switch is known
@@ -139,6 +144,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.ovs.Close()
 
 	a.sw = newSwitchConn(a)
+	a.swUp.Store(true)
 	wg.Add(1)
 	go func() { defer wg.Done(); a.sw.run(ctx) }()
 
@@ -149,6 +155,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.cache = directory.NewCache(a.dir, a.log)
 	a.cache.OnChange(a.onDirectoryChange)
 	a.watchRevocations(a.cache)
+	a.dirUp.Store(true)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -365,7 +372,7 @@ func (a *Agent) register(ctx context.Context) error {
 func (a *Agent) ready() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.registered && a.sw != nil && a.sw.connected()
+	return a.registered && a.swUp.Load() && a.sw.connected()
 }
 
 // bridge returns the facts the flows depend on.

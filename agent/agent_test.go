@@ -80,6 +80,8 @@ func testAgent(t *testing.T, ctx context.Context, st *directory.Store, c Config)
 	a.dir = st
 	a.cache = directory.NewCache(st, c.Logger)
 	a.sw = newSwitchConn(a) // never run: no switch
+	a.swUp.Store(true)
+	a.dirUp.Store(true)
 	a.br = pipelineBridge(c.DataIP.Addr(), a.cfg.KeyRange)
 	return a
 }

@@ -171,22 +171,23 @@ func (a *Agent) bind(ctx context.Context, iface string, ofport uint32, ifaceID s
 	if err != nil {
 		return err
 	}
+	ep.Port = ofport
+	a.mu.Lock() // ten.nets changes under it (tenantNetsChanged)
 	l := &local{ep: ep, net: nw, mac: mac, ofport: ofport, iface: iface, zone: ten.zone, nets: ten.nets}
-	a.mu.Lock()
 	if other := a.byAddr[addrKey{ep.Tenant, ep.IP}]; other != nil && other.ofport != ofport {
 		a.mu.Unlock()
 		return fmt.Errorf("address %s of %s is already bound to port %d", ep.IP, ep.Tenant, other.ofport)
 	}
 	a.locals[ofport] = l
 	a.byAddr[addrKey{ep.Tenant, ep.IP}] = l
+	wl := l.workload()
 	a.mu.Unlock()
 	if err := a.addWorkloadMeter(ctx, ofport); err != nil {
 		return fmt.Errorf("installing the punt meter: %w", err)
 	}
-	if err := a.sw.apply(ctx, flowMods(pipeline.WorkloadFlows(a.bridge(), l.workload())...)...); err != nil && !errors.Is(err, errNoSwitch) {
+	if err := a.sw.apply(ctx, flowMods(pipeline.WorkloadFlows(a.bridge(), wl)...)...); err != nil && !errors.Is(err, errNoSwitch) {
 		return fmt.Errorf("installing flows: %w", err)
 	}
-	l.ep.Port = ofport
 	if _, err := a.claims.UpdateEndpointPort(ctx, ep.Tenant, ep.Name, ofport); err != nil {
 		a.log.Warn("cannot record the port in the directory", "endpoint", ep.Ref(), "err", err)
 	}
@@ -271,7 +272,7 @@ func apiError(err error) error {
 }
 
 func (a *Agent) apiEndpoint(ep directory.Endpoint) (api.Endpoint, error) {
-	if a.cache == nil {
+	if !a.dirUp.Load() {
 		return api.Endpoint{}, api.Errorf(api.CodeUnavailable, "the directory is not connected yet")
 	}
 	nw, err := a.cache.LookupNetwork(a.ctx, ep.Tenant, ep.Network)
@@ -291,7 +292,7 @@ func (a *Agent) apiEndpoint(ep directory.Endpoint) (api.Endpoint, error) {
 
 // createEndpoint records an endpoint on this server.
 func (a *Agent) createEndpoint(ctx context.Context, req api.CreateEndpointRequest) (api.Endpoint, error) {
-	if a.dir == nil {
+	if !a.dirUp.Load() {
 		return api.Endpoint{}, api.Errorf(api.CodeUnavailable, "the directory is not connected yet")
 	}
 	ep := directory.Endpoint{
@@ -323,7 +324,7 @@ func (a *Agent) attachEndpoint(ctx context.Context, req api.AttachRequest) (api.
 		return api.Endpoint{}, api.Errorf(api.CodeInvalid, "no interface given")
 	}
 	ovs := a.ovsdb()
-	if a.dir == nil || ovs == nil {
+	if !a.dirUp.Load() || ovs == nil {
 		return api.Endpoint{}, api.Errorf(api.CodeUnavailable, "the agent is not connected to its directory and OVSDB yet; try again shortly")
 	}
 	ep, err := a.dir.Endpoint(ctx, req.Tenant, req.Name)

@@ -18,6 +18,7 @@ type netKey struct{ tenant, network string }
 type addrPool struct {
 	pool *ipam.Pool
 	used map[netip.Addr]bool
+	reg  *directory.Registration // the registration whose blocks these are
 }
 
 // maxAddrAttempts bounds how many taken addresses one allocation skips:
@@ -39,7 +40,7 @@ func (a *Agent) createWithAddress(ctx context.Context, ep directory.Endpoint) (d
 	for attempt := 0; attempt < maxAddrAttempts; attempt++ {
 		ip, err := p.pool.Next(func(ip netip.Addr) bool { return p.used[ip] })
 		if errors.Is(err, ipam.ErrNeedBlock) {
-			b, err := a.reg.ClaimBlock(ctx, ep.Tenant, ep.Network)
+			b, err := p.reg.ClaimBlock(ctx, ep.Tenant, ep.Network)
 			if err != nil {
 				return directory.Endpoint{}, err
 			}
@@ -73,14 +74,17 @@ func (a *Agent) addrPoolOf(ctx context.Context, tenant, network string) (*addrPo
 	if p := a.pools[k]; p != nil {
 		return p, nil
 	}
-	if a.reg == nil {
+	a.mu.Lock()
+	reg := a.reg // set under mu by register
+	a.mu.Unlock()
+	if reg == nil {
 		return nil, fmt.Errorf("%w: not registered in the directory yet", directory.ErrUnavailable)
 	}
 	nw, err := a.cache.LookupNetwork(ctx, tenant, network)
 	if err != nil {
 		return nil, err
 	}
-	blocks, err := a.reg.ServerBlocks(ctx, tenant, network)
+	blocks, err := reg.ServerBlocks(ctx, tenant, network)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +96,7 @@ func (a *Agent) addrPoolOf(ctx context.Context, tenant, network string) (*addrPo
 	if err != nil {
 		return nil, err
 	}
-	p := &addrPool{pool: pool, used: map[netip.Addr]bool{}}
+	p := &addrPool{pool: pool, used: map[netip.Addr]bool{}, reg: reg}
 	for _, e := range eps {
 		p.used[e.IP] = true
 	}

@@ -191,7 +191,7 @@ func (a *Agent) verifyWithPeer(ctx context.Context, e *entry) {
 	a.mu.Lock()
 	s, peerName, ok := e.s, e.peerName, e.state == established && !e.gone
 	a.mu.Unlock()
-	if !ok || a.cache == nil || peerName == "" {
+	if !ok || !a.dirUp.Load() || peerName == "" {
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, a.cfg.PeerTimeout)
@@ -263,7 +263,7 @@ func (a *Agent) peerGone(last directory.Server) {
 		return
 	case <-time.After(2 * a.cfg.LeaseTTL):
 	}
-	if a.cache == nil {
+	if !a.dirUp.Load() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.PeerTimeout)
@@ -470,7 +470,7 @@ func (a *Agent) adoptOne(ctx context.Context, br pipeline.Bridge, fs []pipeline.
 		return e, nil
 	}
 	if *servers == nil {
-		if a.dir == nil {
+		if !a.dirUp.Load() {
 			return nil, errAdoptLater
 		}
 		got, err := a.dir.Servers(ctx)

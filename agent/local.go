@@ -20,7 +20,7 @@ type localService struct{ a *Agent }
 func (s localService) Status(ctx context.Context) (api.Status, error) {
 	a := s.a
 	st := api.Status{Server: a.cfg.Name, DataIP: a.cfg.DataIP.Addr(), Bridge: a.cfg.Bridge, Switch: "disconnected", Directory: "connected"}
-	if a.sw != nil && a.sw.connected() {
+	if a.swUp.Load() && a.sw.connected() {
 		st.Switch = "connected"
 	}
 	a.mu.Lock()
@@ -52,7 +52,7 @@ func (s localService) AttachEndpoint(ctx context.Context, req api.AttachRequest)
 // unbound, and nobody else would remove it.
 func (s localService) DeleteEndpoint(ctx context.Context, tenant, name string) error {
 	a := s.a
-	if a.dir == nil {
+	if !a.dirUp.Load() {
 		return api.Errorf(api.CodeUnavailable, "the directory is not connected yet")
 	}
 	ep, err := a.dir.Endpoint(ctx, tenant, name)
@@ -96,7 +96,7 @@ func (a *Agent) removeLabelledPorts(ctx context.Context, id string) {
 // not.
 func (s localService) ServerEndpoints(ctx context.Context) ([]api.Endpoint, error) {
 	a := s.a
-	if a.dir == nil {
+	if !a.dirUp.Load() {
 		return nil, api.Errorf(api.CodeUnavailable, "the directory is not connected yet")
 	}
 	eps, err := a.dir.Endpoints(ctx, directory.Filter{Server: a.cfg.Name})
@@ -138,7 +138,7 @@ func (s localService) Endpoints(ctx context.Context) ([]api.Endpoint, error) {
 // bridge so that what is shown is what the switch sees.
 func (s localService) Sessions(ctx context.Context) ([]api.SessionInfo, error) {
 	a := s.a
-	if a.sw == nil {
+	if !a.swUp.Load() {
 		return nil, api.Errorf(api.CodeUnavailable, "the agent has not connected to its switch yet; try again shortly")
 	}
 	counts := map[pipeline.Cookie]uint64{}

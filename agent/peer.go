@@ -56,7 +56,7 @@ func (p peerService) Accept(ctx context.Context, caller string, req api.AcceptRe
 	case caller == a.cfg.Name:
 		return api.Errorf(api.CodeInvalid, "a server does not make sessions with itself")
 	}
-	if a.cache == nil {
+	if !a.dirUp.Load() {
 		return api.Errorf(api.CodeUnavailable, "the directory is not connected yet")
 	}
 	peer, err := a.cache.LookupServer(ctx, caller)
@@ -164,7 +164,7 @@ func (p peerService) Reopen(ctx context.Context, caller string, req api.ReopenRe
 	case caller == a.cfg.Name:
 		return api.Errorf(api.CodeInvalid, "a server does not make sessions with itself")
 	}
-	if a.cache == nil {
+	if !a.dirUp.Load() {
 		return api.Errorf(api.CodeUnavailable, "the directory is not connected yet")
 	}
 	srv, err := a.cache.LookupEndpoint(ctx, t.Tenant, t.Server)
@@ -249,7 +249,7 @@ func (e *entry) peerIPLocked() netip.Addr {
 
 // callerHasAddr reports whether the directory puts server caller at ip.
 func (a *Agent) callerHasAddr(ctx context.Context, caller string, ip netip.Addr) bool {
-	if a.cache == nil || !ip.IsValid() {
+	if !a.dirUp.Load() || !ip.IsValid() {
 		return false
 	}
 	srv, err := a.cache.LookupServer(ctx, caller)
@@ -261,7 +261,7 @@ func (a *Agent) releasePeer(e *entry, reason string) {
 	a.mu.Lock()
 	s, peerName := e.s, e.peerName
 	a.mu.Unlock()
-	if s.Role == session.RoleLocal || a.cache == nil {
+	if s.Role == session.RoleLocal || !a.dirUp.Load() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.PeerTimeout)

@@ -447,7 +447,7 @@ func (a *Agent) established(e *entry) error {
 
 func (a *Agent) agree(ctx context.Context, e *entry, l *local) error {
 	t := e.s.Tuple
-	if a.cache == nil {
+	if !a.dirUp.Load() {
 		return errors.New("the directory is not connected yet")
 	}
 	// Sessions a peer asks for (Reopen) count against the workload too.
@@ -907,7 +907,7 @@ func (a *Agent) reopenSession(e *entry, l *local, t session.Tuple) {
 
 func (a *Agent) reopenVia(ctx context.Context, e *entry, l *local) error {
 	t := e.s.Tuple
-	if a.cache == nil {
+	if !a.dirUp.Load() {
 		return errors.New("the directory is not connected yet")
 	}
 	client, err := a.cache.LookupEndpoint(ctx, t.Tenant, t.Client)

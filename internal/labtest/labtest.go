@@ -42,11 +42,15 @@ func RequireE2E(t testing.TB, tools ...string) {
 	}
 }
 
-// Programs are what Build builds.
-var Programs = []string{
-	"nvi/cmd/nvid", "nvi/cmd/nvictl", "nvi/cmd/nvibench", "nvi/cmd/nvi-cni", "nvi/cmd/nvi-docker", "nvi/internal/nviattack",
-	"github.com/containernetworking/cni/cnitool",
-}
+// RacePrograms are NVI's programs under test, built with the race
+// detector: every lab test then doubles as a race test of the agent, the
+// CLI and the plugins, and fails on any report
+// ([RaceReports]). Programs are the helpers, built plain (nvibench's
+// echo servers, the attack tool and cnitool only make traffic and calls).
+var (
+	RacePrograms = []string{"nvi/cmd/nvid", "nvi/cmd/nvictl", "nvi/cmd/nvi-cni", "nvi/cmd/nvi-docker"}
+	Programs     = []string{"nvi/cmd/nvibench", "nvi/internal/nviattack", "github.com/containernetworking/cni/cnitool"}
+)
 
 var (
 	buildOnce sync.Once
@@ -54,20 +58,69 @@ var (
 	buildErr  error
 )
 
-// Build builds Programs once per test binary into a directory that Clean
-// removes.
+// Build builds RacePrograms (with -race) and Programs once per test binary
+// into a directory that Clean removes.
 func Build() (string, error) {
 	buildOnce.Do(func() {
 		binDir, buildErr = os.MkdirTemp("", "nvi-test-bin")
 		if buildErr != nil {
 			return
 		}
-		out, err := exec.Command("go", append([]string{"build", "-o", binDir + "/"}, Programs...)...).CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
+		for _, b := range [][]string{
+			append([]string{"build", "-race", "-o", binDir + "/"}, RacePrograms...),
+			append([]string{"build", "-o", binDir + "/"}, Programs...),
+		} {
+			out, err := exec.Command("go", b...).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("go %s: %w\n%s", strings.Join(b, " "), err, out)
+				return
+			}
 		}
 	})
 	return binDir, buildErr
+}
+
+// raceMark starts every report of the race detector.
+const raceMark = "WARNING: DATA RACE"
+
+// RaceReports returns the race detector's reports in a program's output
+// (each from its mark to the next blank-line-separated "=================="),
+// or nil.
+func RaceReports(out string) []string {
+	var reports []string
+	for {
+		i := strings.Index(out, raceMark)
+		if i < 0 {
+			return reports
+		}
+		out = out[i:]
+		end := strings.Index(out[len(raceMark):], "==================")
+		if end < 0 {
+			reports = append(reports, out)
+			return reports
+		}
+		reports = append(reports, out[:len(raceMark)+end])
+		out = out[len(raceMark)+end:]
+	}
+}
+
+// CheckRaces fails t with every race report found in the logs (*.log)
+// under dir.
+func CheckRaces(t testing.TB, dir string) {
+	t.Helper()
+	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".log") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil
+		}
+		for _, r := range RaceReports(string(b)) {
+			t.Errorf("race detector report in %s:\n%s", path, r)
+		}
+		return nil
+	})
 }
 
 // Binaries is Build for a test.
@@ -103,6 +156,7 @@ func Up(t testing.TB, letter string, n int, upArgs ...string) *Lab {
 	t.Helper()
 	l := &Lab{T: t, Prefix: fmt.Sprintf("%s%04d", letter, rand.IntN(10000)), Bin: Binaries(t)}
 	t.Cleanup(func() {
+		CheckRaces(t, l.RunDir())
 		if t.Failed() {
 			l.dumpLogs()
 		}
@@ -120,9 +174,14 @@ func Up(t testing.TB, letter string, n int, upArgs ...string) *Lab {
 	return l
 }
 
-// Nvictl runs nvictl against this lab.
+// Nvictl runs nvictl against this lab; a race report in its output fails
+// the test.
 func (l *Lab) Nvictl(args ...string) orchtest.Result {
-	return orchtest.Run(2*time.Minute, []string{"NVI_LAB=" + l.Prefix}, nil, filepath.Join(l.Bin, "nvictl"), args...)
+	r := orchtest.Run(2*time.Minute, []string{"NVI_LAB=" + l.Prefix}, nil, filepath.Join(l.Bin, "nvictl"), args...)
+	for _, rep := range RaceReports(r.Err) {
+		l.T.Errorf("race detector report from nvictl %s:\n%s", strings.Join(args, " "), rep)
+	}
+	return r
 }
 
 // Must runs nvictl and fails the test if it fails.
