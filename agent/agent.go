@@ -42,6 +42,9 @@ type Agent struct {
 	// the local API serves before either, and reads them only after
 	// these flags (which order the writes before its reads).
 	swUp, dirUp atomic.Bool
+	// synced: the bridge's ports are bound and the sessions a previous
+	// agent left on it adopted; until then the agent is not ready.
+	synced atomic.Bool
 
 	mu         sync.Mutex
 	br         pipeline.Bridge    // facts the flows depend on; set once the switch is known
@@ -368,11 +371,13 @@ func (a *Agent) register(ctx context.Context) error {
 }
 
 // Ready reports whether the agent serves: switch connected with its
-// pipeline, and registered in the directory.
+// pipeline, registered in the directory, and the bridge's ports bound and
+// their sessions adopted (so that a restarted agent is ready only once it
+// knows the sessions it inherited).
 func (a *Agent) ready() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.registered && a.swUp.Load() && a.sw.connected()
+	return a.registered && a.synced.Load() && a.swUp.Load() && a.sw.connected()
 }
 
 // bridge returns the facts the flows depend on.

@@ -78,6 +78,7 @@ func (a *Agent) onInterface(ctx context.Context, ev ovsdb.InterfaceEvent) {
 		// Every port that exists is bound: now the session flows left by a
 		// previous agent can be matched to workloads.
 		a.adoptSessions(ctx, true)
+		a.synced.Store(true)
 		return
 	case ovsdb.Removed:
 		a.forgetWaiting(ev.Old.ExternalIDs[ifaceIDKey])
