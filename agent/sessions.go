@@ -47,8 +47,10 @@ type entry struct {
 	created    time.Time
 	peerName   string
 	remoteName string // the remote workload's endpoint name
-	// How long the setup's two slow steps took, for the log.
-	handshake, install time.Duration
+	// Where a setup's time went, for the log: resolve from the packet-in
+	// to the peer call (look-ups, policy, key), handshake the peer call
+	// (the peer's install included), install our half and its barrier.
+	resolve, handshake, install time.Duration
 	// reopening: this server holds the server workload, which answered in
 	// a connection after the session idled out; the client's agent is
 	// asked to set the session up again. replyPort is the client port the
@@ -428,10 +430,10 @@ func (a *Agent) established(e *entry) error {
 	e.lastIn = now
 	held := e.held
 	e.held = nil
-	s, peerName, handshake, install, start := e.s, e.peerName, e.handshake, e.install, e.created
+	s, peerName, resolve, handshake, install, start := e.s, e.peerName, e.resolve, e.handshake, e.install, e.created
 	a.mu.Unlock()
 	a.log.Info("session established", "session", s.Tuple.String(), "role", s.Role, "key", s.Key,
-		"peer", peerName, "setup", time.Since(start).Round(time.Microsecond),
+		"peer", peerName, "setup", time.Since(start).Round(time.Microsecond), "resolve", resolve.Round(time.Microsecond),
 		"handshake", handshake.Round(time.Microsecond), "install", install.Round(time.Microsecond))
 	for _, fr := range held {
 		if s.Proto == session.ICMP {
@@ -514,6 +516,9 @@ func (a *Agent) agree(ctx context.Context, e *entry, l *local) error {
 	}
 	// The peer installs its half first and answers after its barrier.
 	start := time.Now()
+	a.mu.Lock()
+	e.resolve = start.Sub(e.created)
+	a.mu.Unlock()
 	err = pc.Accept(ctx, api.AcceptRequest{From: a.cfg.Name, Tuple: t, Key: key})
 	code := api.CodeOf(err)
 	a.mu.Lock()
