@@ -509,6 +509,7 @@ func (a *Agent) agree(ctx context.Context, e *entry, l *local) error {
 		e.s.Peer = session.Peer{Name: peer.Name, IP: peer.DataIP, NextHop: hop}
 		e.peerName = peer.Name
 		a.byWire[e.wire()] = e
+		e.resolve = time.Since(e.created)
 	}
 	a.mu.Unlock()
 	if err != nil {
@@ -516,9 +517,6 @@ func (a *Agent) agree(ctx context.Context, e *entry, l *local) error {
 	}
 	// The peer installs its half first and answers after its barrier.
 	start := time.Now()
-	a.mu.Lock()
-	e.resolve = start.Sub(e.created)
-	a.mu.Unlock()
 	err = pc.Accept(ctx, api.AcceptRequest{From: a.cfg.Name, Tuple: t, Key: key})
 	code := api.CodeOf(err)
 	a.mu.Lock()

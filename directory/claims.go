@@ -89,9 +89,6 @@ func (s *Store) ClaimsFor(server string) (*Claims, error) {
 	return &Claims{s: s, server: server}, nil
 }
 
-// Server is the server the claims are made for.
-func (c *Claims) Server() string { return c.server }
-
 func (c *Claims) CreateEndpoint(ctx context.Context, e Endpoint) (Endpoint, error) {
 	if e.Server != c.server {
 		return Endpoint{}, errorf(ErrDenied, "server %s cannot create endpoint %s on server %q: a server creates endpoints on itself only", c.server, e.Ref(), e.Server)
