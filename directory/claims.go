@@ -4,8 +4,6 @@ import (
 	"context"
 	"net/netip"
 	"slices"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Claims are what servers write in the claim spaces they share: their
@@ -57,15 +55,14 @@ type Claimer interface {
 	UpdateEndpointPort(ctx context.Context, tenant, name string, port uint32) (Endpoint, error)
 	// DeleteEndpoint deletes an endpoint of the server ([Store.DeleteEndpoint]).
 	DeleteEndpoint(ctx context.Context, tenant, name string) error
-	// ClaimBlock claims the lowest free block of a network, under the lease
-	// of the server's record.
+	// ClaimBlock claims the lowest block of a network that no registered
+	// server holds; the server must be registered.
 	ClaimBlock(ctx context.Context, tenant, network string) (netip.Prefix, error)
-	// AdoptBlocks returns the blocks of a network the server holds, moving
-	// those held under an older lease to its record's.
+	// AdoptBlocks returns the blocks of a network the server holds (those
+	// an earlier process of it claimed included).
 	AdoptBlocks(ctx context.Context, tenant, network string) ([]netip.Prefix, error)
-	// KeepBlocks moves blocks the server held to its record's lease after
-	// it registered again, taking back those that expired meanwhile; it
-	// returns those another server took.
+	// KeepBlocks returns which of the blocks the server held another
+	// server took over while it was not registered.
 	KeepBlocks(ctx context.Context, held []BlockRef) (lost []BlockRef, err error)
 	// ReleaseBlock gives a block the server holds back.
 	ReleaseBlock(ctx context.Context, b BlockRef) error
@@ -105,55 +102,24 @@ func (c *Claims) DeleteEndpoint(ctx context.Context, tenant, name string) error 
 }
 
 func (c *Claims) ClaimBlock(ctx context.Context, tenant, network string) (netip.Prefix, error) {
-	lease, err := c.lease(ctx)
-	if err != nil {
-		return netip.Prefix{}, err
-	}
-	return c.s.claimBlock(ctx, c.server, lease, tenant, network)
+	return c.s.claimBlock(ctx, c.server, tenant, network)
 }
 
 func (c *Claims) AdoptBlocks(ctx context.Context, tenant, network string) ([]netip.Prefix, error) {
-	lease, err := c.lease(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return c.s.adoptBlocks(ctx, c.server, lease, tenant, network)
+	return c.s.serverBlocks(ctx, c.server, tenant, network)
 }
 
 func (c *Claims) KeepBlocks(ctx context.Context, held []BlockRef) ([]BlockRef, error) {
-	lease, err := c.lease(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return c.s.keepBlocks(ctx, c.server, lease, held)
+	return c.s.keepBlocks(ctx, c.server, held)
 }
 
 func (c *Claims) ReleaseBlock(ctx context.Context, b BlockRef) error {
 	return c.s.releaseBlock(ctx, c.server, b)
 }
 
-// lease is the lease the server's record lives under: its blocks go under
-// it too, so that they vanish with the server.
-func (c *Claims) lease(ctx context.Context) (clientv3.LeaseID, error) {
-	op := "reading the lease of server " + c.server
-	resp, err := c.s.read(ctx, op, clientv3.OpGet(c.s.k.server(c.server)))
-	if err != nil {
-		return 0, err
-	}
-	kv := kvs(resp, 0)
-	if len(kv) == 0 {
-		return 0, errorf(ErrNotFound, "server %s is not registered", c.server)
-	}
-	if kv[0].Lease == 0 {
-		return 0, errorf(ErrConflict, "server %s has no live registration (its record has no lease): it cannot hold address blocks", c.server)
-	}
-	return clientv3.LeaseID(kv[0].Lease), nil
-}
-
 // ClaimBlock claims the lowest free block of a network for reg's server,
 // through its claimer ([Registration.UseClaimer]), and remembers it: when
-// the registration must register again under a new lease, its blocks move
-// with it.
+// the registration must register again, it checks they are still its own.
 func (r *Registration) ClaimBlock(ctx context.Context, tenant, network string) (netip.Prefix, error) {
 	r.blockMu.Lock()
 	defer r.blockMu.Unlock()
@@ -166,8 +132,8 @@ func (r *Registration) ClaimBlock(ctx context.Context, tenant, network string) (
 }
 
 // ServerBlocks returns the blocks of the network that reg's server holds,
-// lowest first: what an agent starts its ipam.Pool with. Blocks held
-// under an earlier process's lease are adopted ([Claimer.AdoptBlocks]).
+// lowest first: what an agent starts its ipam.Pool with, blocks an
+// earlier process of it claimed included ([Claimer.AdoptBlocks]).
 func (r *Registration) ServerBlocks(ctx context.Context, tenant, network string) ([]netip.Prefix, error) {
 	r.blockMu.Lock()
 	defer r.blockMu.Unlock()
@@ -199,8 +165,8 @@ func (r *Registration) UseClaimer(c Claimer) {
 	r.blockMu.Unlock()
 }
 
-// keepBlocks moves the blocks r holds under its new lease after it
-// registered again, and forgets those another server took meanwhile.
+// keepBlocks forgets, after r registered again, the blocks another server
+// took over while r's record was gone.
 // Caller holds r.blockMu.
 func (r *Registration) keepBlocks(ctx context.Context) {
 	if len(r.blocks) == 0 {
@@ -213,11 +179,11 @@ func (r *Registration) keepBlocks(ctx context.Context) {
 	slices.SortFunc(held, func(x, y BlockRef) int { return x.Block.Addr().Compare(y.Block.Addr()) })
 	lost, err := r.claimer.KeepBlocks(ctx, held)
 	if err != nil {
-		r.log.Warn("directory: could not move the address blocks to the new lease; they expire with the old one", "err", err)
+		r.log.Warn("directory: could not check the address blocks after registering again; keeping them", "err", err)
 		return
 	}
 	for _, b := range lost {
-		r.log.Warn("directory: address block lost while the lease had lapsed: another server holds it", "block", b.String())
+		r.log.Warn("directory: address block lost while the registration had lapsed: another server holds it", "block", b.String())
 		delete(r.blocks, b)
 	}
 }

@@ -36,8 +36,9 @@
 //	groups/<t>/<g>           policy.Group: networks whose workloads reach each other
 //	pairs/<t>/<a>/<b>        policy.Pair, a < b: one record per unordered pair
 //	rules/<t>/<id>           policy.Rule; id is 8 hex digits the directory picks
-//	blocks/<t>/<n>/<cidr>    the holding server's name (plain text), under that
-//	                         server's lease: a per-server address block
+//	blocks/<t>/<n>/<cidr>    the holding server's name (plain text): a
+//	                         per-server address block, free again once that
+//	                         server has no record
 //	portmaps/<server>/<proto>/<port>
 //	                         PortMap: a workload port exposed on the server
 //	revoked/<server>         {"at": time}: the server's credential was revoked
@@ -84,7 +85,8 @@
 // certificate, and checks every claim against that name inside the writing
 // transaction ([Claimer], [Store.ClaimsFor]): a server creates endpoints on
 // itself only, changes and deletes only the endpoints that live on it, and
-// claims, moves and releases only its own address blocks. A compromised
+// claims and releases only its own address blocks (and takes over only
+// those of servers that are no longer registered). A compromised
 // server can still create endpoints of its own in any tenant with a free
 // address (placing workloads is what a server is for), but it cannot take,
 // move or remove anything of another server's.

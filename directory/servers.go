@@ -99,8 +99,8 @@ func (r *Registration) register(ctx context.Context) error {
 	return r.registerCtx(ctx)
 }
 
-// registerCtx grants a lease, puts the record under it and moves the
-// address blocks the registration holds to it.
+// registerCtx grants a lease, puts the record under it and forgets the
+// address blocks another server took over while the record was gone.
 func (r *Registration) registerCtx(ctx context.Context) error {
 	r.blockMu.Lock()
 	defer r.blockMu.Unlock()
@@ -337,8 +337,7 @@ func (r *Registration) retryTimeout() time.Duration { return max(r.ttl/3, 200*ti
 // Server returns the record as stored (with defaults filled).
 func (r *Registration) Server() Server { return r.srv }
 
-// Lease returns the lease the record (and the server's address blocks) is
-// currently kept under; it changes when the registration registers again.
+// Lease returns the lease the record is currently kept under; it changes when the registration registers again.
 func (r *Registration) Lease() clientv3.LeaseID {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -169,7 +169,7 @@ func TestIPAM(t *testing.T) {
 	if err != nil || again.IP.String() != victim.ip {
 		t.Fatalf("after deleting %s (%s), the next address is %v (%v)", victim.name, victim.ip, again.IP, err)
 	}
-	// A killed server's blocks come back once its lease ends.
+	// A killed server's blocks are free again once its record expires.
 	l.killAgent(t, "s3")
 	eventually(t, 30*time.Second, "s3's blocks are free again", func() error {
 		for b, owner := range l.blocks(t, "acme", "big") {
