@@ -152,6 +152,12 @@ func NewKeyPool(r KeyRange, rest time.Duration) *KeyPool {
 	return newKeyPool(r, rest, rand.Reader)
 }
 
+// NewKeyPoolFrom is NewKeyPool choosing keys with rnd: a seeded source
+// makes the choices repeatable in tests and simulations.
+func NewKeyPoolFrom(r KeyRange, rest time.Duration, rnd io.Reader) *KeyPool {
+	return newKeyPool(r, rest, rnd)
+}
+
 func newKeyPool(r KeyRange, rest time.Duration, rnd io.Reader) *KeyPool {
 	kp := &KeyPool{r: r, rest: rest, rand: rnd, pools: map[poolID]*pool{}}
 	kp.SetTenantQuota(0)

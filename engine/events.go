@@ -1,0 +1,341 @@
+package engine
+
+import (
+	"net/netip"
+
+	"nvi/pipeline"
+	"nvi/session"
+)
+
+// An Event is something that happened, fed to [Engine.Step]: a packet a
+// workload sent, the answer of a step the agent carried out, a peer's
+// request, a tick, a change in the directory.
+type Event interface{ event() }
+
+// An Effect is something the agent must carry out for the engine: look a
+// destination up, ask the peer, install or remove flows, release packets.
+// Effects of one Step are carried out in order; the outcome of those that
+// take time (Resolve, Accept, Install, Remove, Verify, Reopen) comes back as
+// an event naming the same session ID.
+type Effect interface{ effect() }
+
+// ID names one session in the engine, for the events that answer its
+// effects. A new session for the same tuple gets a new ID, so an answer
+// that comes late never touches its successor.
+type ID uint64
+
+// Local is a workload bound on this server, as a session needs it.
+type Local struct {
+	Port     uint32 // its OpenFlow port
+	Endpoint session.Endpoint
+	Zone     uint16 // its tenant's conntrack zone
+	Name     string // its endpoint name, for logs and views
+}
+
+// Counts are a session's packet counters on this bridge by direction: Out
+// what its session-out flow sent, In what its session-in flow took.
+type Counts struct{ In, Out uint64 }
+
+// --- Events of the client's end ---
+
+// Packet: a local workload sent a packet no flow matched, the first of a
+// session (or one more while it is being set up). Frame is kept only while
+// it is held.
+type Packet struct {
+	From  Local
+	Tuple session.Tuple
+	Frame []byte
+}
+
+// Resolved answers [Resolve]: where the server workload lives, and that
+// policy allows the session. Exactly one of Peer (another server) and
+// Here (a workload on this server) is set.
+type Resolved struct {
+	ID         ID
+	RemoteName string     // the server workload's endpoint name
+	RemoteIP   netip.Addr // its address (the tuple's server address)
+	Peer       *session.Peer
+	Here       *Local
+}
+
+// Accepted answers [Accept]: the peer installed its half (Err nil) or did
+// not. Refused means the peer refused outright and changed nothing.
+type Accepted struct {
+	ID      ID
+	Err     error
+	Refused bool
+}
+
+// Failed answers a Resolve (or a Reopen's look-ups) that could not be
+// carried out. Refused failures (policy, a missing or malformed record)
+// get a drop flow for a while instead of being asked about again.
+type Failed struct {
+	ID      ID
+	Err     error
+	Refused bool
+}
+
+// --- Events of the server's end ---
+
+// AcceptRequest: the peer Caller asks this server to install the server
+// half of Session (already checked by the agent: the caller's record, the
+// client endpoint living on it, the server workload bound here, policy).
+type AcceptRequest struct {
+	Caller     string
+	Session    session.Session
+	RemoteName string
+}
+
+// ReplyWithoutSession: a local server workload answered, in a connection
+// conntrack knows, a client whose session has gone at this end (it idled
+// out). The client's agent is asked to set the session up again.
+type ReplyWithoutSession struct {
+	From      Local
+	Tuple     session.Tuple // the session's tuple (client → server)
+	ReplyPort uint16        // the client port the answer went to
+	Frame     []byte
+}
+
+// Reopened answers [Reopen]: the client's agent has set the session up (it
+// called Accept here first) or not.
+type Reopened struct {
+	ID      ID
+	Err     error
+	Refused bool
+}
+
+// ReopenRequest: the peer Caller, which holds the server workload, asks
+// this server (the client's) to set the session up again.
+type ReopenRequest struct {
+	Caller string
+	From   Local // the client workload here
+	Tuple  session.Tuple
+}
+
+// --- Events of both ends ---
+
+// Installed answers [Install]: this end's half is in place and the barrier
+// came back (Err nil), or installing failed.
+type Installed struct {
+	ID  ID
+	Err error
+}
+
+// Removed answers [Remove]: this end's half is gone (or removing failed,
+// which is logged: the flows' idle timeouts are the backstop).
+type Removed struct {
+	ID  ID
+	Err error
+}
+
+// Teardown asks to end a session here, and first at the peer's when
+// Notify is set.
+type Teardown struct {
+	ID     ID
+	Reason string
+	Notify bool
+}
+
+// ReleaseRequest: the peer Caller asks this server to remove its half.
+// CallerIP is the caller's data address from the directory, needed only
+// for an adopted session whose peer's name is not known ([Engine.Unnamed]).
+type ReleaseRequest struct {
+	Caller   string
+	CallerIP netip.Addr
+	Tuple    session.Tuple
+	Key      uint16
+	Role     session.Role // the caller's role
+	Reason   string
+}
+
+// Tick drives time: idle sessions expire, client halves that hear nothing
+// back are checked with their peer, resting keys come back. Counts are the
+// session flows' counters by cookie; Fresh is false when they could not be
+// read (a slow switch), and then sessions expire on the activity last seen
+// (audit M6).
+type Tick struct {
+	Counts map[pipeline.Cookie]Counts
+	Fresh  bool
+}
+
+// Verified answers [Verify]. Gone means the peer no longer takes the
+// session (it refused, or has another for the tuple).
+type Verified struct {
+	ID   ID
+	Err  error
+	Gone bool
+}
+
+// PeerGone: a server's record left the directory and stayed away (or came
+// back at another data address, NewIP). Its sessions end here; Reachable
+// says whether it may still be told.
+type PeerGone struct {
+	Name      string
+	NewIP     netip.Addr
+	Reachable bool
+}
+
+// EndpointChanged: a remote endpoint of a session was deleted, moved to
+// another server or given another address.
+type EndpointChanged struct {
+	Tenant, Name string
+	Deleted      bool
+	Server       string
+	IP           netip.Addr
+}
+
+// Unbound: a local workload's port left the bridge; its sessions end.
+type Unbound struct{ Port uint32 }
+
+// Touched: a packet of the session went through the agent's slow path
+// (ICMP), which flow counters do not see.
+type Touched struct{ ID ID }
+
+// Adopt takes over a session found on the bridge, left by a previous agent
+// (invariant 5). The answer is an [Adoption] effect.
+type Adopt struct {
+	Session    session.Session
+	RemoteName string
+}
+
+func (Packet) event()              {}
+func (Resolved) event()            {}
+func (Accepted) event()            {}
+func (Failed) event()              {}
+func (AcceptRequest) event()       {}
+func (ReplyWithoutSession) event() {}
+func (Reopened) event()            {}
+func (ReopenRequest) event()       {}
+func (Installed) event()           {}
+func (Removed) event()             {}
+func (Teardown) event()            {}
+func (ReleaseRequest) event()      {}
+func (Tick) event()                {}
+func (Verified) event()            {}
+func (PeerGone) event()            {}
+func (EndpointChanged) event()     {}
+func (Unbound) event()             {}
+func (Touched) event()             {}
+func (Adopt) event()               {}
+
+// --- Effects ---
+
+// Resolve: look the server workload up in the client's tenant, find its
+// server and ask policy; answer with [Resolved] or [Failed]. For a reopen
+// (Reopen set) it is the client that is looked up, on the server's end.
+type Resolve struct {
+	ID     ID
+	Tuple  session.Tuple
+	From   Local
+	Reopen bool
+}
+
+// Accept: ask the peer to install the server half of Session (its Tuple,
+// Key and Peer); answer with [Accepted].
+type Accept struct {
+	ID      ID
+	Session session.Session
+}
+
+// Install: put this end's half of Session on the bridge and wait for the
+// barrier; answer with [Installed]. Flows are the session's flows (TCP,
+// UDP); Punt, when valid, is a peer whose ICMP punt flow must be added
+// first (ICMP sessions share one per peer).
+type Install struct {
+	ID      ID
+	Session session.Session
+	Flows   bool
+	Punt    netip.Addr
+}
+
+// Remove: take this end's half of Session off the bridge; answer with
+// [Removed]. Punt, when valid, is a peer's punt flow no session needs any
+// more.
+type Remove struct {
+	ID      ID
+	Session session.Session
+	Flows   bool
+	Punt    netip.Addr
+}
+
+// ReleasePeer: ask the peer to remove its half of Session (its answer
+// comes after its barrier). Carried out before the Remove that follows it,
+// so both halves go together (invariant 3).
+type ReleasePeer struct {
+	Session  session.Session
+	PeerName string
+	Reason   string
+}
+
+// Deliver: the session is in place at both ends; send the packets it held
+// through the pipeline again (TCP, UDP) or along the slow path (ICMP).
+type Deliver struct {
+	Session session.Session
+	Port    uint32
+	Frames  [][]byte
+}
+
+// Retry: frames that arrived while a session was ending; they start a fresh
+// session, as if just sent by the workload on Port.
+type Retry struct {
+	Port   uint32
+	Frames [][]byte
+}
+
+// Drop: install a short-lived drop flow for Tuple from Port (invariant 4):
+// the destination was refused and is not asked about again for a while.
+type Drop struct {
+	Port  uint32
+	Tuple session.Tuple
+	Err   error // why; errors.Is tells ErrTooMany and ErrNoKey apart
+}
+
+// SetupFailed: a setup failed for a reason that may pass (the peer did not
+// answer, the directory is down); nothing is dropped, the next packet tries
+// again. For the agent's (rate-limited) log.
+type SetupFailed struct {
+	Session session.Session
+	Err     error
+}
+
+// Verify: ask the peer whether it still holds the server half of Session
+// (by repeating its Accept); answer with [Verified].
+type Verify struct {
+	ID       ID
+	Session  session.Session
+	PeerName string
+}
+
+// Reopen: ask Peer, the server that holds the client workload, to set
+// Tuple up again; answer with [Reopened].
+type Reopen struct {
+	ID    ID
+	Tuple session.Tuple
+	Peer  session.Peer
+}
+
+// Reply answers a peer's request (AcceptRequest, ReleaseRequest,
+// ReopenRequest): Err nil or why not.
+type Reply struct {
+	Err error
+}
+
+// Adoption answers [Adopt]: Err says why the session was not adopted (its
+// flows are then stale and should go).
+type Adoption struct {
+	Err error
+}
+
+func (Resolve) effect()     {}
+func (Accept) effect()      {}
+func (Install) effect()     {}
+func (Remove) effect()      {}
+func (ReleasePeer) effect() {}
+func (Deliver) effect()     {}
+func (Retry) effect()       {}
+func (Drop) effect()        {}
+func (SetupFailed) effect() {}
+func (Verify) effect()      {}
+func (Reopen) effect()      {}
+func (Reply) effect()       {}
+func (Adoption) effect()    {}
