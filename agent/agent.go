@@ -18,6 +18,7 @@ import (
 
 	"nvi/api"
 	"nvi/directory"
+	"nvi/engine"
 	"nvi/ovsdb"
 	"nvi/pipeline"
 	"nvi/registrar"
@@ -50,16 +51,14 @@ type Agent struct {
 	br         pipeline.Bridge    // facts the flows depend on; set once the switch is known
 	locals     map[uint32]*local  // bound workloads by OpenFlow port
 	byAddr     map[addrKey]*local // ... by tenant and address
-	sessions   map[session.Tuple]*entry
+	eng        *engine.Engine     // every session's life (package nvi/engine)
+	keys       *session.KeyPool   // the engine's keys, for tests
 	tenants    map[string]*tenant
 	pools      map[netKey]*addrPool             // address blocks this server holds, per network
 	portMaps   map[portMapKey]directory.PortMap // this server's port maps
 	reg        *directory.Registration
 	waiting    map[string]waitingPort // labelled ports whose endpoint is not recorded yet, by iface-id
 	ipamMu     sync.Mutex             // serialises address allocation; guards pools
-	byWire     map[wireKey]*entry     // cross-server sessions as the underlay names them
-	punts      map[netip.Addr]int     // ICMP sessions per peer, for the punt flow
-	keys       *session.KeyPool
 	peers      map[peerAddr]*api.PeerClient
 	registered bool
 	self       directory.Server // this server's record as registered: what port maps may not take
@@ -76,34 +75,25 @@ type addrKey struct {
 	ip     netip.Addr
 }
 
-// wireKey names a cross-server session the way its packets and the peer API
-// do: by peer, protocol, key and this server's role.
-type wireKey struct {
-	peer  netip.Addr
-	proto session.Proto
-	key   uint16
-	role  session.Role
-}
-
 // New checks cfg and makes an agent; Run starts it.
 func New(cfg Config) (*Agent, error) {
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	keys := session.NewKeyPool(cfg.KeyRange, cfg.KeyRest)
 	return &Agent{
-		cfg:      cfg,
+		cfg:  cfg,
+		keys: keys,
+		eng: engine.New(engine.Config{Keys: keys, IdleTimeout: cfg.IdleTimeout, DeafAfter: clientDeafAfter,
+			MaxPerWorkload: maxSessionsPerEndpoint, MaxHeld: maxHeld, Logger: cfg.Logger}),
 		log:      cfg.Logger,
 		locals:   map[uint32]*local{},
 		byAddr:   map[addrKey]*local{},
-		sessions: map[session.Tuple]*entry{},
 		tenants:  map[string]*tenant{},
 		pools:    map[netKey]*addrPool{},
 		portMaps: map[portMapKey]directory.PortMap{},
 		waiting:  map[string]waitingPort{},
-		byWire:   map[wireKey]*entry{},
-		punts:    map[netip.Addr]int{},
-		keys:     session.NewKeyPool(cfg.KeyRange, cfg.KeyRest),
 		peers:    map[peerAddr]*api.PeerClient{},
 	}, nil
 }

@@ -21,6 +21,7 @@ import (
 
 	"nvi/api"
 	"nvi/directory"
+	"nvi/engine"
 	"nvi/pipeline"
 	"nvi/session"
 )
@@ -269,8 +270,8 @@ func TestForgedReopensCannotStarveOtherTenants(t *testing.T) {
 			held := a.keys.Held(ipS2, session.TCP, "acme", time.Now())
 			_, betaErr := a.keys.Allocate(ipS2, session.TCP, "beta", time.Now())
 			_, acmeErr := a.keys.Allocate(ipS2, session.TCP, "acme", time.Now())
-			left := len(a.sessions)
-			counted := len(a.lim.sessions)
+			left := len(a.eng.Sessions())
+			counted := a.eng.PerWorkload(a.byAddr[addrKey{"acme", ipC}].ofport)
 			a.mu.Unlock()
 			if betaErr != nil {
 				t.Errorf("after %d failed acme setups, beta cannot get a key toward s2: %v", keys.Size(), betaErr)
@@ -292,7 +293,7 @@ func TestForgedReopensCannotStarveOtherTenants(t *testing.T) {
 				t.Errorf("%d failed sessions are left in the table", left)
 			}
 			if counted != 0 {
-				t.Errorf("failed sessions still count against %d workloads", counted)
+				t.Errorf("%d failed sessions still count against the workload", counted)
 			}
 		})
 	}
@@ -315,11 +316,9 @@ func TestNonIPv4ServerRecordIsRefused(t *testing.T) {
 	a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), nil, addrKey{"acme", ipC})
 	l := a.byAddr[addrKey{"acme", ipC}]
 	tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: x, Port: 80}
-	e := &entry{s: session.Session{Tuple: tu, Local: l.endpoint()}, state: establishing}
-	a.sessions[tu] = e
-	err := a.agree(w.ctx, e, l)
-	if !errors.Is(err, errRefused) {
-		t.Fatalf("agree toward an IPv6 server: err = %v, want a refusal", err)
+	ev := a.resolve(w.ctx, engine.Resolve{ID: 1, Tuple: tu, From: l.engineLocal()})
+	if f, ok := ev.(engine.Failed); !ok || !f.Refused {
+		t.Fatalf("resolving toward an IPv6 server: %+v, want a refusal", ev)
 	}
 }
 
@@ -329,22 +328,21 @@ func TestSetupPanicEndsOnlyThatSession(t *testing.T) {
 	w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": "192.0.2.2:7470"})
 	a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), nil, addrKey{"acme", ipC})
 	tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: 80}
-	e := &entry{s: session.Session{Tuple: tu}, state: establishing, counted: 20}
-	a.lim.take(20)
-	a.sessions[tu] = e
+	l := a.byAddr[addrKey{"acme", ipC}]
+	a.mu.Lock()
+	fx := a.eng.Step(time.Now(), engine.Packet{From: l.engineLocal(), Tuple: tu, Frame: []byte("syn")})
+	a.mu.Unlock()
+	id := fx[0].(engine.Resolve).ID
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		a.establish(e, nil, tu) // a nil workload makes agree panic
+		defer a.recoverSetup(id, tu)
+		panic("a bug in the setup")
 	}()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the setup neither finished nor panicked")
-	}
+	<-done
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.sessions[tu] != nil || !e.gone || a.lim.sessions[20] != 0 {
-		t.Fatalf("after a panicking setup: in table %v, gone %v, counted %d; want it abandoned", a.sessions[tu] != nil, e.gone, a.lim.sessions[20])
+	if _, ok := a.eng.Lookup(tu); ok || a.eng.PerWorkload(l.ofport) != 0 {
+		t.Fatalf("after a panicking setup: in table %v, counted %d; want it abandoned", ok, a.eng.PerWorkload(l.ofport))
 	}
 }

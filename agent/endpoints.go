@@ -10,6 +10,7 @@ import (
 
 	"nvi/api"
 	"nvi/directory"
+	"nvi/engine"
 	"nvi/ovsdb"
 	"nvi/pipeline"
 	"nvi/policy"
@@ -210,16 +211,9 @@ func (a *Agent) unbindPort(ctx context.Context, ofport uint32, reason string) {
 	if a.byAddr[addrKey{l.ep.Tenant, l.ep.IP}] == l {
 		delete(a.byAddr, addrKey{l.ep.Tenant, l.ep.IP})
 	}
-	var doomed []*entry
-	for _, e := range a.sessions {
-		if e.involves(l) {
-			doomed = append(doomed, e)
-		}
-	}
+	fx := a.eng.Step(time.Now(), engine.Unbound{Port: ofport, Reason: reason})
 	a.mu.Unlock()
-	for _, e := range doomed {
-		a.teardown(ctx, e, reason, true)
-	}
+	_ = a.carryAll(fx)
 	if err := a.sw.apply(ctx, flowMods(pipeline.DeleteWorkloadFlows(ofport)...)...); err != nil && !errors.Is(err, errNoSwitch) {
 		a.log.Warn("removing a workload's flows failed", "endpoint", l.ep.Ref(), "err", err)
 	}

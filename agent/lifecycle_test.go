@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"nvi/api"
+	"nvi/engine"
 	"nvi/pipeline"
 	"nvi/session"
 )
@@ -39,34 +40,31 @@ func TestTeardownDuringSetupRemovesItsFlows(t *testing.T) {
 
 	doomed := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: 5432}
 	kept := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: 80}
-	a.submit(l, doomed, []byte{0})
-	a.submit(l, kept, []byte{0})
-	a.mu.Lock()
-	ed, ek := a.sessions[doomed], a.sessions[kept]
-	a.mu.Unlock()
-	// Wait until both setups hold their keys and wait on the peer.
-	if err := eventually(func() bool {
+	_ = a.step(engine.Packet{From: l.engineLocal(), Tuple: doomed, Frame: []byte{0}})
+	_ = a.step(engine.Packet{From: l.engineLocal(), Tuple: kept, Frame: []byte{0}})
+	view := func(tu session.Tuple) engine.View {
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		return ed.keyed && ek.keyed
-	}); err != nil {
+		v, _ := a.eng.Lookup(tu)
+		return v
+	}
+	// Wait until both setups hold their keys and wait on the peer.
+	if err := eventually(func() bool { return view(doomed).State == engine.Agreeing && view(kept).State == engine.Agreeing }); err != nil {
 		t.Fatal("the setups never reached the peer")
 	}
-	a.teardown(w.ctx, ed, "endpoint deleted", true)
+	ed := view(doomed)
+	_ = a.step(engine.Teardown{ID: ed.ID, Reason: "endpoint deleted", Notify: true})
 	close(gate)
 
-	if err := eventually(func() bool {
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		return ed.gone && ek.state == established
-	}); err != nil {
-		t.Fatalf("doomed gone %v, kept %s; want the doomed one finished and the other established", ed.gone, ek.state)
+	if err := eventually(func() bool { return view(doomed).ID == 0 && view(kept).State == engine.Established }); err != nil {
+		t.Fatalf("doomed %s, kept %s; want the doomed one finished and the other established", view(doomed).State, view(kept).State)
 	}
+	ek := view(kept)
 	a.mu.Lock()
-	dc, kc := ed.cookie(), ek.cookie()
-	inTable := a.sessions[doomed] != nil
-	counted := a.lim.sessions[l.ofport]
-	resting := a.keys.Resting(ipS2, session.TCP, ed.s.Key, time.Now())
+	dc, kc := sessionCookie(ed.Session), sessionCookie(ek.Session)
+	_, inTable := a.eng.Lookup(doomed)
+	counted := a.eng.PerWorkload(l.ofport)
+	resting := a.keys.Resting(ipS2, session.TCP, ed.Session.Key, time.Now())
 	a.mu.Unlock()
 	if n := fs.count(uint64(dc)); n != 0 {
 		t.Errorf("the session torn down during its setup left %d flows on the bridge", n)
@@ -102,11 +100,7 @@ func TestAdoptionRemovesFlowsOfAKnownTupleUnderAnotherCookie(t *testing.T) {
 			Remote: session.Endpoint{IP: ipS}, Peer: session.Peer{Name: "s2", IP: ipS2, NextHop: l.mac}}
 	}
 	live, orphan := mk(61447), mk(61999)
-	known := &entry{s: live, state: established, peerName: "s2", keyed: true}
-	if err := a.keys.Adopt(ipS2, session.TCP, "acme", live.Key); err != nil {
-		t.Fatal(err)
-	}
-	a.sessions[tu], a.byWire[known.wire()] = known, known
+	known := inject(t, a, time.Now(), live, "s")
 	for _, s := range []session.Session{live, orphan} {
 		fms, err := pipeline.SessionFlows(a.br, s)
 		if err != nil {
@@ -123,9 +117,7 @@ func TestAdoptionRemovesFlowsOfAKnownTupleUnderAnotherCookie(t *testing.T) {
 	if n := fs.count(uint64(pipeline.SessionCookie(live))); n != 2 {
 		t.Errorf("the known session has %d flows after adoption, want 2", n)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.sessions[tu] != known {
+	if !sessionIs(a, tu, known) {
 		t.Error("adoption replaced the known session")
 	}
 }
@@ -151,12 +143,12 @@ func TestAdoptionTakesKeysAndNamesPeers(t *testing.T) {
 	a.adoptSessions(w.ctx, true)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	e := a.sessions[tu]
-	if e == nil {
+	e, ok := a.eng.Lookup(tu)
+	if !ok {
 		t.Fatal("the session was not adopted")
 	}
-	if e.peerName != "s2" || e.remoteName != "s" {
-		t.Errorf("adopted session: peer %q, remote %q; want s2 and s", e.peerName, e.remoteName)
+	if e.PeerName != "s2" || e.RemoteName != "s" {
+		t.Errorf("adopted session: peer %q, remote %q; want s2 and s", e.PeerName, e.RemoteName)
 	}
 	if err := a.keys.Adopt(ipS2, session.TCP, "acme", 61447); err == nil {
 		t.Error("the adopted session's key is not held")
@@ -175,58 +167,18 @@ func TestExpiryRunsWhenTheFlowDumpFails(t *testing.T) {
 	fs.mu.Unlock()
 	c, s := a.byAddr[addrKey{"acme", ipC}], a.byAddr[addrKey{"acme", ipS}]
 	now := time.Now()
-	mk := func(port uint16, last time.Time) *entry {
+	mk := func(port uint16, last time.Time) engine.View {
 		tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: port}
-		e := &entry{s: session.Session{Tuple: tu, Role: session.RoleLocal, Local: c.endpoint(), Remote: s.endpoint()},
-			state: established, act: session.Activity{LastActive: last}}
-		a.sessions[tu] = e
-		return e
+		return inject(t, a, last, session.Session{Tuple: tu, Role: session.RoleLocal, Local: c.endpoint(), Remote: s.endpoint()}, "s")
 	}
 	quiet := mk(80, now.Add(-2*a.cfg.IdleTimeout))
 	busy := mk(81, now)
 	a.expire(w.ctx)
-	if err := eventually(func() bool {
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		return quiet.gone
-	}); err != nil {
+	if err := eventually(func() bool { return !sessionIs(a, quiet.Session.Tuple, quiet) }); err != nil {
 		t.Fatal("a quiet session never expired while the flow dump failed")
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if busy.gone || busy.state != established {
+	if !sessionIs(a, busy.Session.Tuple, busy) {
 		t.Error("a session active a moment ago was expired")
-	}
-}
-
-func TestObserveDirections(t *testing.T) {
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	tests := []struct {
-		name   string
-		role   session.Role
-		before counts // what the entry saw last
-		now    counts
-		lastIn time.Duration // before the observation
-		want   bool
-	}{
-		{"client sends, hears nothing for long", session.RoleClient, counts{in: 5, out: 10}, counts{in: 5, out: 20}, clientDeafAfter, true},
-		{"client sends, heard back recently", session.RoleClient, counts{in: 5, out: 10}, counts{in: 5, out: 20}, clientDeafAfter / 2, false},
-		{"client sends and hears", session.RoleClient, counts{in: 5, out: 10}, counts{in: 6, out: 20}, clientDeafAfter, false},
-		{"client silent", session.RoleClient, counts{in: 5, out: 10}, counts{in: 5, out: 10}, clientDeafAfter, false},
-		{"server half is never checked", session.RoleServer, counts{in: 5, out: 10}, counts{in: 5, out: 20}, clientDeafAfter, false},
-		{"local session is never checked", session.RoleLocal, counts{in: 5, out: 10}, counts{in: 5, out: 20}, clientDeafAfter, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			now := t0.Add(time.Hour)
-			e := &entry{s: session.Session{Role: tt.role}, inPackets: tt.before.in, outPackets: tt.before.out, lastIn: now.Add(-tt.lastIn)}
-			if got := observeDirections(e, tt.now, now); got != tt.want {
-				t.Fatalf("observeDirections = %v, want %v", got, tt.want)
-			}
-			if tt.want && observeDirections(e, counts{in: tt.now.in, out: tt.now.out + 1}, now.Add(time.Second)) {
-				t.Fatal("checked again at once; want at most once per clientDeafAfter")
-			}
-		})
 	}
 }
 
@@ -237,7 +189,7 @@ func TestSessionCountsByDirection(t *testing.T) {
 		{Cookie: c, Table: pipeline.SessionIn, Packets: 4},
 		{Cookie: 8, Table: pipeline.SessionIn, Packets: 1},
 	})
-	if got[c] != (counts{in: 4, out: 3}) || got[8] != (counts{in: 1}) {
+	if got[c] != (engine.Counts{In: 4, Out: 3}) || got[8] != (engine.Counts{In: 1}) {
 		t.Fatalf("sessionCounts = %v", got)
 	}
 }
@@ -265,10 +217,8 @@ func TestDeafClientHalfIsCheckedWithThePeer(t *testing.T) {
 			tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: 5432}
 			s := session.Session{Tuple: tu, Role: session.RoleClient, Key: 61447, Zone: l.zone, Local: l.endpoint(),
 				Remote: session.Endpoint{IP: ipS}, Peer: session.Peer{Name: "s2", IP: ipS2, NextHop: l.mac}}
-			long := time.Now().Add(-2 * clientDeafAfter)
-			e := &entry{s: s, state: established, peerName: "s2", remoteName: "s", act: session.Activity{LastActive: time.Now()},
-				lastIn: long, lastVerify: long, outPackets: 10, inPackets: 5}
-			a.sessions[tu], a.byWire[e.wire()] = e, e
+			// Adopted long ago; it has sent since, and heard nothing.
+			e := inject(t, a, time.Now().Add(-2*clientDeafAfter), s, "s")
 			fms, err := pipeline.SessionFlows(a.br, s)
 			if err != nil {
 				t.Fatal(err)
@@ -276,46 +226,32 @@ func TestDeafClientHalfIsCheckedWithThePeer(t *testing.T) {
 			if err := a.sw.apply(w.ctx, flowMods(fms...)...); err != nil {
 				t.Fatal(err)
 			}
+			ck := sessionCookie(s)
 			fs.mu.Lock()
-			// Out moved since the last look (10 -> 20); in stands at 5.
-			fs.packets[pktKey{uint64(e.cookie()), uint8(pipeline.SessionOut)}] = 20
-			fs.packets[pktKey{uint64(e.cookie()), uint8(pipeline.SessionIn)}] = 5
+			fs.packets[pktKey{uint64(ck), uint8(pipeline.SessionOut)}] = 20
 			fs.mu.Unlock()
 			a.expire(w.ctx)
 			if err := eventually(func() bool { return accepts.Load() == 1 }); err != nil {
 				t.Fatalf("%d Accept calls to check the session, want 1", accepts.Load())
 			}
-			gone := func() bool {
-				a.mu.Lock()
-				defer a.mu.Unlock()
-				return e.gone
-			}
 			if tc.ends {
-				if eventually(gone) != nil {
+				if eventually(func() bool { return !sessionIs(a, tu, e) }) != nil {
 					t.Fatal("the peer refused the session, yet it lives on here")
 				}
 				return
 			}
-			// The check, run here to its end, keeps a session its peer
-			// confirms.
-			a.verifyWithPeer(w.ctx, e)
-			if gone() {
-				t.Fatal("the peer confirmed the session, yet it ended")
-			}
 			// A second look soon after, with more sent and still nothing
 			// back, does not ask again.
 			a.mu.Lock()
-			before := e.lastVerify
+			fx := a.eng.Step(time.Now(), engine.Tick{Fresh: true, Counts: map[pipeline.Cookie]engine.Counts{ck: {Out: 30}}})
 			a.mu.Unlock()
-			fs.mu.Lock()
-			fs.packets[pktKey{uint64(e.cookie()), uint8(pipeline.SessionOut)}] = 30
-			fs.mu.Unlock()
-			a.expire(w.ctx)
-			a.mu.Lock()
-			after := e.lastVerify
-			a.mu.Unlock()
-			if !after.Equal(before) {
-				t.Fatalf("checked again at once; want one check per %v", clientDeafAfter)
+			for _, f := range fx {
+				if _, ok := f.(engine.Verify); ok {
+					t.Fatalf("checked again at once; want one check per %v", clientDeafAfter)
+				}
+			}
+			if !sessionIs(a, tu, e) {
+				t.Fatal("the peer confirmed the session, yet it ended")
 			}
 		})
 	}
@@ -338,14 +274,10 @@ func TestPeerGoneTellsThePeer(t *testing.T) {
 		t.Fatal(err)
 	}
 	tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: 5432}
-	e := &entry{s: session.Session{Tuple: tu, Role: session.RoleClient, Key: 61447, Local: l.endpoint(), Remote: session.Endpoint{IP: ipS},
-		Peer: session.Peer{Name: "s2", IP: ipS2}}, state: established, peerName: "s2"}
-	a.sessions[tu], a.byWire[e.wire()] = e, e
+	e := inject(t, a, time.Now(), session.Session{Tuple: tu, Role: session.RoleClient, Key: 61447, Local: l.endpoint(), Remote: session.Endpoint{IP: ipS},
+		Peer: session.Peer{Name: "s2", IP: ipS2}}, "s")
 	a.peerGone(last)
-	a.mu.Lock()
-	gone := e.gone
-	a.mu.Unlock()
-	if !gone {
+	if sessionIs(a, tu, e) {
 		t.Fatal("the session with the server that left lives on")
 	}
 	if releases.Load() != 1 {

@@ -27,6 +27,11 @@ const (
 	// coming back before its agent asks the peer, with the same Accept,
 	// whether the server half still exists (audit M4).
 	clientDeafAfter = 15 * time.Second
+
+	// maxHeld bounds the packets kept per session while it is being set
+	// up or torn down; a workload that sends faster than that loses the
+	// surplus, as it would on a congested link.
+	maxHeld = 64
 )
 
 // LocalAPIConfig says who may use the local API (Config.LocalAPI, nvid's

@@ -9,6 +9,7 @@ import (
 
 	"nvi/api"
 	"nvi/directory"
+	"nvi/engine"
 	"nvi/pipeline"
 )
 
@@ -32,7 +33,7 @@ func (s localService) Status(ctx context.Context) (api.Status, error) {
 	} else if !a.registered {
 		st.Directory = "not registered yet"
 	}
-	st.Endpoints, st.Sessions = len(a.locals), len(a.sessions)
+	st.Endpoints, st.Sessions = len(a.locals), len(a.eng.Sessions())
 	a.mu.Unlock()
 	st.Ready = a.ready()
 	return st, nil
@@ -149,16 +150,17 @@ func (s localService) Sessions(ctx context.Context) ([]api.SessionInfo, error) {
 	}
 	now := time.Now()
 	a.mu.Lock()
-	out := make([]api.SessionInfo, 0, len(a.sessions))
-	for _, e := range a.sessions {
+	views := a.eng.Sessions()
+	out := make([]api.SessionInfo, 0, len(views))
+	for _, v := range views {
 		info := api.SessionInfo{
-			Session: e.s, State: e.state.String(), Age: now.Sub(e.created),
-			IdleFor: now.Sub(e.act.LastActive), PeerServer: e.peerName,
+			Session: v.Session, State: v.State.String(), Age: now.Sub(v.Created),
+			IdleFor: now.Sub(v.Activity.LastActive), PeerServer: v.PeerName,
 		}
-		if e.s.Proto.HasPorts() {
-			info.Packets = counts[e.cookie()]
+		if v.Session.Proto.HasPorts() {
+			info.Packets = counts[sessionCookie(v.Session)]
 		}
-		if e.state != established {
+		if v.State != engine.Established {
 			info.IdleFor = 0
 		}
 		out = append(out, info)

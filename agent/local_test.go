@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"nvi/api"
+	"nvi/engine"
 	"nvi/pipeline"
 	"nvi/session"
 )
@@ -253,17 +254,20 @@ func TestSessionCapDropsAndLogsOnce(t *testing.T) {
 	a.log = a.cfg.Logger
 	fs := connectFakeSwitch(t, a)
 	c, b := a.byAddr[addrKey{"acme", ipC}], a.byAddr[addrKey{"beta", ipBC}]
+	// The workload has its maximum of sessions: one, here, still being
+	// set up (its Resolve is never carried out).
 	a.mu.Lock()
-	a.lim.sessions = map[uint32]int{c.ofport: maxSessionsPerEndpoint}
+	a.eng = engine.New(engine.Config{Keys: a.keys, IdleTimeout: a.cfg.IdleTimeout, MaxPerWorkload: 1})
+	a.eng.Step(time.Now(), engine.Packet{From: c.engineLocal(), Tuple: session.Tuple{Tenant: "acme", Proto: session.UDP, Client: ipC, Server: ipS, Port: 999}, Frame: []byte{0}})
 	a.mu.Unlock()
 	for p := 1; p <= 50; p++ {
-		a.submit(c, session.Tuple{Tenant: "acme", Proto: session.UDP, Client: ipC, Server: ipS, Port: uint16(p)}, []byte{0})
+		_ = a.step(engine.Packet{From: c.engineLocal(), Tuple: session.Tuple{Tenant: "acme", Proto: session.UDP, Client: ipC, Server: ipS, Port: uint16(p)}, Frame: []byte{0}})
 	}
 	a.mu.Lock()
-	n := len(a.sessions)
+	n := len(a.eng.Sessions())
 	a.mu.Unlock()
-	if n != 0 {
-		t.Fatalf("%d sessions made for a workload at its maximum", n)
+	if n != 1 {
+		t.Fatalf("%d sessions made for a workload at its maximum", n-1)
 	}
 	if err := eventually(func() bool { return fs.count(uint64(pipeline.DenyCookie(c.ofport))) == 50 }); err != nil {
 		t.Fatalf("%d drop flows for the 50 refused destinations, want 50", fs.count(uint64(pipeline.DenyCookie(c.ofport))))
@@ -275,12 +279,12 @@ func TestSessionCapDropsAndLogsOnce(t *testing.T) {
 		t.Fatalf("%d log lines for 50 refusals, want 1", lines)
 	}
 	// Another workload still gets its session set up.
-	a.submit(b, session.Tuple{Tenant: "beta", Proto: session.UDP, Client: ipBC, Server: ipBS, Port: 53}, []byte{0})
+	_ = a.step(engine.Packet{From: b.engineLocal(), Tuple: session.Tuple{Tenant: "beta", Proto: session.UDP, Client: ipBC, Server: ipBS, Port: 53}, Frame: []byte{0}})
 	a.mu.Lock()
-	n = len(a.sessions)
+	n = len(a.eng.Sessions())
 	a.mu.Unlock()
-	if n != 1 {
-		t.Fatalf("another workload's new session: %d sessions, want 1", n)
+	if n != 2 {
+		t.Fatalf("another workload's new session: %d sessions, want 2", n)
 	}
 }
 

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"net/netip"
-	"time"
 
 	"nvi/api"
 	"nvi/directory"
+	"nvi/engine"
 	"nvi/session"
 )
 
@@ -91,62 +91,20 @@ func (p peerService) Accept(ctx context.Context, caller string, req api.AcceptRe
 		Remote: session.Endpoint{IP: t.Client},
 		Peer:   session.Peer{Name: peer.Name, IP: peer.DataIP, NextHop: hop},
 	}
-	e := &entry{s: s, state: establishing, created: time.Now(), peerName: peer.Name, remoteName: client.Name}
-
-	a.mu.Lock()
-	old := a.sessions[t]
-	switch {
-	case old == nil:
-	case old.reopening && old.state == establishing:
-		// The answer to our own Reopen, from the client's server (checked
-		// above). The held reply packets wait until the client's half
-		// exists too: reopenSession releases them when the Reopen call
-		// returns.
-		old.s, old.peerName, old.remoteName = s, e.peerName, e.remoteName
-		old.waiting, old.held = old.held, nil
-		e = old
-	case !mayReplace(old, caller):
-		// Live or being made, and not the caller's: no one's word but its
-		// own peer's ends it.
-		a.mu.Unlock()
-		a.log.Info("peer call refused", "op", "accept", "caller", caller, "session", t.String(),
-			"why", "a session for the tuple exists with peer "+old.peerName+" ("+old.state.String()+")")
-		return api.Errorf(api.CodeConflict, "a session for this tuple exists; it ends first")
-	case old.state == established && old.s.Key == req.Key && old.s.Peer.IP == peer.DataIP:
-		a.mu.Unlock()
-		return nil // a retry of a setup we already completed
-	default:
-		a.mu.Unlock()
-		// The session's own peer sets it up anew: its agent lost the old
-		// session (restart without its flows), so ours is stale.
-		a.teardown(ctx, old, "replaced by a new setup from its peer", false)
-		a.mu.Lock()
-	}
-	if other := a.byWire[e.wire()]; other != nil && other != e {
-		a.mu.Unlock()
-		return api.Errorf(api.CodeConflict, "key %d of %s is in use by another session with %s", req.Key, t.Proto, caller)
-	}
-	a.sessions[t] = e
-	a.byWire[e.wire()] = e
-	a.mu.Unlock()
-
-	if err := a.installHalf(ctx, e); err != nil {
-		a.mu.Lock()
-		delete(a.sessions, t)
-		delete(a.byWire, e.wire())
-		a.mu.Unlock()
-		_ = a.removeHalf(context.Background(), s)
-		return api.Errorf(api.CodeUnavailable, "installing flows: %v", err)
-	}
-	a.established(e)
-	return nil
+	return engineError(a.step(engine.AcceptRequest{Caller: caller, Session: s, RemoteName: client.Name}))
 }
 
-// mayReplace reports whether caller may replace the session old with a new
-// setup: only old's own peer may, and only a server half it agreed.
-// Called with Agent.mu held.
-func mayReplace(old *entry, caller string) bool {
-	return old.s.Role == session.RoleServer && old.peerName != "" && old.peerName == caller
+// engineError is the peer API's error for the engine's answer.
+func engineError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, engine.ErrConflict):
+		return api.Errorf(api.CodeConflict, "%v", err)
+	case errors.Is(err, engine.ErrTooMany):
+		return api.Errorf(api.CodeDenied, "%v", err)
+	}
+	return api.Errorf(api.CodeUnavailable, "%v", err)
 }
 
 // Reopen sets up, as its client's agent, a session that the server's end
@@ -176,27 +134,13 @@ func (p peerService) Reopen(ctx context.Context, caller string, req api.ReopenRe
 	}
 	a.mu.Lock()
 	l := a.byAddr[addrKey{t.Tenant, t.Client}]
-	var e *entry
-	if l != nil && a.sessions[t] == nil {
-		e = &entry{s: session.Session{Tuple: t, Local: l.endpoint()}, state: establishing, heldPort: l.ofport, created: time.Now()}
-		a.sessions[t] = e
-	}
 	a.mu.Unlock()
-	switch {
-	case l == nil:
+	if l == nil {
 		return a.notAllowed("reopen", caller, t, "no such client endpoint is bound here")
-	case e == nil:
-		return nil // a session for it exists or is being made already
 	}
-	if err := a.agree(ctx, e, l); err != nil {
-		a.abandon(e, l, err)
-		if errors.Is(err, errRefused) {
-			return api.Errorf(api.CodeDenied, "%v", err)
-		}
-		return api.Errorf(api.CodeUnavailable, "%v", err)
-	}
-	a.established(e)
-	return nil
+	// The setup runs as for a packet of the client, checks and all; the
+	// caller hears whether it was started.
+	return engineError(a.step(engine.ReopenRequest{Caller: caller, From: l.engineLocal(), Tuple: t}))
 }
 
 // Release removes our half of a session at its peer's request and answers
@@ -206,76 +150,29 @@ func (p peerService) Reopen(ctx context.Context, caller string, req api.ReopenRe
 // releasing stays idempotent and tells a guesser nothing.
 func (p peerService) Release(ctx context.Context, caller string, req api.ReleaseRequest) error {
 	a := p.a
-	var mine session.Role
-	switch req.Role {
-	case session.RoleClient:
-		mine = session.RoleServer
-	case session.RoleServer:
-		mine = session.RoleClient
-	default:
+	if req.Role != session.RoleClient && req.Role != session.RoleServer {
 		return api.Errorf(api.CodeInvalid, "a release comes from a session's client or server, not %s", req.Role)
 	}
 	a.mu.Lock()
-	e := a.sessions[req.Tuple]
-	var match, unnamed bool
-	peerIP := e.peerIPLocked()
-	if e != nil && e.s.Role == mine && e.s.Key == req.Key {
-		match, unnamed = e.peerName == caller, e.peerName == ""
-	}
+	v, ok := a.eng.Lookup(req.Tuple)
 	a.mu.Unlock()
-	if unnamed {
+	var callerIP netip.Addr
+	if ok && v.PeerName == "" {
 		// An adopted session whose peer's name was not known: the caller
 		// must at least own the peer's data address.
-		match = a.callerHasAddr(ctx, caller, peerIP)
+		callerIP = a.callerAddr(ctx, caller)
 	}
-	if !match {
-		if e != nil {
-			a.log.Info("peer call ignored", "op", "release", "caller", caller, "session", req.Tuple.String(),
-				"key", req.Key, "why", "it does not match the session's peer, key or role")
-		}
-		return nil
-	}
-	a.teardown(ctx, e, "peer: "+req.Reason, false)
-	return nil
+	return engineError(a.step(engine.ReleaseRequest{Caller: caller, CallerIP: callerIP, Tuple: req.Tuple, Key: req.Key, Role: req.Role, Reason: req.Reason}))
 }
 
-// peerIPLocked is the session's peer address, or none; Agent.mu held.
-func (e *entry) peerIPLocked() netip.Addr {
-	if e == nil {
+// callerAddr is the data address the directory gives server caller.
+func (a *Agent) callerAddr(ctx context.Context, caller string) netip.Addr {
+	if !a.dirUp.Load() {
 		return netip.Addr{}
 	}
-	return e.s.Peer.IP
-}
-
-// callerHasAddr reports whether the directory puts server caller at ip.
-func (a *Agent) callerHasAddr(ctx context.Context, caller string, ip netip.Addr) bool {
-	if !a.dirUp.Load() || !ip.IsValid() {
-		return false
-	}
 	srv, err := a.cache.LookupServer(ctx, caller)
-	return err == nil && srv.DataIP == ip
-}
-
-// releasePeer asks the peer to drop its half of e.
-func (a *Agent) releasePeer(e *entry, reason string) {
-	a.mu.Lock()
-	s, peerName := e.s, e.peerName
-	a.mu.Unlock()
-	if s.Role == session.RoleLocal || !a.dirUp.Load() {
-		return
-	}
-	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.PeerTimeout)
-	defer cancel()
-	srv, err := a.cache.LookupServer(ctx, peerName)
 	if err != nil {
-		a.log.Warn("cannot find the peer to release a session", "session", s.Tuple.String(), "peer", peerName, "err", err)
-		return
+		return netip.Addr{}
 	}
-	pc, err := a.peer(srv)
-	if err == nil {
-		err = pc.Release(ctx, api.ReleaseRequest{From: a.cfg.Name, Role: s.Role, Tuple: s.Tuple, Key: s.Key, Reason: reason})
-	}
-	if err != nil {
-		a.log.Warn("peer did not release its half", "session", s.Tuple.String(), "peer", peerName, "err", err)
-	}
+	return srv.DataIP
 }

@@ -21,6 +21,7 @@ import (
 
 	"nvi/api"
 	"nvi/directory"
+	"nvi/engine"
 	"nvi/internal/testca"
 	"nvi/session"
 )
@@ -110,20 +111,31 @@ func callerOf(t *testing.T, addr string, from *testca.Identity, server string) *
 }
 
 // liveServerSession puts an established server half of tu with peer s1
-// and key in a's tables.
-func liveServerSession(a *Agent, tu session.Tuple, key uint16) *entry {
-	e := &entry{s: session.Session{Tuple: tu, Role: session.RoleServer, Key: key, Local: a.byAddr[addrKey{"acme", tu.Server}].endpoint(),
-		Remote: session.Endpoint{IP: tu.Client}, Peer: session.Peer{Name: "s1", IP: peerIPs1}}, state: established, peerName: "s1", remoteName: "c"}
-	a.mu.Lock()
-	a.sessions[tu], a.byWire[e.wire()] = e, e
-	a.mu.Unlock()
-	return e
+// and key in a's engine.
+func liveServerSession(t *testing.T, a *Agent, tu session.Tuple, key uint16) engine.View {
+	return inject(t, a, time.Now(), session.Session{Tuple: tu, Role: session.RoleServer, Key: key, Local: a.byAddr[addrKey{"acme", tu.Server}].endpoint(),
+		Remote: session.Endpoint{IP: tu.Client}, Peer: session.Peer{Name: "s1", IP: peerIPs1}}, "c")
 }
 
-func sessionIs(a *Agent, tu session.Tuple, e *entry) bool {
+// inject puts an established session in a's engine as of at, the way
+// adoption does.
+func inject(t *testing.T, a *Agent, at time.Time, s session.Session, remote string) engine.View {
+	t.Helper()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.sessions[tu] == e && a.byWire[e.wire()] == e
+	if err := a.eng.Step(at, engine.Adopt{Session: s, RemoteName: remote})[0].(engine.Adoption).Err; err != nil {
+		t.Fatal(err)
+	}
+	v, _ := a.eng.Lookup(s.Tuple)
+	return v
+}
+
+// sessionIs reports whether v is still a's session for tu.
+func sessionIs(a *Agent, tu session.Tuple, v engine.View) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	got, ok := a.eng.Lookup(tu)
+	return ok && got.ID == v.ID
 }
 
 // passedChecks: the call got as far as installing flows, which fails here
@@ -139,7 +151,7 @@ func TestPeerForgedAcceptKeepsLiveSession(t *testing.T) {
 	w := newPeerWorld(t, nil)
 	a := w.agent(t, w.s2, netip.MustParsePrefix("192.0.2.2/24"), peerIPs, nil)
 	tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: peerIPc, Server: peerIPs, Port: 5432}
-	legit := liveServerSession(a, tu, 61447)
+	legit := liveServerSession(t, a, tu, 61447)
 	addr := servePeerAPI(t, a)
 	ctx := context.Background()
 
@@ -194,42 +206,19 @@ func TestPeerAcceptKeepsSessionBeingMade(t *testing.T) {
 	w := newPeerWorld(t, nil)
 	a := w.agent(t, w.s2, netip.MustParsePrefix("192.0.2.2/24"), peerIPs, nil)
 	tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: peerIPx, Server: peerIPs, Port: 80}
-	making := &entry{s: session.Session{Tuple: tu, Local: a.byAddr[addrKey{"acme", peerIPs}].endpoint()}, state: establishing}
 	a.mu.Lock()
-	a.sessions[tu] = making
+	making := a.eng.Step(time.Now(), engine.Packet{From: a.byAddr[addrKey{"acme", peerIPs}].engineLocal(), Tuple: tu, Frame: []byte{0}})[0].(engine.Resolve).ID
 	a.mu.Unlock()
 	err := peerService{a}.Accept(context.Background(), "s3", api.AcceptRequest{Tuple: tu, Key: 61500})
 	if api.CodeOf(err) != api.CodeConflict {
 		t.Fatalf("err = %v, want conflict", err)
 	}
 	a.mu.Lock()
-	still := a.sessions[tu] == making
+	v, _ := a.eng.Lookup(tu)
 	a.mu.Unlock()
+	still := v.ID == making
 	if !still {
 		t.Fatal("a session being made was replaced")
-	}
-}
-
-func TestMayReplace(t *testing.T) {
-	server := func(peer string, st state) *entry {
-		return &entry{s: session.Session{Role: session.RoleServer}, peerName: peer, state: st}
-	}
-	for _, tc := range []struct {
-		name   string
-		old    *entry
-		caller string
-		want   bool
-	}{
-		{"its own peer, established", server("s1", established), "s1", true},
-		{"its own peer, establishing", server("s1", establishing), "s1", true},
-		{"another server", server("s1", established), "s3", false},
-		{"no peer agreed yet", server("", establishing), "s3", false},
-		{"a client half", &entry{s: session.Session{Role: session.RoleClient}, peerName: "s1"}, "s1", false},
-		{"a local session", &entry{s: session.Session{Role: session.RoleLocal}}, "", false},
-	} {
-		if got := mayReplace(tc.old, tc.caller); got != tc.want {
-			t.Errorf("%s: mayReplace = %v, want %v", tc.name, got, tc.want)
-		}
 	}
 }
 
@@ -241,7 +230,7 @@ func TestPeerForgedReleaseKeepsLiveSession(t *testing.T) {
 	w := newPeerWorld(t, nil)
 	a := w.agent(t, w.s2, netip.MustParsePrefix("192.0.2.2/24"), peerIPs, nil)
 	tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: peerIPc, Server: peerIPs, Port: 5432}
-	legit := liveServerSession(a, tu, 61447)
+	legit := liveServerSession(t, a, tu, 61447)
 	addr := servePeerAPI(t, a)
 	ctx := context.Background()
 	s1, s3 := callerOf(t, addr, w.s1, "s2"), callerOf(t, addr, w.s3, "s2")
@@ -282,10 +271,8 @@ func TestPeerReleaseOfAdoptedSession(t *testing.T) {
 	w := newPeerWorld(t, nil)
 	a := w.agent(t, w.s2, netip.MustParsePrefix("192.0.2.2/24"), peerIPs, nil)
 	tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: peerIPc, Server: peerIPs, Port: 5432}
-	e := liveServerSession(a, tu, 61447)
-	a.mu.Lock()
-	e.peerName = ""
-	a.mu.Unlock()
+	e := inject(t, a, time.Now(), session.Session{Tuple: tu, Role: session.RoleServer, Key: 61447, Local: a.byAddr[addrKey{"acme", tu.Server}].endpoint(),
+		Remote: session.Endpoint{IP: tu.Client}, Peer: session.Peer{IP: peerIPs1}}, "c")
 	req := api.ReleaseRequest{Role: session.RoleClient, Tuple: tu, Key: 61447}
 	if err := (peerService{a}).Release(context.Background(), "s3", req); err != nil {
 		t.Fatal(err)
@@ -353,7 +340,7 @@ func TestPeerForgedReopenCannotExhaustKeys(t *testing.T) {
 		t.Fatalf("%d forged Reopens became %d Accept calls to s2", forged, n)
 	}
 	a.mu.Lock()
-	left := len(a.sessions)
+	left := len(a.eng.Sessions())
 	_, kerr := a.keys.Allocate(peerIPs2, session.TCP, "acme", time.Now())
 	a.mu.Unlock()
 	if left != 0 || kerr != nil {
@@ -515,5 +502,6 @@ func TestInsecurePeerAPI(t *testing.T) {
 func sessionGone(a *Agent, tu session.Tuple) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.sessions[tu] == nil
+	_, ok := a.eng.Lookup(tu)
+	return !ok
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"nvi/directory"
+	"nvi/engine"
 )
 
 // revocationChecker is what an Identity offers to refuse revoked peers
@@ -47,17 +48,10 @@ func (a *Agent) onRevocation(ev directory.Event) {
 	}
 	name := ev.Revocation.Name
 	a.mu.Lock()
-	var doomed []*entry
-	for _, e := range a.sessions {
-		if e.peerName == name {
-			doomed = append(doomed, e)
-		}
-	}
+	fx := a.eng.Step(time.Now(), engine.PeerGone{Name: name, Reason: "peer " + name + " revoked"})
 	a.mu.Unlock()
-	if len(doomed) > 0 {
-		a.log.Warn("server revoked: ending its sessions", "server", name, "sessions", len(doomed))
+	if len(fx) > 0 {
+		a.log.Warn("server revoked: ending its sessions", "server", name)
 	}
-	for _, e := range doomed {
-		go a.teardown(a.ctx, e, "peer "+name+" revoked", false)
-	}
+	a.carryApart("revocation teardown", fx)
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"nvi/directory"
+	"nvi/engine"
 	"nvi/openflow"
 	"nvi/pipeline"
 	"nvi/policy"
@@ -143,17 +144,18 @@ func (a *Agent) policyChanged(ctx context.Context, name string) {
 		return
 	}
 	type check struct {
-		e          *entry
+		v          engine.View
 		from, to   policy.Subject
 		needRemote netip.Addr
 	}
 	var checks []check
 	a.mu.Lock()
-	for _, e := range a.sessions {
-		if e.s.Tenant != name || e.state != established {
+	for _, v := range a.eng.Sessions() {
+		if v.Session.Tenant != name || v.State != engine.Established {
 			continue
 		}
-		c := check{e: e}
+		c := check{v: v}
+		e := struct{ s session.Session }{v.Session}
 		switch e.s.Role {
 		case session.RoleLocal:
 			cl, sv := a.byAddr[addrKey{name, e.s.Client}], a.byAddr[addrKey{name, e.s.Server}]
@@ -185,9 +187,9 @@ func (a *Agent) policyChanged(ctx context.Context, name string) {
 				c.to = subjectOf(ep)
 			}
 		}
-		if v := pol.Decide(policy.Request{From: c.from, To: c.to, Proto: c.e.s.Proto, Port: c.e.s.Port}); !v.Allow {
-			e, reason := c.e, "policy: "+v.Reason
-			a.goSafe("policy teardown", func() { a.teardown(ctx, e, reason, true) })
+		if v := pol.Decide(policy.Request{From: c.from, To: c.to, Proto: c.v.Session.Proto, Port: c.v.Session.Port}); !v.Allow {
+			ev := engine.Teardown{ID: c.v.ID, Reason: "policy: " + v.Reason, Notify: true}
+			a.goSafe("policy teardown", func() { _ = a.step(ev) })
 		}
 	}
 	if err := a.sw.apply(ctx, pipeline.DeleteByCookie(pipeline.FeatureCookie(pipeline.FeatureDeny), pipeline.FeatureMask)); err != nil {

@@ -29,6 +29,7 @@
 package engine
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -95,6 +96,8 @@ var (
 	ErrNoKey = errors.New("no session key free")
 	// ErrAborted: the session was torn down during its setup.
 	ErrAborted = errors.New("the session was torn down during its setup")
+	// ErrRefused: policy, the directory or the peer refused the session.
+	ErrRefused = errors.New("refused")
 )
 
 // Config holds the engine's limits and times.
@@ -136,6 +139,7 @@ type entry struct {
 	held, next, waiting  [][]byte
 	peerName, remoteName string
 	reopen               bool   // server end, set up again at our request
+	answer               bool   // a peer's ReopenRequest waits for the setup's end
 	replyPort            uint16 // the client port a reopen's answer went to
 	keyed, keyUnused     bool
 	counted              bool // counts against from.Port's sessions
@@ -233,6 +237,8 @@ func (g *Engine) Step(now time.Time, ev Event) []Effect {
 		return nil
 	case Adopt:
 		return []Effect{Adoption{Err: g.adopt(now, ev)}}
+	case Abort:
+		return g.abort(now, ev)
 	}
 	panic(fmt.Sprintf("engine: unknown event %T", ev))
 }
@@ -255,7 +261,7 @@ func (g *Engine) packet(now time.Time, ev Packet) []Effect {
 	case Established:
 		// The flows exist; this packet was punted just before they did
 		// (or it is ICMP, which the agent carries itself).
-		return []Effect{Deliver{Session: e.s, Port: ev.From.Port, Frames: [][]byte{ev.Frame}}}
+		return []Effect{Deliver{ID: e.id, Session: e.s, Port: ev.From.Port, Frames: [][]byte{ev.Frame}}}
 	case Closing:
 		if len(e.next) < g.cfg.MaxHeld && e.from.Port == ev.From.Port {
 			e.next = append(e.next, ev.Frame)
@@ -287,8 +293,7 @@ func (g *Engine) resolved(now time.Time, ev Resolved) []Effect {
 		e.s.Role, e.s.Remote = session.RoleLocal, ev.Here.Endpoint
 		return g.startInstall(now, e)
 	case ev.Peer == nil || !ev.Peer.IP.Is4():
-		g.forget(now, e)
-		return []Effect{g.drop(e, fmt.Errorf("server of %s has no IPv4 data address", ev.RemoteName))}
+		return g.fail(now, e, fmt.Errorf("server of %s has no IPv4 data address", ev.RemoteName), true)
 	case e.reopen:
 		e.s.Peer, e.peerName = *ev.Peer, ev.Peer.Name
 		e.state, e.pending, e.began = Reopening, reopening, now
@@ -296,8 +301,7 @@ func (g *Engine) resolved(now time.Time, ev Resolved) []Effect {
 	}
 	key, err := g.cfg.Keys.Allocate(ev.Peer.IP, e.s.Proto, e.s.Tenant, now)
 	if err != nil {
-		g.forget(now, e)
-		return []Effect{g.drop(e, fmt.Errorf("%w: %v", ErrNoKey, err))}
+		return g.fail(now, e, fmt.Errorf("%w: %v", ErrNoKey, err), true)
 	}
 	e.s.Role, e.s.Key, e.keyed = session.RoleClient, key, true
 	e.s.Remote = session.Endpoint{IP: ev.RemoteIP}
@@ -315,11 +319,25 @@ func (g *Engine) failed(now time.Time, ev Failed) []Effect {
 	if e.state == Closing {
 		return g.finish(now, e)
 	}
+	return g.fail(now, e, ev.Err, ev.Refused)
+}
+
+// fail ends a setup that failed: a refused one gets a drop flow for a
+// while, another is only logged (the next packet tries again). A peer
+// waiting for the setup hears why.
+func (g *Engine) fail(now time.Time, e *entry, err error, refused bool) []Effect {
 	g.forget(now, e)
-	if ev.Refused {
-		return []Effect{g.drop(e, ev.Err)}
+	var out []Effect
+	if refused {
+		out = append(out, g.drop(e, err))
+		err = fmt.Errorf("%w: %w", ErrRefused, err)
+	} else {
+		out = append(out, SetupFailed{Session: e.s, Err: err})
 	}
-	return []Effect{SetupFailed{Session: e.s, Err: ev.Err}}
+	if e.answer {
+		out = append(out, Reply{Err: err})
+	}
+	return out
 }
 
 func (g *Engine) accepted(now time.Time, ev Accepted) []Effect {
@@ -339,12 +357,7 @@ func (g *Engine) accepted(now time.Time, ev Accepted) []Effect {
 		return append(out, g.finish(now, e)...)
 	}
 	if ev.Err != nil {
-		g.forget(now, e)
-		err := fmt.Errorf("peer %s: %w", e.peerName, ev.Err)
-		if ev.Refused {
-			return []Effect{g.drop(e, err)}
-		}
-		return []Effect{SetupFailed{Session: e.s, Err: err}}
+		return g.fail(now, e, fmt.Errorf("peer %s: %w", e.peerName, ev.Err), ev.Refused)
 	}
 	return g.startInstall(now, e)
 }
@@ -399,12 +412,12 @@ func (g *Engine) installed(now time.Time, ev Installed) []Effect {
 			out = append(out, g.releasePeer(e, "setup failed"))
 		}
 		out = append(out, g.removal(e))
-		g.forget(now, e)
 		err := fmt.Errorf("installing flows: %w", ev.Err)
 		if e.s.Role == session.RoleServer && !e.reopen {
+			g.forget(now, e)
 			return append(out, Reply{Err: err})
 		}
-		return append(out, SetupFailed{Session: e.s, Err: err})
+		return append(out, g.fail(now, e, err, false)...)
 	}
 	e.state, e.pending = Established, none
 	e.act = session.NewActivity(now)
@@ -414,10 +427,10 @@ func (g *Engine) installed(now time.Time, ev Installed) []Effect {
 		"handshake", e.handshake.Round(time.Microsecond), "install", e.install.Round(time.Microsecond))
 	var out []Effect
 	if len(e.held) > 0 {
-		out = append(out, Deliver{Session: e.s, Port: e.from.Port, Frames: e.held})
+		out = append(out, Deliver{ID: e.id, Session: e.s, Port: e.from.Port, Frames: e.held})
 		e.held = nil
 	}
-	if e.s.Role == session.RoleServer && !e.reopen {
+	if e.s.Role == session.RoleServer && !e.reopen || e.answer {
 		out = append(out, Reply{})
 	}
 	return out
@@ -459,12 +472,16 @@ func (g *Engine) removed(now time.Time, ev Removed) []Effect {
 func (g *Engine) finish(now time.Time, e *entry) []Effect {
 	g.forget(now, e)
 	g.log.Info("session ended", "session", e.s.Tuple.String(), "role", e.s.Role, "key", e.s.Key, "reason", e.reason)
-	if len(e.next) == 0 {
-		return nil
+	var out []Effect
+	if e.answer && e.state == Closing && e.act.LastActive.IsZero() {
+		// Torn down before its setup ended: the peer waiting hears so.
+		out = append(out, Reply{Err: ErrAborted})
 	}
-	next := e.next
-	e.next = nil
-	return []Effect{Retry{Port: e.from.Port, Frames: next}}
+	if len(e.next) > 0 {
+		out = append(out, Retry{Port: e.from.Port, Frames: e.next})
+		e.next = nil
+	}
+	return out
 }
 
 // --- the server's end ---
@@ -546,22 +563,18 @@ func (g *Engine) reopened(now time.Time, ev Reopened) []Effect {
 		// The client's agent called Accept, and our half is in place.
 		var out []Effect
 		if len(e.waiting) > 0 {
-			out = append(out, Deliver{Session: e.s, Port: e.from.Port, Frames: e.waiting})
+			out = append(out, Deliver{ID: e.id, Session: e.s, Port: e.from.Port, Frames: e.waiting})
 			e.waiting = nil
 		}
 		return out
 	case e.pending != reopening:
 		return nil // its Accept came and is being installed, or it ended
 	}
-	g.forget(now, e)
 	err := ev.Err
 	if err == nil {
 		err = errors.New("the client's agent never installed the session")
 	}
-	if ev.Refused {
-		return []Effect{g.drop(e, err)}
-	}
-	return []Effect{SetupFailed{Session: e.s, Err: err}}
+	return g.fail(now, e, err, ev.Refused)
 }
 
 // reopenRequest: the server workload's server asks us, the client's, to
@@ -574,9 +587,9 @@ func (g *Engine) reopenRequest(now time.Time, ev ReopenRequest) []Effect {
 		return []Effect{Reply{Err: fmt.Errorf("%w (%d)", ErrTooMany, g.cfg.MaxPerWorkload)}}
 	}
 	e := g.add(now, session.Session{Tuple: ev.Tuple, Local: ev.From.Endpoint, Zone: ev.From.Zone}, Resolving, ev.From)
-	e.counted = true
+	e.counted, e.answer = true, true
 	e.pending, e.began = resolving, now
-	return []Effect{Resolve{ID: e.id, Tuple: ev.Tuple, From: ev.From}}
+	return []Effect{Resolve{ID: e.id, Tuple: ev.Tuple, From: ev.From, Wait: true}}
 }
 
 func (g *Engine) releaseRequest(now time.Time, ev ReleaseRequest) []Effect {
@@ -663,7 +676,7 @@ func (g *Engine) peerGone(now time.Time, ev PeerGone) []Effect {
 	var out []Effect
 	for _, e := range g.sorted() {
 		if e.peerName == ev.Name && e.cross() && (!ev.NewIP.IsValid() || ev.NewIP != e.s.Peer.IP) {
-			out = append(out, g.teardown(now, e, "server "+ev.Name+" left the directory", ev.Reachable)...)
+			out = append(out, g.teardown(now, e, cmp.Or(ev.Reason, "server "+ev.Name+" left the directory"), ev.Reachable)...)
 		}
 	}
 	return out
@@ -691,7 +704,7 @@ func (g *Engine) unbound(now time.Time, ev Unbound) []Effect {
 	var out []Effect
 	for _, e := range g.sorted() {
 		if e.s.Local.OFPort == ev.Port || e.s.Role == session.RoleLocal && e.s.Remote.OFPort == ev.Port {
-			out = append(out, g.teardown(now, e, "workload unbound", true)...)
+			out = append(out, g.teardown(now, e, cmp.Or(ev.Reason, "workload unbound"), true)...)
 		}
 	}
 	return out
@@ -724,6 +737,24 @@ func (g *Engine) adopt(now time.Time, ev Adopt) error {
 		g.punts[s.Peer.IP]++
 	}
 	return nil
+}
+
+// abort forgets a session whatever it waits for, taking down what its
+// setup may have put in place.
+func (g *Engine) abort(now time.Time, ev Abort) []Effect {
+	e := g.byID[ev.ID]
+	if e == nil {
+		return nil
+	}
+	var out []Effect
+	if e.s.Role == session.RoleClient && (e.pending == accepting || e.pending == installing || e.state == Established) {
+		out = append(out, g.releasePeer(e, "setup aborted"))
+	}
+	if e.pending == installing || e.pending == removing || e.state == Established {
+		out = append(out, g.removal(e))
+	}
+	e.reason = ev.Err.Error()
+	return append(out, g.fail(now, e, ev.Err, false)...)
 }
 
 // --- the tables ---

@@ -173,6 +173,7 @@ type PeerGone struct {
 	Name      string
 	NewIP     netip.Addr
 	Reachable bool
+	Reason    string // default: it left the directory
 }
 
 // EndpointChanged: a remote endpoint of a session was deleted, moved to
@@ -185,7 +186,17 @@ type EndpointChanged struct {
 }
 
 // Unbound: a local workload's port left the bridge; its sessions end.
-type Unbound struct{ Port uint32 }
+type Unbound struct {
+	Port   uint32
+	Reason string
+}
+
+// Abort gives up a session whatever it waits for (its setup goroutine
+// panicked): what its setup may have installed is taken down.
+type Abort struct {
+	ID  ID
+	Err error
+}
 
 // Touched: a packet of the session went through the agent's slow path
 // (ICMP), which flow counters do not see.
@@ -216,6 +227,7 @@ func (PeerGone) event()            {}
 func (EndpointChanged) event()     {}
 func (Unbound) event()             {}
 func (Touched) event()             {}
+func (Abort) event()               {}
 func (Adopt) event()               {}
 
 // --- Effects ---
@@ -228,6 +240,10 @@ type Resolve struct {
 	Tuple  session.Tuple
 	From   Local
 	Reopen bool
+	// Wait: a peer's request waits for this setup's end (ReopenRequest);
+	// the setup runs in the caller's goroutine, and its last effect is the
+	// Reply.
+	Wait bool
 }
 
 // Accept: ask the peer to install the server half of Session (its Tuple,
@@ -270,6 +286,7 @@ type ReleasePeer struct {
 // Deliver: the session is in place at both ends; send the packets it held
 // through the pipeline again (TCP, UDP) or along the slow path (ICMP).
 type Deliver struct {
+	ID      ID
 	Session session.Session
 	Port    uint32
 	Frames  [][]byte

@@ -1,0 +1,333 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"time"
+
+	"nvi/api"
+	"nvi/directory"
+	"nvi/engine"
+	"nvi/openflow"
+	"nvi/packet"
+	"nvi/pipeline"
+	"nvi/session"
+)
+
+// The agent's sessions live in a.eng, the session engine (package
+// nvi/engine): the agent feeds it events under a.mu and carries out the
+// effects it returns, outside the lock. A Resolve starts a session's setup
+// goroutine, which carries out the rest of the setup's effects in order;
+// everything else is carried out by the goroutine that fed the event (the
+// peer API's handler, the expiry loop, the directory watch).
+
+// step feeds ev to the engine and carries out its effects. It returns the
+// answer the effects gave to a peer's request or an adoption, if any.
+func (a *Agent) step(ev engine.Event) error {
+	a.mu.Lock()
+	fx := a.eng.Step(time.Now(), ev)
+	a.mu.Unlock()
+	return a.carryAll(fx)
+}
+
+// carryAll carries out effects in order and returns the last answer
+// (Reply, Adoption) among them.
+func (a *Agent) carryAll(fx []engine.Effect) error {
+	var answer error
+	for _, f := range fx {
+		switch f := f.(type) {
+		case engine.Reply:
+			answer = f.Err
+		case engine.Adoption:
+			answer = f.Err
+		default:
+			if err := a.carry(f); err != nil {
+				answer = err
+			}
+		}
+	}
+	return answer
+}
+
+// carryApart carries out the effects of several sessions (a tick, a
+// directory change), each session's in order in a goroutine of its own, so
+// that one slow peer does not hold up the others.
+func (a *Agent) carryApart(what string, fx []engine.Effect) {
+	var order []session.Tuple
+	bySession := map[session.Tuple][]engine.Effect{}
+	for _, f := range fx {
+		t := tupleOf(f)
+		if _, ok := bySession[t]; !ok {
+			order = append(order, t)
+		}
+		bySession[t] = append(bySession[t], f)
+	}
+	for _, t := range order {
+		fs := bySession[t]
+		a.goSafe(what, func() { _ = a.carryAll(fs) })
+	}
+}
+
+func tupleOf(f engine.Effect) session.Tuple {
+	switch f := f.(type) {
+	case engine.ReleasePeer:
+		return f.Session.Tuple
+	case engine.Remove:
+		return f.Session.Tuple
+	case engine.Install:
+		return f.Session.Tuple
+	case engine.Verify:
+		return f.Session.Tuple
+	case engine.Accept:
+		return f.Session.Tuple
+	case engine.Resolve:
+		return f.Tuple
+	case engine.Reopen:
+		return f.Tuple
+	case engine.Drop:
+		return f.Tuple
+	case engine.Deliver:
+		return f.Session.Tuple
+	}
+	return session.Tuple{}
+}
+
+// carry carries out one effect; the answer of those that take time goes
+// back into the engine.
+func (a *Agent) carry(f engine.Effect) error {
+	switch f := f.(type) {
+	case engine.Resolve:
+		setup := func() error {
+			defer a.recoverSetup(f.ID, f.Tuple)
+			ctx, cancel := context.WithTimeout(a.ctx, a.cfg.SetupTimeout)
+			defer cancel()
+			return a.step(a.resolve(ctx, f))
+		}
+		if f.Wait {
+			return setup()
+		}
+		a.goSafe("session setup", func() { _ = setup() })
+	case engine.Accept:
+		ctx, cancel := context.WithTimeout(a.ctx, a.cfg.SetupTimeout)
+		defer cancel()
+		err := a.callPeer(ctx, f.Session.Peer.Name, func(pc *api.PeerClient) error {
+			return pc.Accept(ctx, api.AcceptRequest{From: a.cfg.Name, Tuple: f.Session.Tuple, Key: f.Session.Key})
+		})
+		return a.step(engine.Accepted{ID: f.ID, Err: err, Refused: refusedCode(api.CodeOf(err))})
+	case engine.Install:
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.cfg.SetupTimeout)
+		defer cancel()
+		return a.step(engine.Installed{ID: f.ID, Err: a.installHalf(ctx, f)})
+	case engine.Remove:
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.cfg.SetupTimeout)
+		defer cancel()
+		err := a.removeHalf(ctx, f)
+		if errors.Is(err, errNoSwitch) {
+			err = nil // the flows' idle timeouts take them when it is back
+		}
+		return a.step(engine.Removed{ID: f.ID, Err: err})
+	case engine.ReleasePeer:
+		a.releasePeer(f.Session, f.PeerName, f.Reason)
+	case engine.Deliver:
+		for _, fr := range f.Frames {
+			if f.Session.Proto == session.ICMP {
+				if p, err := packet.Parse(fr); err == nil {
+					a.forwardEcho(engine.View{ID: f.ID, Session: f.Session}, &p, true, f.Port)
+				}
+				continue
+			}
+			a.resubmit(f.Port, fr)
+		}
+	case engine.Retry:
+		for _, fr := range f.Frames {
+			if p, err := packet.Parse(fr); err == nil {
+				a.fromWorkload(f.Port, &p, 0)
+			}
+		}
+	case engine.Drop:
+		a.dropTuple(f.Port, f.Tuple, f.Err)
+	case engine.SetupFailed:
+		a.logLimited(slog.LevelWarn, "setup-failed/"+f.Session.Tenant, "session setup failed", "session", f.Session.Tuple.String(), "err", f.Err)
+	case engine.Verify:
+		ctx, cancel := context.WithTimeout(a.ctx, a.cfg.PeerTimeout)
+		defer cancel()
+		err := a.callPeer(ctx, f.PeerName, func(pc *api.PeerClient) error {
+			return pc.Accept(ctx, api.AcceptRequest{From: a.cfg.Name, Tuple: f.Session.Tuple, Key: f.Session.Key})
+		})
+		code := api.CodeOf(err)
+		gone := err != nil && (refusedCode(code) || code == api.CodeConflict)
+		if err != nil && !gone {
+			a.logLimited(slog.LevelWarn, "verify", "cannot check a session with its peer", "session", f.Session.Tuple.String(), "peer", f.PeerName, "err", err)
+		}
+		return a.step(engine.Verified{ID: f.ID, Err: err, Gone: gone})
+	case engine.Reopen:
+		ctx, cancel := context.WithTimeout(a.ctx, a.cfg.SetupTimeout)
+		defer cancel()
+		err := a.callPeer(ctx, f.Peer.Name, func(pc *api.PeerClient) error {
+			return pc.Reopen(ctx, api.ReopenRequest{From: a.cfg.Name, Tuple: f.Tuple})
+		})
+		return a.step(engine.Reopened{ID: f.ID, Err: err, Refused: api.CodeOf(err) == api.CodeDenied})
+	default:
+		panic(fmt.Sprintf("agent: effect %T not carried out", f))
+	}
+	return nil
+}
+
+// recoverSetup, deferred in a setup goroutine, turns a panic into the end
+// of that one session: it is logged and failed, and the agent carries on.
+func (a *Agent) recoverSetup(id engine.ID, t session.Tuple) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	a.log.Error("session goroutine panicked; abandoning the session", "session", t.String(), "panic", r, "stack", string(debug.Stack()))
+	defer func() {
+		if r := recover(); r != nil {
+			a.log.Error("abandoning a session after a panic panicked too", "session", t.String(), "panic", r)
+		}
+	}()
+	_ = a.step(engine.Abort{ID: id, Err: fmt.Errorf("internal error: %v", r)})
+}
+
+// resolve carries out a Resolve: the far end's endpoint, its server and
+// policy's verdict. For a reopen, the far end is the client and policy is
+// the client's agent's to ask, unless the client is here too.
+func (a *Agent) resolve(ctx context.Context, f engine.Resolve) engine.Event {
+	fail := func(err error, refused bool) engine.Event { return engine.Failed{ID: f.ID, Err: err, Refused: refused} }
+	if !a.dirUp.Load() {
+		return fail(errors.New("the directory is not connected yet"), false)
+	}
+	t := f.Tuple
+	far := t.Server
+	if f.Reopen {
+		far = t.Client
+	}
+	ep, err := a.cache.LookupEndpoint(ctx, t.Tenant, far)
+	switch {
+	case errors.Is(err, directory.ErrNotFound):
+		return fail(fmt.Errorf("no endpoint %s in tenant %s", far, t.Tenant), true)
+	case err != nil:
+		return fail(err, badRecord(err))
+	}
+	a.mu.Lock()
+	l := a.locals[f.From.Port]
+	here := a.byAddr[addrKey{ep.Tenant, ep.IP}]
+	a.mu.Unlock()
+	if l == nil {
+		return fail(errors.New("the workload left"), false)
+	}
+	if !f.Reopen || ep.Server == a.cfg.Name {
+		from, to := l.subject(), subjectOf(ep)
+		if f.Reopen {
+			from, to = to, from
+		}
+		v, err := a.decide(ctx, from, to, t)
+		if err != nil {
+			return fail(err, false)
+		}
+		if !v.Allow {
+			return fail(fmt.Errorf("refused by policy: %s", v.Reason), true)
+		}
+	}
+	r := engine.Resolved{ID: f.ID, RemoteName: ep.Name, RemoteIP: ep.IP}
+	if ep.Server == a.cfg.Name {
+		if here == nil {
+			return fail(fmt.Errorf("endpoint %s is not plugged in yet", ep.Ref()), false)
+		}
+		hl := here.engineLocal()
+		r.Here = &hl
+		return r
+	}
+	peer, err := a.cache.LookupServer(ctx, ep.Server)
+	if err != nil {
+		return fail(fmt.Errorf("server %s of %s: %w", ep.Server, ep.Ref(), err), badRecord(err))
+	}
+	if !peer.DataIP.Is4() {
+		return fail(fmt.Errorf("server %s has data address %q in the directory, and sessions need IPv4; fix its record", peer.Name, peer.DataIP), true)
+	}
+	hop, err := a.nextHop(peer)
+	if err != nil {
+		return fail(err, false)
+	}
+	r.Peer = &session.Peer{Name: peer.Name, IP: peer.DataIP, NextHop: hop}
+	return r
+}
+
+// callPeer calls the agent of server name.
+func (a *Agent) callPeer(ctx context.Context, name string, call func(*api.PeerClient) error) error {
+	if !a.dirUp.Load() {
+		return api.Errorf(api.CodeUnavailable, "the directory is not connected")
+	}
+	srv, err := a.cache.LookupServer(ctx, name)
+	if err != nil {
+		return fmt.Errorf("finding peer %s: %w", name, err)
+	}
+	pc, err := a.peer(srv)
+	if err != nil {
+		return err
+	}
+	return call(pc)
+}
+
+// installHalf puts this server's half of a session on the bridge and waits
+// for the barrier: its two flows (TCP, UDP), and the peer's punt flow when
+// the first ICMP session toward it needs one.
+func (a *Agent) installHalf(ctx context.Context, f engine.Install) error {
+	a.mu.Lock()
+	br := a.br
+	a.mu.Unlock()
+	var msgs []*openflow.FlowMod
+	if f.Punt.IsValid() {
+		msgs = append(msgs, pipeline.Punt(br, f.Punt))
+	}
+	if f.Flows {
+		fms, err := pipeline.SessionFlows(br, f.Session)
+		if err != nil {
+			return err
+		}
+		msgs = append(msgs, fms...)
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	return a.sw.apply(ctx, flowMods(msgs...)...)
+}
+
+// removeHalf takes this server's half of a session off the bridge.
+func (a *Agent) removeHalf(ctx context.Context, f engine.Remove) error {
+	var msgs []*openflow.FlowMod
+	if f.Flows {
+		msgs = append(msgs, pipeline.DeleteSessionFlows(f.Session))
+	}
+	if f.Punt.IsValid() {
+		msgs = append(msgs, pipeline.DeletePunt(f.Punt))
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	return a.sw.apply(ctx, flowMods(msgs...)...)
+}
+
+// releasePeer asks the peer to drop its half of s, and waits for its
+// answer (after its barrier).
+func (a *Agent) releasePeer(s session.Session, peerName, reason string) {
+	if s.Role == session.RoleLocal || peerName == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.PeerTimeout)
+	defer cancel()
+	err := a.callPeer(ctx, peerName, func(pc *api.PeerClient) error {
+		return pc.Release(ctx, api.ReleaseRequest{From: a.cfg.Name, Role: s.Role, Tuple: s.Tuple, Key: s.Key, Reason: reason})
+	})
+	if err != nil {
+		a.log.Warn("peer did not release its half", "session", s.Tuple.String(), "peer", peerName, "err", err)
+	}
+}
+
+// engineLocal is the workload as the engine knows it.
+func (l *local) engineLocal() engine.Local {
+	return engine.Local{Port: l.ofport, Endpoint: l.endpoint(), Zone: l.zone, Name: l.ep.Name}
+}
