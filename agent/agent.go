@@ -222,6 +222,7 @@ func (a *Agent) setupBridge(ctx context.Context) error {
 		Controller:   "punix:" + a.controllerSocket(),
 		OtherConfig:  map[string]string{"disable-in-band": "true"},
 		ExternalIDs:  map[string]string{"nvi-server": a.cfg.Name},
+		TableNames:   pipeline.TableNames(),
 	}
 	if a.cfg.DataMAC != nil {
 		spec.HWAddr = a.cfg.DataMAC.String()

@@ -55,8 +55,8 @@ func connectFakeSwitch(t *testing.T, a *Agent) *fakeSwitch {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	a.sw = &switchConn{a: a, sess: openflow.NewSession(openflow.SessionConfig{Network: "unix", Addr: sock, Logger: quiet})}
-	go func() { _ = a.sw.sess.Run(ctx) }()
+	a.sw = &switchConn{a: a, link: openflow.NewLink(openflow.LinkConfig{Network: "unix", Addr: sock, Logger: quiet})}
+	go func() { _ = a.sw.link.Run(ctx) }()
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
 	if err := a.sw.waitConnected(wctx); err != nil {

@@ -34,8 +34,8 @@ func (a *Agent) expireLoop(ctx context.Context) {
 }
 
 // sessionCounts sums flow counters per cookie and direction: out are the
-// packets a session-out flow sent (from our workload), in those its
-// session-in flow took from the peer.
+// packets a session_out flow sent (from our workload), in those its
+// session_in flow took from the peer.
 func sessionCounts(flows []pipeline.InstalledFlow) map[pipeline.Cookie]engine.Counts {
 	m := map[pipeline.Cookie]engine.Counts{}
 	for _, f := range flows {

@@ -11,38 +11,38 @@ import (
 )
 
 // switchConn is the agent's side of the OpenFlow connection to its bridge:
-// an openflow.Session keeps it alive and, on every (re)connect, runs
+// an openflow.Link keeps it alive and, on every (re)connect, runs
 // onConnect to bring the pipeline up to date; switchConn hands the
 // switch's asynchronous messages to the agent.
 type switchConn struct {
 	a    *Agent
-	sess *openflow.Session
+	link *openflow.Link
 }
 
 func newSwitchConn(a *Agent) *switchConn {
 	s := &switchConn{a: a}
-	s.sess = openflow.NewSession(openflow.SessionConfig{
+	s.link = openflow.NewLink(openflow.LinkConfig{
 		Network: "unix", Addr: a.controllerSocket(), Logger: a.log,
 		OnConnect: a.onConnect,
 	})
 	return s
 }
 
-func (s *switchConn) current() *openflow.Conn { return s.sess.Conn() }
+func (s *switchConn) current() *openflow.Conn { return s.link.Conn() }
 
 func (s *switchConn) connected() bool { return s.current() != nil }
 
 // waitConnected blocks until the pipeline is installed on the switch.
 func (s *switchConn) waitConnected(ctx context.Context) error {
-	_, err := s.sess.Wait(ctx)
+	_, err := s.link.Wait(ctx)
 	return err
 }
 
 // run keeps the connection and serves each one's messages until ctx ends.
 func (s *switchConn) run(ctx context.Context) {
-	go func() { _ = s.sess.Run(ctx) }()
+	go func() { _ = s.link.Run(ctx) }()
 	for {
-		c, err := s.sess.Wait(ctx)
+		c, err := s.link.Wait(ctx)
 		if err != nil {
 			return
 		}

@@ -137,15 +137,25 @@ func TestCore(t *testing.T) {
 			t.Fatalf("want one established client session w1 -> w2:9000 on s1, got %+v", match)
 		}
 		key := match[0].Key
-		// Exactly two flows name the session on each bridge.
+		// Exactly two flows name the session on each bridge, in the tables
+		// the bridge names after their jobs.
 		for _, sv := range []string{"s1", "s2"} {
 			n := 0
+			tables := map[string]bool{}
 			for _, f := range l.sessionFlows(sv) {
 				// One flow matches the key and rewrites to 9000, the other
 				// the other way round.
 				if strings.Contains(f, fmt.Sprint(key)) && strings.Contains(f, "9000") {
 					n++
+					for _, tb := range []string{`table="session_out"`, `table="session_in"`, `table="reply_gate"`, `table="reply_check"`} {
+						if strings.Contains(f, tb) {
+							tables[tb] = true
+						}
+					}
 				}
+			}
+			if !tables[`table="session_out"`] && !tables[`table="reply_check"`] || !tables[`table="session_in"`] {
+				t.Errorf("%s: the session's flows are not in tables named session_out (or reply_check) and session_in: %v", sv, l.sessionFlows(sv))
 			}
 			if n != 2 {
 				t.Errorf("%s has %d flows with key %d, want 2: %v", sv, n, key, l.sessionFlows(sv))

@@ -157,13 +157,14 @@ func (l *Lab) sessions(server string) []Session {
 	return ss
 }
 
-// flows dumps a server's bridge flows whose cookie matches under mask.
+// flows dumps a server's bridge flows whose cookie matches under mask,
+// tables and ports by name.
 func (l *Lab) flows(server string, cookie string) []string {
 	l.t.Helper()
 	mgmt := fmt.Sprintf("unix:%s/%s/br-nvi.mgmt", l.runDir(), server)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	r := sh(ctx, nil, "ovs-ofctl", "-O", "OpenFlow13", "dump-flows", mgmt, "cookie="+cookie)
+	r := sh(ctx, nil, "ovs-ofctl", "-O", "OpenFlow13", "--names", "dump-flows", mgmt, "cookie="+cookie)
 	if r.Code != 0 {
 		l.t.Fatalf("dump-flows on %s: %s", server, r)
 	}

@@ -574,3 +574,37 @@ func TestAdopt(t *testing.T) {
 		t.Fatalf("adopted session by wire: %+v %v", v, ok)
 	}
 }
+
+// TestReopenRequest: the client's end of a reopen sets the session up like
+// a new one, without packets, and answers the asking peer when it is in
+// place, or why not.
+func TestReopenRequest(t *testing.T) {
+	g := newEngine(t, 12)
+	tu := tuple(session.TCP, 80)
+	r := only[Resolve](t, step(t, g, 0, ReopenRequest{Caller: "b", From: wlC, Tuple: tu}, "Resolve"))
+	if !r.Wait {
+		t.Fatal("a reopen's setup must run in the asking peer's call")
+	}
+	peer := peerB
+	step(t, g, 0, Resolved{ID: r.ID, RemoteName: "s", RemoteIP: wlS.Endpoint.IP, Peer: &peer}, "Accept")
+	step(t, g, 0, Accepted{ID: r.ID}, "Install")
+	if rep := only[Reply](t, step(t, g, 0, Installed{ID: r.ID}, "Reply")); rep.Err != nil {
+		t.Fatal(rep.Err)
+	}
+	// Asked again while it exists: answered at once.
+	step(t, g, 0, ReopenRequest{Caller: "b", From: wlC, Tuple: tu}, "Reply")
+
+	// Refused by policy: the peer hears a refusal.
+	g = newEngine(t, 12)
+	r = only[Resolve](t, step(t, g, 0, ReopenRequest{Caller: "b", From: wlC, Tuple: tu}, "Resolve"))
+	fx := step(t, g, 0, Failed{ID: r.ID, Err: errAny, Refused: true}, "Drop Reply")
+	if rep := only[Reply](t, fx); !errors.Is(rep.Err, ErrRefused) {
+		t.Fatalf("refused reopen answered %v", rep.Err)
+	}
+	// Torn down during its setup: the peer hears so.
+	r = only[Resolve](t, step(t, g, 0, ReopenRequest{Caller: "b", From: wlC, Tuple: tu}, "Resolve"))
+	step(t, g, 0, Teardown{ID: r.ID, Reason: "unbound"}, "")
+	if rep := only[Reply](t, step(t, g, 0, Resolved{ID: r.ID, RemoteName: "s", RemoteIP: wlS.Endpoint.IP, Peer: &peer}, "Reply")); !errors.Is(rep.Err, ErrAborted) {
+		t.Fatalf("aborted reopen answered %v", rep.Err)
+	}
+}

@@ -33,7 +33,7 @@ type Local struct {
 }
 
 // Counts are a session's packet counters on this bridge by direction: Out
-// what its session-out flow sent, In what its session-in flow took.
+// what its session_out flow sent, In what its session_in flow took.
 type Counts struct{ In, Out uint64 }
 
 // --- Events of the client's end ---

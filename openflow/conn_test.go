@@ -470,13 +470,13 @@ func TestConnClose(t *testing.T) {
 	}
 }
 
-// TestSessionReconnects runs a Session against a fake switch on a unix
+// TestLinkReconnects runs a Link against a fake switch on a unix
 // socket that first is absent, then drops the connection, then sends
 // garbage; the session keeps coming back and runs OnConnect each time.
-func TestSessionReconnects(t *testing.T) {
+func TestLinkReconnects(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "br0.nvid")
 	var connects atomic.Int32
-	s := NewSession(SessionConfig{
+	s := NewLink(LinkConfig{
 		Network: "unix", Addr: sock, Logger: testLogger(t),
 		MinBackoff: 5 * time.Millisecond, MaxBackoff: 40 * time.Millisecond,
 		Options: []Option{WithEchoInterval(0)},

@@ -22,5 +22,5 @@
 //
 // Conn is one controller-to-switch connection (hello, features, echo,
 // request/reply matching by xid, barrier-ordered error collection), and
-// Session keeps a Conn alive across switch restarts.
+// Link keeps a Conn alive across switch restarts.
 package openflow

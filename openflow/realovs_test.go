@@ -256,12 +256,12 @@ func TestRealOVSMultipart(t *testing.T) {
 	}
 }
 
-// TestRealOVSSessionSurvivesRestart: the Session reconnects when the
+// TestRealOVSLinkSurvivesRestart: the Link reconnects when the
 // switch's controller connection is torn down, running OnConnect again.
-func TestRealOVSSessionSurvivesRestart(t *testing.T) {
+func TestRealOVSLinkSurvivesRestart(t *testing.T) {
 	sw := ovstest.Start(t)
 	connected := make(chan *Conn, 4)
-	s := NewSession(SessionConfig{Network: "unix", Addr: sw.ControllerSock, Logger: testLogger(t),
+	s := NewLink(LinkConfig{Network: "unix", Addr: sw.ControllerSock, Logger: testLogger(t),
 		OnConnect: func(ctx context.Context, c *Conn) error {
 			fm := NewFlowMod(FlowAdd, 0, 1)
 			fm.Cookie = 0x5

@@ -50,6 +50,14 @@ func rowCount(t *testing.T, s *ovsdbtest.Server, table string) int {
 	return len(strings.Split(out, "\n"))
 }
 
+// flowTableNames lists the names of the Flow_Table rows, sorted.
+func flowTableNames(t *testing.T, s *ovsdbtest.Server) string {
+	t.Helper()
+	names := strings.Fields(strings.ReplaceAll(s.MustVsctl("--columns=name", "--format=csv", "--no-headings", "list", "Flow_Table"), `"`, ""))
+	slices.Sort(names)
+	return strings.Join(names, " ")
+}
+
 func TestIntegrationCore(t *testing.T) {
 	t.Parallel()
 	s := ovsdbtest.StartDB(t)
@@ -162,6 +170,7 @@ func nviSpec(s *ovsdbtest.Server, name string) BridgeSpec {
 		HWAddr:                    "02:00:00:00:00:01",
 		OtherConfig:               map[string]string{"disable-in-band": "true"},
 		ExternalIDs:               map[string]string{"nvi-owner": "nvid"},
+		TableNames:                map[uint8]string{0: "classifier", 30: "session_out"},
 	}
 }
 
@@ -189,6 +198,9 @@ func TestIntegrationBridge(t *testing.T) {
 		if n := rowCount(t, s, "Bridge"); n != 1 {
 			t.Errorf("%d Bridge rows", n)
 		}
+		if got := flowTableNames(t, s); got != "classifier session_out" {
+			t.Errorf("Flow_Table names %q", got)
+		}
 	}
 	if err := c.EnsureBridge(ctx, spec); err != nil {
 		t.Fatal(err)
@@ -204,6 +216,10 @@ func TestIntegrationBridge(t *testing.T) {
 	}
 	check()
 	vsctlEq(t, s, ctrlUUID, "get", "Bridge", "br-nvi", "controller")
+	tables := s.MustVsctl("get", "Bridge", "br-nvi", "flow_tables")
+	if n := rowCount(t, s, "Flow_Table"); n != 2 {
+		t.Errorf("%d Flow_Table rows after a second EnsureBridge", n)
+	}
 
 	// Drift is repaired; keys we do not own survive; the controller row is
 	// updated in place when only its options change.
@@ -215,6 +231,21 @@ func TestIntegrationBridge(t *testing.T) {
 	check()
 	vsctlEq(t, s, `{nvi-owner=nvid, operator=keep}`, "get", "Bridge", "br-nvi", "external_ids")
 	vsctlEq(t, s, ctrlUUID, "get", "Bridge", "br-nvi", "controller")
+	vsctlEq(t, s, tables, "get", "Bridge", "br-nvi", "flow_tables")
+
+	// A renamed table is renamed; the old rows go.
+	spec.TableNames = map[uint8]string{0: "classifier", 30: "session_out", 40: "session_in"}
+	if err := c.EnsureBridge(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if got := flowTableNames(t, s); got != "classifier session_in session_out" {
+		t.Errorf("Flow_Table names after renaming %q", got)
+	}
+	spec.TableNames = map[uint8]string{0: "classifier", 30: "session_out"}
+	if err := c.EnsureBridge(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	check()
 
 	// A new target replaces the controller row.
 	spec.Controller = "punix:" + s.Dir + "/br-nvi.other"

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"sort"
 	"strings"
@@ -105,6 +106,10 @@ type BridgeSpec struct {
 	HWAddr      string
 	OtherConfig map[string]string // e.g. {"disable-in-band": "true"}
 	ExternalIDs map[string]string
+	// TableNames names the bridge's OpenFlow tables (Flow_Table rows in
+	// Bridge.flow_tables), so that "ovs-ofctl --names dump-flows" shows
+	// table=session_out rather than table=30.
+	TableNames map[uint8]string
 }
 
 func (s BridgeSpec) validate() error {
@@ -119,7 +124,49 @@ func (s BridgeSpec) validate() error {
 			return fmt.Errorf("invalid hwaddr %q", s.HWAddr)
 		}
 	}
+	for id, name := range s.TableNames {
+		if id > 253 || name == "" || strings.ContainsAny(name, " \t\n,=()") {
+			return fmt.Errorf("invalid name %q for table %d (tables 0-253, no spaces, commas, '=' or parentheses)", name, id)
+		}
+	}
 	return nil
+}
+
+// flowTables inserts a Flow_Table row per named table and returns the
+// Bridge.flow_tables value that refers to them.
+func (s BridgeSpec) flowTables() ([]Operation, Map) {
+	ids := make([]int, 0, len(s.TableNames))
+	for id := range s.TableNames {
+		ids = append(ids, int(id))
+	}
+	sort.Ints(ids)
+	var ops []Operation
+	m := Map{}
+	for _, id := range ids {
+		row := fmt.Sprintf("nvi_table%d", id)
+		ops = append(ops, Insert("Flow_Table", Row{"name": s.TableNames[uint8(id)]}, row))
+		m[int64(id)] = NamedUUID(row)
+	}
+	return ops, m
+}
+
+// tableNamesOf reads the names a bridge's flow_tables give its tables.
+func tableNamesOf(br Row, tables []Row) map[uint8]string {
+	names := map[UUID]string{}
+	for _, t := range tables {
+		names[t.UUID("_uuid")] = t.String("name")
+	}
+	out := map[uint8]string{}
+	if m, ok := br["flow_tables"].(Map); ok {
+		for k, v := range m {
+			id, ok1 := k.(int64)
+			u, ok2 := v.(UUID)
+			if ok1 && ok2 && id >= 0 && id < 256 {
+				out[uint8(id)] = names[u]
+			}
+		}
+	}
+	return out
 }
 
 // checkIfName rejects names the kernel would refuse for the bridge's
@@ -184,8 +231,9 @@ func (c *Client) EnsureBridge(ctx context.Context, spec BridgeSpec) error {
 	}
 	err := retry(ctx, func() error {
 		res, err := c.transact(ctx, VSwitchDB,
-			Select("Bridge", []Condition{Eq("name", spec.Name)}, "_uuid", "controller"),
+			Select("Bridge", []Condition{Eq("name", spec.Name)}, "_uuid", "controller", "flow_tables"),
 			Select("Controller", nil, "_uuid", "target"),
+			Select("Flow_Table", nil, "_uuid", "name"),
 		)
 		if err != nil {
 			return err
@@ -193,7 +241,7 @@ func (c *Client) EnsureBridge(ctx context.Context, spec BridgeSpec) error {
 		if len(res[0].Rows) == 0 {
 			return c.createBridge(ctx, spec)
 		}
-		return c.updateBridge(ctx, spec, res[0].Rows[0], res[1].Rows)
+		return c.updateBridge(ctx, spec, res[0].Rows[0], res[1].Rows, res[2].Rows)
 	})
 	if err != nil {
 		return fmt.Errorf("ovsdb: ensure bridge %s: %w", spec.Name, err)
@@ -216,6 +264,11 @@ func (c *Client) createBridge(ctx context.Context, spec BridgeSpec) error {
 		ops = append(ops, Insert("Controller", spec.controllerRow(), "nvi_ctrl"))
 		br["controller"] = NamedUUID("nvi_ctrl")
 	}
+	if len(spec.TableNames) > 0 {
+		tops, m := spec.flowTables()
+		ops = append(ops, tops...)
+		br["flow_tables"] = m
+	}
 	ops = append(ops,
 		Insert("Bridge", br, "nvi_br"),
 		MutateOp("Open_vSwitch", nil, Mutation{"bridges", "insert", Set{NamedUUID("nvi_br")}}),
@@ -232,7 +285,7 @@ func (c *Client) createBridge(ctx context.Context, spec BridgeSpec) error {
 	return err
 }
 
-func (c *Client) updateBridge(ctx context.Context, spec BridgeSpec, cur Row, controllers []Row) error {
+func (c *Client) updateBridge(ctx context.Context, spec BridgeSpec, cur Row, controllers, tables []Row) error {
 	brUUID := cur.UUID("_uuid")
 	curCtrls := cur.UUIDs("controller")
 	byBridge := []Condition{Eq("_uuid", brUUID)}
@@ -250,6 +303,12 @@ func (c *Client) updateBridge(ctx context.Context, spec BridgeSpec, cur Row, con
 		// Replace: the old rows are garbage-collected once unreferenced.
 		ops = append(ops, Insert("Controller", spec.controllerRow(), "nvi_ctrl"))
 		set["controller"] = NamedUUID("nvi_ctrl")
+	}
+	if spec.TableNames != nil && !maps.Equal(tableNamesOf(cur, tables), spec.TableNames) {
+		// Replace: unreferenced Flow_Table rows are garbage-collected.
+		tops, m := spec.flowTables()
+		ops = append(ops, tops...)
+		set["flow_tables"] = m
 	}
 	ops = append(ops, Update("Bridge", byBridge, set))
 	if muts := setKeys("other_config", spec.otherConfig()); len(muts) > 0 {
@@ -327,7 +386,7 @@ type ControllerState struct {
 	// IsConnected and Role are refreshed by ovs-vswitchd every 5 seconds and
 	// only for active targets (tcp:, unix:, ssl:). For a passive target such
 	// as punix: (NVI's default) OVS 3.1 never sets them, even while nvid is
-	// connected: the agent's own OpenFlow session is the health signal there.
+	// connected: the agent's own OpenFlow connection is the health signal there.
 	IsConnected     bool
 	Role            string // "master", "slave", "other" or "" when unknown
 	MaxBackoff      time.Duration

@@ -56,28 +56,38 @@ const (
 // Tables lists every table in pipeline order.
 var Tables = []Table{Classifier, SpoofGuard, ARPResponder, ReplyGate, ReplyCheck, SessionOut, EgressOut, AskAgent, SessionIn, EgressIn}
 
+// TableNames names the tables for the switch (ovsdb.BridgeSpec), so that
+// "ovs-ofctl --names dump-flows" reads table=session_out.
+func TableNames() map[uint8]string {
+	m := make(map[uint8]string, len(Tables))
+	for _, t := range Tables {
+		m[uint8(t)] = t.String()
+	}
+	return m
+}
+
 func (t Table) String() string {
 	switch t {
 	case Classifier:
 		return "classifier"
 	case SpoofGuard:
-		return "spoof-guard"
+		return "spoof_guard"
 	case ARPResponder:
-		return "arp-responder"
+		return "arp_responder"
 	case ReplyGate:
-		return "reply-gate"
+		return "reply_gate"
 	case ReplyCheck:
-		return "reply-check"
+		return "reply_check"
 	case SessionOut:
-		return "session-out"
+		return "session_out"
 	case EgressOut:
-		return "egress-out"
+		return "egress_out"
 	case AskAgent:
-		return "ask-agent"
+		return "ask_agent"
 	case SessionIn:
-		return "session-in"
+		return "session_in"
 	case EgressIn:
-		return "egress-in"
+		return "egress_in"
 	}
 	return fmt.Sprintf("table%d", uint8(t))
 }

@@ -85,23 +85,23 @@ func TestSessionFlows(t *testing.T) {
 		want [][3]string // table, match, actions
 	}{
 		{"A out/in, tcp", brA, clientHalf(session.TCP), [][3]string{
-			{"session-out", "in_port=10,tcp,nw_src=10.1.0.2,nw_dst=10.1.0.3,tcp_dst=80",
+			{"session_out", "in_port=10,tcp,nw_src=10.1.0.2,nw_dst=10.1.0.3,tcp_dst=80",
 				"set_field:02:00:c0:00:02:01->eth_src,set_field:02:00:c0:00:02:02->eth_dst,set_field:192.0.2.1->ip_src,set_field:192.0.2.2->ip_dst,set_field:61447->tcp_dst,output:1"},
-			{"session-in", "in_port=1,vlan_vid=0x0/0x1000,tcp,nw_src=192.0.2.2,nw_dst=192.0.2.1,tcp_src=61447",
+			{"session_in", "in_port=1,vlan_vid=0x0/0x1000,tcp,nw_src=192.0.2.2,nw_dst=192.0.2.1,tcp_src=61447",
 				"set_field:02:00:00:4e:56:49->eth_src,set_field:02:aa:00:00:00:02->eth_dst,set_field:10.1.0.3->ip_src,set_field:10.1.0.2->ip_dst,set_field:80->tcp_src,output:10"},
 		}},
 		{"B in/out, udp", brB, serverHalf(session.UDP), [][3]string{
-			{"session-in", "in_port=1,vlan_vid=0x0/0x1000,udp,nw_src=192.0.2.1,nw_dst=192.0.2.2,udp_dst=61447",
+			{"session_in", "in_port=1,vlan_vid=0x0/0x1000,udp,nw_src=192.0.2.1,nw_dst=192.0.2.2,udp_dst=61447",
 				"set_field:02:00:00:4e:56:49->eth_src,set_field:02:aa:00:00:00:03->eth_dst,set_field:10.1.0.2->ip_src,set_field:10.1.0.3->ip_dst,set_field:80->udp_dst,ct(commit,zone=7),output:20"},
-			{"reply-gate", "in_port=20,udp,nw_src=10.1.0.3,nw_dst=10.1.0.2,udp_src=80", "ct(table=27,zone=7)"},
-			{"reply-check", "in_port=20,udp,nw_src=10.1.0.3,nw_dst=10.1.0.2,udp_src=80,ct_state=+est+rpl-inv+trk",
+			{"reply_gate", "in_port=20,udp,nw_src=10.1.0.3,nw_dst=10.1.0.2,udp_src=80", "ct(table=27,zone=7)"},
+			{"reply_check", "in_port=20,udp,nw_src=10.1.0.3,nw_dst=10.1.0.2,udp_src=80,ct_state=+est+rpl-inv+trk",
 				"set_field:02:00:c0:00:02:02->eth_src,set_field:02:00:c0:00:02:01->eth_dst,set_field:192.0.2.2->ip_src,set_field:192.0.2.1->ip_dst,set_field:61447->udp_src,output:1"},
 		}},
 		{"same server, MACs only", brA, localSession(session.TCP), [][3]string{
-			{"session-out", "in_port=10,tcp,nw_src=10.1.0.2,nw_dst=10.1.0.3,tcp_dst=80",
+			{"session_out", "in_port=10,tcp,nw_src=10.1.0.2,nw_dst=10.1.0.3,tcp_dst=80",
 				"set_field:02:00:00:4e:56:49->eth_src,set_field:02:aa:00:00:00:03->eth_dst,ct(commit,zone=7),output:20"},
-			{"reply-gate", "in_port=20,tcp,nw_src=10.1.0.3,nw_dst=10.1.0.2,tcp_src=80", "ct(table=27,zone=7)"},
-			{"reply-check", "in_port=20,tcp,nw_src=10.1.0.3,nw_dst=10.1.0.2,tcp_src=80,ct_state=+est+rpl-inv+trk",
+			{"reply_gate", "in_port=20,tcp,nw_src=10.1.0.3,nw_dst=10.1.0.2,tcp_src=80", "ct(table=27,zone=7)"},
+			{"reply_check", "in_port=20,tcp,nw_src=10.1.0.3,nw_dst=10.1.0.2,tcp_src=80,ct_state=+est+rpl-inv+trk",
 				"set_field:02:00:00:4e:56:49->eth_src,set_field:02:aa:00:00:00:02->eth_dst,output:10"},
 		}},
 	}

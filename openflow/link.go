@@ -9,8 +9,8 @@ import (
 	"time"
 )
 
-// SessionConfig configures a Session.
-type SessionConfig struct {
+// LinkConfig configures a Link.
+type LinkConfig struct {
 	// Network and Addr name the switch's controller socket, e.g. "unix",
 	// "/var/run/openvswitch/br0.nvid".
 	Network, Addr string
@@ -29,12 +29,12 @@ type SessionConfig struct {
 	OnDisconnect func(err error)
 }
 
-// Session keeps one connection to a switch alive: it dials with capped
+// Link keeps one connection to a switch alive: it dials with capped
 // exponential backoff, runs OnConnect, publishes the connection, and starts
 // over when the connection ends (switch restart, garbage on the socket,
 // echo timeout).
-type Session struct {
-	cfg SessionConfig
+type Link struct {
+	cfg LinkConfig
 	log *slog.Logger
 
 	mu      sync.Mutex
@@ -42,8 +42,8 @@ type Session struct {
 	changed chan struct{} // closed and replaced whenever conn changes
 }
 
-// NewSession returns a session; call Run to start it.
-func NewSession(cfg SessionConfig) *Session {
+// NewLink returns a link; call Run to start it.
+func NewLink(cfg LinkConfig) *Link {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -53,19 +53,19 @@ func NewSession(cfg SessionConfig) *Session {
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = max(2*time.Second, cfg.MinBackoff)
 	}
-	return &Session{cfg: cfg, log: cfg.Logger.With("switch", cfg.Addr), changed: make(chan struct{})}
+	return &Link{cfg: cfg, log: cfg.Logger.With("switch", cfg.Addr), changed: make(chan struct{})}
 }
 
 // Conn returns the current connection, or nil while disconnected. A
 // returned Conn may fail at any time; check its Done.
-func (s *Session) Conn() *Conn {
+func (s *Link) Conn() *Conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.conn
 }
 
 // Wait returns the current connection, waiting for one if needed.
-func (s *Session) Wait(ctx context.Context) (*Conn, error) {
+func (s *Link) Wait(ctx context.Context) (*Conn, error) {
 	for {
 		s.mu.Lock()
 		c, ch := s.conn, s.changed
@@ -81,7 +81,7 @@ func (s *Session) Wait(ctx context.Context) (*Conn, error) {
 	}
 }
 
-func (s *Session) set(c *Conn) {
+func (s *Link) set(c *Conn) {
 	s.mu.Lock()
 	s.conn = c
 	close(s.changed)
@@ -89,9 +89,9 @@ func (s *Session) set(c *Conn) {
 	s.mu.Unlock()
 }
 
-// Run keeps the session connected until ctx ends, then closes the
+// Run keeps the link connected until ctx ends, then closes the
 // connection and returns ctx's error.
-func (s *Session) Run(ctx context.Context) error {
+func (s *Link) Run(ctx context.Context) error {
 	backoff := s.cfg.MinBackoff
 	failures := 0
 	for {
@@ -143,7 +143,7 @@ func (s *Session) Run(ctx context.Context) error {
 	}
 }
 
-func (s *Session) connect(ctx context.Context) (*Conn, error) {
+func (s *Link) connect(ctx context.Context) (*Conn, error) {
 	opts := append([]Option{WithLogger(s.cfg.Logger)}, s.cfg.Options...)
 	c, err := Dial(ctx, s.cfg.Network, s.cfg.Addr, opts...)
 	if err != nil {
