@@ -260,6 +260,7 @@ func TestForgedReopensCannotStarveOtherTenants(t *testing.T) {
 			w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": peer.Listener.Addr().String()})
 			a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), func(c *Config) { c.KeyRange = keys },
 				addrKey{"acme", ipC}, addrKey{"beta", ipBC})
+			connectFakeSwitch(t, a) // the way back goes in before the peer is asked
 			srv := httptest.NewServer(api.PeerHandler(peerService{a}, api.PeerOptions{InsecureTrustFrom: true}, a.log))
 			defer srv.Close()
 			for p := 1; p <= keys.Size(); p++ {

@@ -26,7 +26,10 @@ import (
 
 // step feeds ev to the engine and carries out its effects. It returns the
 // answer the effects gave to a peer's request or an adoption, if any.
-func (a *Agent) step(ev engine.Event) error {
+func (a *Agent) step(ev engine.Event) error { return a.request(ev).Err }
+
+// request is step for a peer's request: the whole answer.
+func (a *Agent) request(ev engine.Event) engine.Reply {
 	a.mu.Lock()
 	fx := a.eng.Step(time.Now(), ev)
 	a.mu.Unlock()
@@ -35,17 +38,17 @@ func (a *Agent) step(ev engine.Event) error {
 
 // carryAll carries out effects in order and returns the last answer
 // (Reply, Adoption) among them.
-func (a *Agent) carryAll(fx []engine.Effect) error {
-	var answer error
+func (a *Agent) carryAll(fx []engine.Effect) engine.Reply {
+	var answer engine.Reply
 	for _, f := range fx {
 		switch f := f.(type) {
 		case engine.Reply:
-			answer = f.Err
+			answer = f
 		case engine.Adoption:
-			answer = f.Err
+			answer = engine.Reply{Err: f.Err}
 		default:
-			if err := a.carry(f); err != nil {
-				answer = err
+			if r := a.carry(f); r != nil {
+				answer = *r
 			}
 		}
 	}
@@ -67,7 +70,7 @@ func (a *Agent) carryApart(what string, fx []engine.Effect) {
 	}
 	for _, t := range order {
 		fs := bySession[t]
-		a.goSafe(what, func() { _ = a.carryAll(fs) })
+		a.goSafe(what, func() { a.carryAll(fs) })
 	}
 }
 
@@ -96,31 +99,40 @@ func tupleOf(f engine.Effect) session.Tuple {
 }
 
 // carry carries out one effect; the answer of those that take time goes
-// back into the engine.
-func (a *Agent) carry(f engine.Effect) error {
+// back into the engine, and what that gave a waiting peer is returned.
+func (a *Agent) carry(f engine.Effect) *engine.Reply {
+	then := func(ev engine.Event) *engine.Reply {
+		r := a.request(ev)
+		return &r
+	}
 	switch f := f.(type) {
 	case engine.Resolve:
-		setup := func() error {
+		setup := func() *engine.Reply {
 			defer a.recoverSetup(f.ID, f.Tuple)
 			ctx, cancel := context.WithTimeout(a.ctx, a.cfg.SetupTimeout)
 			defer cancel()
-			return a.step(a.resolve(ctx, f))
+			return then(a.resolve(ctx, f))
 		}
 		if f.Wait {
 			return setup()
 		}
-		a.goSafe("session setup", func() { _ = setup() })
+		a.goSafe("session setup", func() { setup() })
 	case engine.Accept:
 		ctx, cancel := context.WithTimeout(a.ctx, a.cfg.SetupTimeout)
 		defer cancel()
+		var reply api.AcceptReply
 		err := a.callPeer(ctx, f.Session.Peer.Name, func(pc *api.PeerClient) error {
-			return pc.Accept(ctx, api.AcceptRequest{From: a.cfg.Name, Tuple: f.Session.Tuple, Key: f.Session.Key})
+			var err error
+			reply, err = pc.Accept(ctx, api.AcceptRequest{From: a.cfg.Name, Tuple: f.Session.Tuple, Key: f.Session.Key, Frames: f.Frames})
+			return err
 		})
-		return a.step(engine.Accepted{ID: f.ID, Err: err, Refused: refusedCode(api.CodeOf(err))})
+		return then(engine.Accepted{ID: f.ID, Err: err, Refused: refusedCode(api.CodeOf(err)), Delivered: reply.Delivered})
 	case engine.Install:
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.cfg.SetupTimeout)
 		defer cancel()
-		return a.step(engine.Installed{ID: f.ID, Err: a.installHalf(ctx, f)})
+		return then(engine.Installed{ID: f.ID, Err: a.installHalf(ctx, f)})
+	case engine.Inject:
+		a.inject(f)
 	case engine.Remove:
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.cfg.SetupTimeout)
 		defer cancel()
@@ -128,7 +140,7 @@ func (a *Agent) carry(f engine.Effect) error {
 		if errors.Is(err, errNoSwitch) {
 			err = nil // the flows' idle timeouts take them when it is back
 		}
-		return a.step(engine.Removed{ID: f.ID, Err: err})
+		return then(engine.Removed{ID: f.ID, Err: err})
 	case engine.ReleasePeer:
 		a.releasePeer(f.Session, f.PeerName, f.Reason)
 	case engine.Deliver:
@@ -155,21 +167,22 @@ func (a *Agent) carry(f engine.Effect) error {
 		ctx, cancel := context.WithTimeout(a.ctx, a.cfg.PeerTimeout)
 		defer cancel()
 		err := a.callPeer(ctx, f.PeerName, func(pc *api.PeerClient) error {
-			return pc.Accept(ctx, api.AcceptRequest{From: a.cfg.Name, Tuple: f.Session.Tuple, Key: f.Session.Key})
+			_, err := pc.Accept(ctx, api.AcceptRequest{From: a.cfg.Name, Tuple: f.Session.Tuple, Key: f.Session.Key})
+			return err
 		})
 		code := api.CodeOf(err)
 		gone := err != nil && (refusedCode(code) || code == api.CodeConflict)
 		if err != nil && !gone {
 			a.logLimited(slog.LevelWarn, "verify", "cannot check a session with its peer", "session", f.Session.Tuple.String(), "peer", f.PeerName, "err", err)
 		}
-		return a.step(engine.Verified{ID: f.ID, Err: err, Gone: gone})
+		return then(engine.Verified{ID: f.ID, Err: err, Gone: gone})
 	case engine.Reopen:
 		ctx, cancel := context.WithTimeout(a.ctx, a.cfg.SetupTimeout)
 		defer cancel()
 		err := a.callPeer(ctx, f.Peer.Name, func(pc *api.PeerClient) error {
 			return pc.Reopen(ctx, api.ReopenRequest{From: a.cfg.Name, Tuple: f.Tuple})
 		})
-		return a.step(engine.Reopened{ID: f.ID, Err: err, Refused: api.CodeOf(err) == api.CodeDenied})
+		return then(engine.Reopened{ID: f.ID, Err: err, Refused: api.CodeOf(err) == api.CodeDenied})
 	default:
 		panic(fmt.Sprintf("agent: effect %T not carried out", f))
 	}
@@ -189,7 +202,7 @@ func (a *Agent) recoverSetup(id engine.ID, t session.Tuple) {
 			a.log.Error("abandoning a session after a panic panicked too", "session", t.String(), "panic", r)
 		}
 	}()
-	_ = a.step(engine.Abort{ID: id, Err: fmt.Errorf("internal error: %v", r)})
+	a.request(engine.Abort{ID: id, Err: fmt.Errorf("internal error: %v", r)})
 }
 
 // resolve carries out a Resolve: the far end's endpoint, its server and
@@ -285,6 +298,9 @@ func (a *Agent) installHalf(ctx context.Context, f engine.Install) error {
 	}
 	if f.Flows {
 		fms, err := pipeline.SessionFlows(br, f.Session)
+		if f.Part != engine.AllFlows {
+			fms, err = pipeline.SessionPathFlows(br, f.Session, f.Part == engine.ReplyPath)
+		}
 		if err != nil {
 			return err
 		}
@@ -324,6 +340,24 @@ func (a *Agent) releasePeer(s session.Session, peerName, reason string) {
 	})
 	if err != nil {
 		a.log.Warn("peer did not release its half", "session", s.Tuple.String(), "peer", peerName, "err", err)
+	}
+}
+
+// inject delivers a session's first packets, passed by the client's server
+// in its Accept, through our pipeline as if they had come over the
+// underlay: our half is in place, the client's way back too. A frame that
+// is not the session's is dropped.
+func (a *Agent) inject(f engine.Inject) {
+	a.mu.Lock()
+	br := a.br
+	a.mu.Unlock()
+	for _, fr := range f.Frames {
+		wire, err := pipeline.FromPeer(br, f.Session, fr)
+		if err != nil {
+			a.logLimited(slog.LevelWarn, "inject/"+f.Session.Peer.Name, "dropping a first packet the peer passed", "session", f.Session.Tuple.String(), "peer", f.Session.Peer.Name, "err", err)
+			continue
+		}
+		a.resubmit(br.Uplink, wire)
 	}
 }
 

@@ -25,6 +25,7 @@ type fakeSwitch struct {
 	packets map[pktKey]uint64 // counters a test sets, per cookie and table
 	// stall makes flow stats requests go unanswered (a slow switch).
 	stall bool
+	outs  []*openflow.PacketOut // packet-outs the agent sent
 	wmu   sync.Mutex
 }
 
@@ -97,6 +98,10 @@ func (fs *fakeSwitch) serve(nc net.Conn) {
 			fs.send(nc, openflow.BarrierReply{}, xid)
 		case *openflow.FlowMod:
 			fs.apply(m)
+		case *openflow.PacketOut:
+			fs.mu.Lock()
+			fs.outs = append(fs.outs, m)
+			fs.mu.Unlock()
 		case *openflow.MultipartRequest:
 			req, ok := m.Body.(openflow.FlowStatsRequest)
 			if !ok {

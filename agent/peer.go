@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"time"
 
 	"nvi/api"
 	"nvi/directory"
@@ -43,47 +44,52 @@ func (a *Agent) lookupFailed(op, caller string, t session.Tuple, what string, er
 // the server workload must be bound here, and policy must allow it —
 // checked here, again. A session that exists for the tuple is replaced
 // only when the caller is that session's own peer.
-func (p peerService) Accept(ctx context.Context, caller string, req api.AcceptRequest) error {
+func (p peerService) Accept(ctx context.Context, caller string, req api.AcceptRequest) (api.AcceptReply, error) {
 	a := p.a
+	received := time.Now()
 	t := req.Tuple
 	switch {
 	case t.Proto != session.TCP && t.Proto != session.UDP && t.Proto != session.ICMP:
-		return api.Errorf(api.CodeInvalid, "protocol %s has no sessions", t.Proto)
+		return api.AcceptReply{}, api.Errorf(api.CodeInvalid, "protocol %s has no sessions", t.Proto)
 	case !t.Client.Is4() || !t.Server.Is4():
-		return api.Errorf(api.CodeInvalid, "session addresses must be IPv4")
+		return api.AcceptReply{}, api.Errorf(api.CodeInvalid, "session addresses must be IPv4")
 	case !a.cfg.KeyRange.Contains(req.Key):
-		return api.Errorf(api.CodeInvalid, "key %d is outside this server's key range %s", req.Key, a.cfg.KeyRange)
+		return api.AcceptReply{}, api.Errorf(api.CodeInvalid, "key %d is outside this server's key range %s", req.Key, a.cfg.KeyRange)
 	case caller == a.cfg.Name:
-		return api.Errorf(api.CodeInvalid, "a server does not make sessions with itself")
+		return api.AcceptReply{}, api.Errorf(api.CodeInvalid, "a server does not make sessions with itself")
+	case len(req.Frames) > 0 && !t.Proto.HasPorts():
+		return api.AcceptReply{}, api.Errorf(api.CodeInvalid, "only tcp and udp sessions pass their first packets")
+	case len(req.Frames) > api.MaxAcceptFrames || framesSize(req.Frames) > api.MaxAcceptFrameBytes:
+		return api.AcceptReply{}, api.Errorf(api.CodeInvalid, "at most %d first packets of %d bytes in all", api.MaxAcceptFrames, api.MaxAcceptFrameBytes)
 	}
 	if !a.dirUp.Load() {
-		return api.Errorf(api.CodeUnavailable, "the directory is not connected yet")
+		return api.AcceptReply{}, api.Errorf(api.CodeUnavailable, "the directory is not connected yet")
 	}
 	peer, err := a.cache.LookupServer(ctx, caller)
 	if err != nil {
-		return a.lookupFailed("accept", caller, t, "the caller's server record", err)
+		return api.AcceptReply{}, a.lookupFailed("accept", caller, t, "the caller's server record", err)
 	}
 	client, err := a.cache.LookupEndpoint(ctx, t.Tenant, t.Client)
 	if err != nil {
-		return a.lookupFailed("accept", caller, t, "the client endpoint", err)
+		return api.AcceptReply{}, a.lookupFailed("accept", caller, t, "the client endpoint", err)
 	}
 	if client.Server != caller {
-		return a.notAllowed("accept", caller, t, client.Ref()+" lives on "+client.Server)
+		return api.AcceptReply{}, a.notAllowed("accept", caller, t, client.Ref()+" lives on "+client.Server)
 	}
 	a.mu.Lock()
 	sl := a.byAddr[addrKey{t.Tenant, t.Server}]
 	a.mu.Unlock()
 	if sl == nil {
-		return a.notAllowed("accept", caller, t, "no such endpoint is bound here")
+		return api.AcceptReply{}, a.notAllowed("accept", caller, t, "no such endpoint is bound here")
 	}
 	if v, err := a.decide(ctx, subjectOf(client), sl.subject(), t); err != nil {
-		return apiError(err)
+		return api.AcceptReply{}, apiError(err)
 	} else if !v.Allow {
-		return api.Errorf(api.CodeDenied, "policy: %s", v.Reason)
+		return api.AcceptReply{}, api.Errorf(api.CodeDenied, "policy: %s", v.Reason)
 	}
 	hop, err := a.nextHop(peer)
 	if err != nil {
-		return api.Errorf(api.CodeUnavailable, "%v", err)
+		return api.AcceptReply{}, api.Errorf(api.CodeUnavailable, "%v", err)
 	}
 	s := session.Session{
 		Tuple: t, Role: session.RoleServer, Key: req.Key, Zone: sl.zone,
@@ -91,7 +97,16 @@ func (p peerService) Accept(ctx context.Context, caller string, req api.AcceptRe
 		Remote: session.Endpoint{IP: t.Client},
 		Peer:   session.Peer{Name: peer.Name, IP: peer.DataIP, NextHop: hop},
 	}
-	return engineError(a.step(engine.AcceptRequest{Caller: caller, Session: s, RemoteName: client.Name}))
+	r := a.request(engine.AcceptRequest{Caller: caller, Session: s, RemoteName: client.Name, Received: received, Frames: req.Frames})
+	return api.AcceptReply{Delivered: r.Delivered}, engineError(r.Err)
+}
+
+func framesSize(fs [][]byte) int {
+	n := 0
+	for _, f := range fs {
+		n += len(f)
+	}
+	return n
 }
 
 // engineError is the peer API's error for the engine's answer.

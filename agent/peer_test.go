@@ -14,6 +14,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"nvi/packet"
+	"nvi/pipeline"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -158,7 +160,7 @@ func TestPeerForgedAcceptKeepsLiveSession(t *testing.T) {
 	// Without a certificate of the cloud, not even a handshake.
 	for name, conf := range map[string]*tls.Config{"plain HTTP": nil, "a certificate of another CA": testca.New(t).Server(t, "s1").ClientTLS("s2")} {
 		c := api.NewPeerClient(addr, conf, 2*time.Second)
-		err := c.Accept(ctx, api.AcceptRequest{From: "s1", Tuple: tu, Key: 61999})
+		_, err := c.Accept(ctx, api.AcceptRequest{From: "s1", Tuple: tu, Key: 61999})
 		c.Close()
 		if err == nil || api.CodeOf(err) != api.CodeUnavailable {
 			t.Errorf("%s: err = %v, want the connection refused", name, err)
@@ -166,19 +168,19 @@ func TestPeerForgedAcceptKeepsLiveSession(t *testing.T) {
 	}
 	s3 := callerOf(t, addr, w.s3, "s2")
 	// s3's valid certificate cannot speak for s1...
-	if err := s3.Accept(ctx, api.AcceptRequest{From: "s1", Tuple: tu, Key: 61999}); api.CodeOf(err) != api.CodeDenied {
+	if _, err := s3.Accept(ctx, api.AcceptRequest{From: "s1", Tuple: tu, Key: 61999}); api.CodeOf(err) != api.CodeDenied {
 		t.Errorf("s3 claiming s1: err = %v, want denied", err)
 	}
 	// ...nor, as itself, for s1's client; and the answer does not say
 	// where the client lives (L3).
-	err := s3.Accept(ctx, api.AcceptRequest{Tuple: tu, Key: 61999})
+	_, err := s3.Accept(ctx, api.AcceptRequest{Tuple: tu, Key: 61999})
 	if api.CodeOf(err) != api.CodeDenied || strings.Contains(err.Error(), "s1") || strings.Contains(err.Error(), "lives") {
 		t.Errorf("s3 for s1's client: err = %v, want a generic denial", err)
 	}
 	// A tuple the caller may not name at all gets the very same answer.
 	ghost := tu
 	ghost.Client = netip.MustParseAddr("10.1.0.99")
-	if err2 := s3.Accept(ctx, api.AcceptRequest{Tuple: ghost, Key: 61999}); err == nil || err2 == nil || err2.Error() != err.Error() {
+	if _, err2 := s3.Accept(ctx, api.AcceptRequest{Tuple: ghost, Key: 61999}); err == nil || err2 == nil || err2.Error() != err.Error() {
 		t.Errorf("unknown client: %v; placed elsewhere: %v; want one answer for both", err2, err)
 	}
 	if !sessionIs(a, tu, legit) {
@@ -187,12 +189,12 @@ func TestPeerForgedAcceptKeepsLiveSession(t *testing.T) {
 
 	// Beside the forgeries, s3's own client is served (up to the flows).
 	mine := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: peerIPx, Server: peerIPs, Port: 5432}
-	if err := s3.Accept(ctx, api.AcceptRequest{From: "s3", Tuple: mine, Key: 61999}); !passedChecks(err) {
+	if _, err := s3.Accept(ctx, api.AcceptRequest{From: "s3", Tuple: mine, Key: 61999}); !passedChecks(err) {
 		t.Errorf("s3 for its own client: err = %v, want it to pass every check", err)
 	}
 	// And s1, the session's own peer, may still replace it.
 	s1 := callerOf(t, addr, w.s1, "s2")
-	if err := s1.Accept(ctx, api.AcceptRequest{From: "s1", Tuple: tu, Key: 61999}); !passedChecks(err) {
+	if _, err := s1.Accept(ctx, api.AcceptRequest{From: "s1", Tuple: tu, Key: 61999}); !passedChecks(err) {
 		t.Errorf("s1 replacing its own session: err = %v, want it to pass every check", err)
 	}
 	if sessionIs(a, tu, legit) {
@@ -209,7 +211,7 @@ func TestPeerAcceptKeepsSessionBeingMade(t *testing.T) {
 	a.mu.Lock()
 	making := a.eng.Step(time.Now(), engine.Packet{From: a.byAddr[addrKey{"acme", peerIPs}].engineLocal(), Tuple: tu, Frame: []byte{0}})[0].(engine.Resolve).ID
 	a.mu.Unlock()
-	err := peerService{a}.Accept(context.Background(), "s3", api.AcceptRequest{Tuple: tu, Key: 61500})
+	_, err := peerService{a}.Accept(context.Background(), "s3", api.AcceptRequest{Tuple: tu, Key: 61500})
 	if api.CodeOf(err) != api.CodeConflict {
 		t.Fatalf("err = %v, want conflict", err)
 	}
@@ -292,9 +294,9 @@ func TestPeerReleaseOfAdoptedSession(t *testing.T) {
 // that it is busy.
 type countingPeer struct{ accepts atomic.Int64 }
 
-func (p *countingPeer) Accept(context.Context, string, api.AcceptRequest) error {
+func (p *countingPeer) Accept(context.Context, string, api.AcceptRequest) (api.AcceptReply, error) {
 	p.accepts.Add(1)
-	return api.Errorf(api.CodeUnavailable, "busy")
+	return api.AcceptReply{}, api.Errorf(api.CodeUnavailable, "busy")
 }
 func (p *countingPeer) Release(context.Context, string, api.ReleaseRequest) error { return nil }
 func (p *countingPeer) Reopen(context.Context, string, api.ReopenRequest) error   { return nil }
@@ -322,6 +324,7 @@ func TestPeerForgedReopenCannotExhaustKeys(t *testing.T) {
 	w := newPeerWorld(t, map[string]string{"s2": raw.Addr().String()})
 	w.ca, w.s1, w.s2, w.s3 = ca, ca.Server(t, "s1"), s2id, ca.Server(t, "s3")
 	a := w.agent(t, w.s1, netip.MustParsePrefix("192.0.2.1/24"), peerIPc, nil)
+	connectFakeSwitch(t, a) // the way back goes in before the peer is asked
 	addr := servePeerAPI(t, a)
 	ctx := context.Background()
 	s3 := callerOf(t, addr, w.s3, "s1")
@@ -490,10 +493,10 @@ func TestInsecurePeerAPI(t *testing.T) {
 	c := api.NewPeerClient(addr, nil, 5*time.Second)
 	defer c.Close()
 	tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: peerIPc, Server: peerIPs, Port: 5432}
-	if err := c.Accept(context.Background(), api.AcceptRequest{From: "s1", Tuple: tu, Key: 61999}); !passedChecks(err) {
+	if _, err := c.Accept(context.Background(), api.AcceptRequest{From: "s1", Tuple: tu, Key: 61999}); !passedChecks(err) {
 		t.Fatalf("insecure Accept from s1: err = %v, want it to pass every check", err)
 	}
-	if err := c.Accept(context.Background(), api.AcceptRequest{From: "s3", Tuple: tu, Key: 61999}); api.CodeOf(err) != api.CodeDenied {
+	if _, err := c.Accept(context.Background(), api.AcceptRequest{From: "s3", Tuple: tu, Key: 61999}); api.CodeOf(err) != api.CodeDenied {
 		t.Fatalf("insecure Accept claiming s3 for s1's client: err = %v, want denied", err)
 	}
 }
@@ -504,4 +507,45 @@ func sessionGone(a *Agent, tu session.Tuple) bool {
 	defer a.mu.Unlock()
 	_, ok := a.eng.Lookup(tu)
 	return !ok
+}
+
+// TestPeerFirstPacketsAreTheSessions: the first packets a client's server
+// passes in its Accept are delivered, from the uplink through our own
+// pipeline, only when they are the session's own; anything else the caller
+// slips in is dropped, and a request with too many is refused outright.
+func TestPeerFirstPacketsAreTheSessions(t *testing.T) {
+	w := newPeerWorld(t, nil)
+	a := w.agent(t, w.s2, netip.MustParsePrefix("192.0.2.2/24"), peerIPs, nil)
+	fs := connectFakeSwitch(t, a)
+	tu := session.Tuple{Tenant: "acme", Proto: session.UDP, Client: peerIPc, Server: peerIPs, Port: 53}
+	mk := func(src, dst netip.Addr, dport uint16) []byte {
+		b, err := packet.BuildUDP(packet.Header{EthSrc: net.HardwareAddr{2, 0, 0, 0, 0, 1}, EthDst: pipeline.GatewayMAC, Src: src, Dst: dst, ID: 1}, 40000, dport, []byte("q"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	own, forged := mk(peerIPc, peerIPs, 53), mk(netip.MustParseAddr("10.1.0.99"), peerIPs, 22)
+	reply, err := peerService{a}.Accept(context.Background(), "s1", api.AcceptRequest{Tuple: tu, Key: 61999, Frames: [][]byte{own, forged}})
+	if err != nil || reply.Delivered != 2 {
+		t.Fatalf("Accept with one own and one forged frame: %+v, %v", reply, err)
+	}
+	// Whatever the agent sent before a barrier, the switch has read after it.
+	if err := a.sw.apply(context.Background(), pipeline.DeleteByCookie(0xdead, pipeline.FullMask)); err != nil {
+		t.Fatal(err)
+	}
+	fs.mu.Lock()
+	outs := fs.outs
+	fs.mu.Unlock()
+	if len(outs) != 1 || outs[0].InPort != a.br.Uplink {
+		t.Fatalf("%d packet-outs (want 1, from the uplink): %+v", len(outs), outs)
+	}
+	f, err := packet.Parse(outs[0].Data)
+	if err != nil || f.IPv4Src() != peerIPs1 || f.IPv4Dst() != peerIPs2 || f.L4Dst() != 61999 {
+		t.Fatalf("delivered %v as %s -> %s:%d; want the underlay's form of the session's packet", err, f.IPv4Src(), f.IPv4Dst(), f.L4Dst())
+	}
+	many := api.AcceptRequest{Tuple: tu, Key: 61998, Frames: make([][]byte, api.MaxAcceptFrames+1)}
+	if _, err := (peerService{a}).Accept(context.Background(), "s1", many); api.CodeOf(err) != api.CodeInvalid {
+		t.Fatalf("an Accept with %d frames: %v, want invalid", len(many.Frames), err)
+	}
 }

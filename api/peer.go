@@ -26,6 +26,27 @@ type AcceptRequest struct {
 	From  string        `json:"from,omitempty"` // the client's server; if set, it must be the caller
 	Tuple session.Tuple `json:"tuple"`          // for ICMP, Port is the client's echo identifier
 	Key   uint16        `json:"key"`            // chosen by the client's server, unique per (peer, protocol)
+	// Frames are the session's first packets as the client workload sent
+	// them (at most MaxAcceptFrames, TCP and UDP only). The peer delivers
+	// them itself once its half is in place, through its own pipeline as
+	// if they had come from the client's server, which has installed the
+	// way back before asking; so the first packet does not wait for the
+	// answer and the client's other half.
+	Frames [][]byte `json:"frames,omitempty"`
+}
+
+// MaxAcceptFrames bounds the frames an Accept carries, and
+// MaxAcceptFrameBytes their total size.
+const (
+	MaxAcceptFrames     = 4
+	MaxAcceptFrameBytes = 8 << 10
+)
+
+// AcceptReply says how many of the request's frames the peer took on
+// (delivered, or dropped as not the session's); the client delivers the
+// rest itself.
+type AcceptReply struct {
+	Delivered int `json:"delivered,omitempty"`
 }
 
 // ReleaseRequest asks the peer to remove its half of a session. It is sent
@@ -53,7 +74,7 @@ type ReopenRequest struct {
 // the request comes from as its certificate proves it, never as the body
 // claims it.
 type PeerService interface {
-	Accept(ctx context.Context, caller string, req AcceptRequest) error
+	Accept(ctx context.Context, caller string, req AcceptRequest) (AcceptReply, error)
 	Release(ctx context.Context, caller string, req ReleaseRequest) error
 	Reopen(ctx context.Context, caller string, req ReopenRequest) error
 }
@@ -137,15 +158,20 @@ func PeerHandler(svc PeerService, opts PeerOptions, log *slog.Logger) http.Handl
 	h := &peerHandler{opts: opts, log: log, inFlight: make(chan struct{}, opts.MaxInFlight), limiters: map[string]*rate.Limiter{}}
 	mux := http.NewServeMux()
 	peerRoute(mux, h, "POST "+pathAccept, func(r *AcceptRequest) string { return r.From }, svc.Accept)
-	peerRoute(mux, h, "POST "+pathRelease, func(r *ReleaseRequest) string { return r.From }, svc.Release)
-	peerRoute(mux, h, "POST "+pathReopen, func(r *ReopenRequest) string { return r.From }, svc.Reopen)
+	peerRoute(mux, h, "POST "+pathRelease, func(r *ReleaseRequest) string { return r.From }, noReply(svc.Release))
+	peerRoute(mux, h, "POST "+pathReopen, func(r *ReopenRequest) string { return r.From }, noReply(svc.Reopen))
 	return mux
 }
 
 // retryAfter is what a refused-because-busy caller is told to wait.
 const retryAfter = time.Second
 
-func peerRoute[In any](mux *http.ServeMux, h *peerHandler, pattern string, from func(*In) string, call func(context.Context, string, In) error) {
+// noReply makes a call that answers nothing answer the empty object.
+func noReply[In any](call func(context.Context, string, In) error) func(context.Context, string, In) (Empty, error) {
+	return func(ctx context.Context, caller string, in In) (Empty, error) { return Empty{}, call(ctx, caller, in) }
+}
+
+func peerRoute[In, Out any](mux *http.ServeMux, h *peerHandler, pattern string, from func(*In) string, call func(context.Context, string, In) (Out, error)) {
 	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		caller := ""
 		if !h.opts.InsecureTrustFrom {
@@ -192,7 +218,8 @@ func peerRoute[In any](mux *http.ServeMux, h *peerHandler, pattern string, from 
 			writeError(w, Errorf(CodeDenied, "the request says it is from %s but the certificate is %s's", claimed, caller))
 			return
 		}
-		if err := call(r.Context(), caller, in); err != nil {
+		out, err := call(r.Context(), caller, in)
+		if err != nil {
 			if CodeOf(err) == CodeInternal {
 				h.log.Warn("peer API call failed", "path", r.URL.Path, "caller", caller, "err", err)
 			}
@@ -200,7 +227,7 @@ func peerRoute[In any](mux *http.ServeMux, h *peerHandler, pattern string, from 
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(Empty{})
+		_ = json.NewEncoder(w).Encode(out)
 	})
 }
 
@@ -288,9 +315,12 @@ func NewPeerClient(addr string, conf *tls.Config, timeout time.Duration) *PeerCl
 	return &PeerClient{newClientWith(scheme+addr, tr, timeout)}
 }
 
-// Accept asks the peer to install its half.
-func (p *PeerClient) Accept(ctx context.Context, req AcceptRequest) error {
-	return p.c.call(ctx, http.MethodPost, pathAccept, req, nil)
+// Accept asks the peer to install its half (and to deliver the frames the
+// request carries).
+func (p *PeerClient) Accept(ctx context.Context, req AcceptRequest) (AcceptReply, error) {
+	var out AcceptReply
+	err := p.c.call(ctx, http.MethodPost, pathAccept, req, &out)
+	return out, err
 }
 
 // Release asks the peer to remove its half.

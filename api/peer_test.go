@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/http/httptrace"
 	"net/netip"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -49,11 +50,11 @@ func (f *fakePeer) record(ctx context.Context, caller string) error {
 	return err
 }
 
-func (f *fakePeer) Accept(ctx context.Context, caller string, req AcceptRequest) error {
+func (f *fakePeer) Accept(ctx context.Context, caller string, req AcceptRequest) (AcceptReply, error) {
 	f.mu.Lock()
 	f.got = req
 	f.mu.Unlock()
-	return f.record(ctx, caller)
+	return AcceptReply{Delivered: len(req.Frames)}, f.record(ctx, caller)
 }
 
 func (f *fakePeer) Release(ctx context.Context, caller string, req ReleaseRequest) error {
@@ -126,19 +127,30 @@ func TestPeerRoundTripOverMutualTLS(t *testing.T) {
 	fp := &fakePeer{}
 	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{})
 	c := peerClient(t, addr, cl.s1, time.Second)
-	if err := c.Accept(context.Background(), acceptReq); err != nil {
+	if _, err := c.Accept(context.Background(), acceptReq); err != nil {
 		t.Fatal(err)
 	}
+	// The first packets ride along, and the reply says how many the peer
+	// took on.
+	withFrames := acceptReq
+	withFrames.Frames = [][]byte{[]byte("first"), []byte("second")}
+	if r, err := c.Accept(context.Background(), withFrames); err != nil || r.Delivered != 2 {
+		t.Fatalf("Accept with two frames: %+v, %v", r, err)
+	}
+	if fp.mu.Lock(); len(fp.got.Frames) != 2 || string(fp.got.Frames[1]) != "second" {
+		t.Errorf("the peer got frames %q", fp.got.Frames)
+	}
+	fp.mu.Unlock()
 	noFrom := acceptReq
 	noFrom.From = ""
-	if err := c.Accept(context.Background(), noFrom); err != nil {
+	if _, err := c.Accept(context.Background(), noFrom); err != nil {
 		t.Fatal(err)
 	}
 	n, callers := fp.seen()
-	if n != 2 || callers[0] != "s1" || callers[1] != "s1" {
-		t.Fatalf("service saw %d calls from %v, want 2 from s1", n, callers)
+	if n != 3 || callers[0] != "s1" || callers[2] != "s1" {
+		t.Fatalf("service saw %d calls from %v, want 3 from s1", n, callers)
 	}
-	if fp.got != noFrom {
+	if !reflect.DeepEqual(fp.got, noFrom) {
 		t.Fatalf("server got %+v, want %+v", fp.got, noFrom)
 	}
 }
@@ -170,7 +182,7 @@ func TestPeerHandshakeRefusals(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := NewPeerClient(addr, tc.conf, time.Second)
 			defer c.Close()
-			err := c.Accept(context.Background(), acceptReq)
+			_, err := c.Accept(context.Background(), acceptReq)
 			if err == nil || CodeOf(err) != CodeUnavailable {
 				t.Fatalf("err = %v (code %s), want the connection refused", err, CodeOf(err))
 			}
@@ -180,7 +192,7 @@ func TestPeerHandshakeRefusals(t *testing.T) {
 		t.Fatalf("%d refused callers reached the service", n)
 	}
 	// Beside them, s1's real certificate works.
-	if err := peerClient(t, addr, cl.s1, time.Second).Accept(context.Background(), acceptReq); err != nil {
+	if _, err := peerClient(t, addr, cl.s1, time.Second).Accept(context.Background(), acceptReq); err != nil {
 		t.Fatalf("legitimate call: %v", err)
 	}
 }
@@ -191,7 +203,7 @@ func TestPeerClientChecksTheServer(t *testing.T) {
 	cl := newCloud(t)
 	fp := &fakePeer{}
 	addr, _ := servePeer(t, fp, cl.s3, PeerOptions{}, ListenLimits{}) // s3 answers at "s2's" address
-	err := peerClient(t, addr, cl.s1, time.Second).Accept(context.Background(), acceptReq)
+	_, err := peerClient(t, addr, cl.s1, time.Second).Accept(context.Background(), acceptReq)
 	if err == nil {
 		t.Fatal("the client accepted s3 answering for s2")
 	}
@@ -207,7 +219,7 @@ func TestPeerCertificateThatIsNotAServer(t *testing.T) {
 	op := cl.ca.ServerWith(t, "root", testca.Options{CommonName: "root", Organization: "nvi-operator"})
 	fp := &fakePeer{}
 	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{})
-	err := peerClient(t, addr, op, time.Second).Accept(context.Background(), AcceptRequest{})
+	_, err := peerClient(t, addr, op, time.Second).Accept(context.Background(), AcceptRequest{})
 	if CodeOf(err) != CodeDenied {
 		t.Fatalf("err = %v (code %s), want denied", err, CodeOf(err))
 	}
@@ -224,7 +236,7 @@ func TestPeerFromMustBeTheCaller(t *testing.T) {
 	c3 := peerClient(t, addr, cl.s3, time.Second)
 	ctx := context.Background()
 	for name, call := range map[string]func() error{
-		"accept":  func() error { return c3.Accept(ctx, acceptReq) },
+		"accept":  func() error { _, err := c3.Accept(ctx, acceptReq); return err },
 		"release": func() error { return c3.Release(ctx, ReleaseRequest{From: "s1", Tuple: acceptReq.Tuple, Key: 61441}) },
 		"reopen":  func() error { return c3.Reopen(ctx, ReopenRequest{From: "s1", Tuple: acceptReq.Tuple}) },
 	} {
@@ -237,7 +249,7 @@ func TestPeerFromMustBeTheCaller(t *testing.T) {
 	}
 	own := acceptReq
 	own.From = "s3"
-	if err := c3.Accept(ctx, own); err != nil {
+	if _, err := c3.Accept(ctx, own); err != nil {
 		t.Fatalf("s3 speaking for itself: %v", err)
 	}
 	if _, callers := fp.seen(); len(callers) != 1 || callers[0] != "s3" {
@@ -255,7 +267,7 @@ func TestPeerWithoutCallerIsRefused(t *testing.T) {
 			fp := &fakePeer{}
 			srv := httptest.NewServer(PeerHandler(fp, opts, quiet))
 			defer srv.Close()
-			err := NewPeerClient(strings.TrimPrefix(srv.URL, "http://"), nil, time.Second).Accept(context.Background(), acceptReq)
+			_, err := NewPeerClient(strings.TrimPrefix(srv.URL, "http://"), nil, time.Second).Accept(context.Background(), acceptReq)
 			if c := CodeOf(err); c != CodeUnauthenticated && c != CodeDenied {
 				t.Fatalf("err = %v (code %s), want unauthenticated or denied", err, c)
 			}
@@ -274,7 +286,7 @@ func TestPeerInsecureTrustsFrom(t *testing.T) {
 	defer srv.Close()
 	c := NewPeerClient(strings.TrimPrefix(srv.URL, "http://"), nil, time.Second)
 	defer c.Close()
-	if err := c.Accept(context.Background(), acceptReq); err != nil {
+	if _, err := c.Accept(context.Background(), acceptReq); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Reopen(context.Background(), ReopenRequest{Tuple: acceptReq.Tuple}); CodeOf(err) != CodeInvalid {
@@ -331,7 +343,7 @@ func TestPeerConcurrencyBound(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	for range 2 {
-		wg.Go(func() { errs <- c1.Accept(ctx, acceptReq) })
+		wg.Go(func() { _, err := c1.Accept(ctx, acceptReq); errs <- err })
 	}
 	<-fp.entered
 	<-fp.entered
@@ -396,11 +408,11 @@ func TestPeerListenerBoundsHandshakes(t *testing.T) {
 	waitFor(t, "two handshakes in progress", func() bool { return len(l.slots) == 2 })
 	c1 := NewPeerClient(addr, cl.s1.ClientTLS("s2"), time.Second)
 	defer c1.Close()
-	if err := c1.Accept(context.Background(), acceptReq); CodeOf(err) != CodeUnavailable {
+	if _, err := c1.Accept(context.Background(), acceptReq); CodeOf(err) != CodeUnavailable {
 		t.Fatalf("with every handshake slot taken: err = %v, want the connection refused", err)
 	}
 	waitFor(t, "the stalled handshakes to time out", func() bool { return len(l.slots) == 0 })
-	if err := c1.Accept(context.Background(), acceptReq); err != nil {
+	if _, err := c1.Accept(context.Background(), acceptReq); err != nil {
 		t.Fatalf("after the stalled handshakes timed out: %v", err)
 	}
 }
@@ -428,7 +440,7 @@ func TestPeerListenerBoundsConnectionsPerIP(t *testing.T) {
 	}
 	waitFor(t, "the closed connections to leave", func() bool { return count() == 0 })
 	c1 := peerClient(t, addr, cl.s1, time.Second)
-	if err := c1.Accept(context.Background(), acceptReq); err != nil {
+	if _, err := c1.Accept(context.Background(), acceptReq); err != nil {
 		t.Fatalf("after the held connections closed: %v", err)
 	}
 }
@@ -449,20 +461,20 @@ func TestPeerConnectionsPersist(t *testing.T) {
 		GotConn:          func(i httptrace.GotConnInfo) { reused = i.Reused },
 		TLSHandshakeDone: func(cs tls.ConnectionState, _ error) { resumed = cs.DidResume },
 	})
-	if err := c1.Accept(ctx, acceptReq); err != nil {
+	if _, err := c1.Accept(ctx, acceptReq); err != nil {
 		t.Fatal(err)
 	}
 	if reused {
 		t.Fatal("the first call claims a reused connection")
 	}
-	if err := c1.Accept(ctx, acceptReq); err != nil {
+	if _, err := c1.Accept(ctx, acceptReq); err != nil {
 		t.Fatal(err)
 	}
 	if !reused {
 		t.Fatal("the second call made a new connection")
 	}
 	c1.Close() // drops the idle connection; the session ticket stays
-	if err := c1.Accept(ctx, acceptReq); err != nil {
+	if _, err := c1.Accept(ctx, acceptReq); err != nil {
 		t.Fatal(err)
 	}
 	if reused || !resumed {
@@ -475,7 +487,7 @@ func TestErrorsKeepTheirCode(t *testing.T) {
 	fp := &fakePeer{err: Errorf(CodeDenied, "networks web and db are isolated")}
 	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{})
 	c := peerClient(t, addr, cl.s1, time.Second)
-	err := c.Accept(context.Background(), AcceptRequest{})
+	_, err := c.Accept(context.Background(), AcceptRequest{})
 	if CodeOf(err) != CodeDenied || !strings.Contains(err.Error(), "isolated") {
 		t.Fatalf("err = %v (code %s), want denied with the reason", err, CodeOf(err))
 	}
@@ -493,7 +505,7 @@ func TestCallsHaveDeadlines(t *testing.T) {
 	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{})
 	c := peerClient(t, addr, cl.s1, 300*time.Millisecond)
 	start := time.Now()
-	err := c.Accept(context.Background(), AcceptRequest{})
+	_, err := c.Accept(context.Background(), AcceptRequest{})
 	if CodeOf(err) != CodeUnavailable || time.Since(start) > 5*time.Second {
 		t.Fatalf("blocked call: err = %v after %v, want unavailable after ~300ms", err, time.Since(start))
 	}
@@ -503,7 +515,7 @@ func TestUnreachablePeer(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
-	err := NewPeerClient(addr, newCloud(t).s1.ClientTLS("s2"), time.Second).Accept(context.Background(), AcceptRequest{})
+	_, err := NewPeerClient(addr, newCloud(t).s1.ClientTLS("s2"), time.Second).Accept(context.Background(), AcceptRequest{})
 	if CodeOf(err) != CodeUnavailable {
 		t.Fatalf("err = %v, want unavailable", err)
 	}
@@ -538,13 +550,14 @@ func TestPeerListenerBoundsNewConnectionsPerIP(t *testing.T) {
 	fp := &fakePeer{}
 	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{NewPerIP: 0.01, NewBurst: 2})
 	kept := peerClient(t, addr, cl.s1, time.Second)
-	if err := kept.Accept(context.Background(), acceptReq); err != nil { // connection 1
+	if _, err := kept.Accept(context.Background(), acceptReq); err != nil { // connection 1
 		t.Fatal(err)
 	}
 	fresh := func() error {
 		c := NewPeerClient(addr, cl.s1.ClientTLS("s2"), time.Second)
 		defer c.Close()
-		return c.Accept(context.Background(), acceptReq)
+		_, err := c.Accept(context.Background(), acceptReq)
+		return err
 	}
 	if err := fresh(); err != nil { // connection 2
 		t.Fatalf("a second connection within the burst: %v", err)
@@ -552,7 +565,7 @@ func TestPeerListenerBoundsNewConnectionsPerIP(t *testing.T) {
 	if err := fresh(); CodeOf(err) != CodeUnavailable {
 		t.Fatalf("a third new connection at once: err = %v, want it refused", err)
 	}
-	if err := kept.Accept(context.Background(), acceptReq); err != nil {
+	if _, err := kept.Accept(context.Background(), acceptReq); err != nil {
 		t.Fatalf("the connection kept open beside it: %v", err)
 	}
 }

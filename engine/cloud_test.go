@@ -118,17 +118,14 @@ func (c *cloud) carry(s *simServer, f Effect) *Reply {
 		p := c.servers[f.Session.Peer.Name]
 		half := session.Session{Tuple: f.Session.Tuple, Role: session.RoleServer, Key: f.Session.Key,
 			Local: p.at[f.Session.Server].Endpoint, Remote: session.Endpoint{IP: f.Session.Client}, Peer: s.peer()}
-		r := c.step(p, AcceptRequest{Caller: s.name, Session: half, RemoteName: c.names[f.Session.Client]})
-		var err error
+		r := c.step(p, AcceptRequest{Caller: s.name, Session: half, RemoteName: c.names[f.Session.Client], Frames: f.Frames})
 		if r == nil {
-			err = errors.New("no answer")
-		} else {
-			err = r.Err
+			r = &Reply{Err: errors.New("no answer")}
 		}
-		c.step(s, Accepted{ID: f.ID, Err: err, Refused: errors.Is(err, ErrConflict)})
+		c.step(s, Accepted{ID: f.ID, Err: r.Err, Refused: errors.Is(r.Err, ErrConflict), Delivered: r.Delivered})
 	case Install:
 		ck := pipeline.SessionCookie(f.Session)
-		if f.Session.Role == session.RoleClient {
+		if f.Session.Role == session.RoleClient && f.Part != ReplyPath {
 			peerHalf := f.Session
 			peerHalf.Role, peerHalf.Peer = session.RoleServer, s.peer()
 			if !c.servers[f.Session.Peer.Name].installed[pipeline.SessionCookie(peerHalf)] {
@@ -137,6 +134,9 @@ func (c *cloud) carry(s *simServer, f Effect) *Reply {
 		}
 		if f.Flows {
 			fms, err := pipeline.SessionFlows(s.br, f.Session)
+			if f.Part != AllFlows {
+				fms, err = pipeline.SessionPathFlows(s.br, f.Session, f.Part == ReplyPath)
+			}
 			if err != nil {
 				c.t.Fatal(err)
 			}
@@ -162,6 +162,14 @@ func (c *cloud) carry(s *simServer, f Effect) *Reply {
 	case Deliver:
 		for _, fr := range f.Frames {
 			c.send(s, f.Port, fr)
+		}
+	case Inject:
+		for _, fr := range f.Frames {
+			wire, err := pipeline.FromPeer(s.br, f.Session, fr)
+			if err != nil {
+				c.t.Fatal(err)
+			}
+			c.send(s, uplink, wire)
 		}
 	case Retry:
 		for _, fr := range f.Frames {

@@ -77,6 +77,7 @@ type phase uint8
 const (
 	none phase = iota
 	resolving
+	preparing // the client's way back is being installed
 	accepting
 	reopening
 	installing
@@ -98,6 +99,13 @@ var (
 	ErrAborted = errors.New("the session was torn down during its setup")
 	// ErrRefused: policy, the directory or the peer refused the session.
 	ErrRefused = errors.New("refused")
+)
+
+// maxOffered and maxOfferedBytes bound the first packets an Accept
+// carries to the peer (api.MaxAcceptFrames, api.MaxAcceptFrameBytes).
+const (
+	maxOffered      = 4
+	maxOfferedBytes = 8 << 10
 )
 
 // Config holds the engine's limits and times.
@@ -138,9 +146,10 @@ type entry struct {
 	// answers, released once the client's agent confirms.
 	held, next, waiting  [][]byte
 	peerName, remoteName string
-	reopen               bool   // server end, set up again at our request
-	answer               bool   // a peer's ReopenRequest waits for the setup's end
-	replyPort            uint16 // the client port a reopen's answer went to
+	reopen               bool     // server end, set up again at our request
+	answer               bool     // a peer's ReopenRequest waits for the setup's end
+	inject               [][]byte // server end: the first packets, delivered once installed
+	replyPort            uint16   // the client port a reopen's answer went to
 	keyed, keyUnused     bool
 	counted              bool // counts against from.Port's sessions
 	punted               bool // holds a reference on its peer's punt flow
@@ -307,8 +316,30 @@ func (g *Engine) resolved(now time.Time, ev Resolved) []Effect {
 	e.s.Remote = session.Endpoint{IP: ev.RemoteIP}
 	e.s.Peer, e.peerName = *ev.Peer, ev.Peer.Name
 	g.byWire[e.wire()] = e
+	if e.s.Proto.HasPorts() {
+		// The way back first: then the peer can deliver the first
+		// packets itself, and their answers find our half.
+		e.state, e.pending, e.began = Agreeing, preparing, now
+		return []Effect{Install{ID: e.id, Session: e.s, Flows: true, Part: ReplyPath}}
+	}
+	return g.ask(now, e)
+}
+
+// ask sends the Accept, with the first packets when the way back is in
+// place.
+func (g *Engine) ask(now time.Time, e *entry) []Effect {
 	e.state, e.pending, e.began = Agreeing, accepting, now
-	return []Effect{Accept{ID: e.id, Session: e.s}}
+	acc := Accept{ID: e.id, Session: e.s}
+	if e.s.Proto.HasPorts() {
+		size := 0
+		for _, f := range e.held {
+			if len(acc.Frames) == maxOffered || size+len(f) > maxOfferedBytes {
+				break
+			}
+			acc.Frames, size = append(acc.Frames, f), size+len(f)
+		}
+	}
+	return []Effect{acc}
 }
 
 func (g *Engine) failed(now time.Time, ev Failed) []Effect {
@@ -349,15 +380,31 @@ func (g *Engine) accepted(now time.Time, ev Accepted) []Effect {
 	// A refusal means the peer installed nothing: the key needs no rest.
 	// A timeout or an unclear failure may have left its half in place.
 	e.keyUnused = ev.Err != nil && ev.Refused
+	wayBack := e.s.Proto.HasPorts() // installed before asking
 	if e.state == Closing {
 		var out []Effect
 		if ev.Err == nil {
 			out = append(out, g.releasePeer(e, "torn down during setup"))
 		}
+		if wayBack {
+			e.pending, e.began = removing, now
+			return append(out, g.removal(e))
+		}
 		return append(out, g.finish(now, e)...)
 	}
 	if ev.Err != nil {
-		return g.fail(now, e, fmt.Errorf("peer %s: %w", e.peerName, ev.Err), ev.Refused)
+		var out []Effect
+		if wayBack {
+			out = append(out, g.removal(e))
+		}
+		return append(out, g.fail(now, e, fmt.Errorf("peer %s: %w", e.peerName, ev.Err), ev.Refused)...)
+	}
+	if n := min(ev.Delivered, len(e.held)); n > 0 {
+		e.held = e.held[n:]
+	}
+	if wayBack {
+		e.state, e.pending, e.began = Installing, installing, now
+		return []Effect{Install{ID: e.id, Session: e.s, Flows: true, Part: SendPath}}
 	}
 	return g.startInstall(now, e)
 }
@@ -390,11 +437,14 @@ func (g *Engine) removal(e *entry) Remove {
 }
 
 func (g *Engine) installed(now time.Time, ev Installed) []Effect {
+	if e := g.waiting(ev.ID, preparing); e != nil {
+		return g.prepared(now, e, ev.Err)
+	}
 	e := g.waiting(ev.ID, installing)
 	if e == nil {
 		return nil
 	}
-	e.install = now.Sub(e.began)
+	e.install += now.Sub(e.began)
 	if e.state == Closing {
 		// Torn down while installing: take down what was installed, the
 		// peer's half first (audit M3).
@@ -430,10 +480,32 @@ func (g *Engine) installed(now time.Time, ev Installed) []Effect {
 		out = append(out, Deliver{ID: e.id, Session: e.s, Port: e.from.Port, Frames: e.held})
 		e.held = nil
 	}
+	delivered := 0
+	if len(e.inject) > 0 {
+		out = append(out, Inject{ID: e.id, Session: e.s, Frames: e.inject})
+		delivered, e.inject = len(e.inject), nil
+	}
 	if e.s.Role == session.RoleServer && !e.reopen || e.answer {
-		out = append(out, Reply{})
+		out = append(out, Reply{Delivered: delivered})
 	}
 	return out
+}
+
+// prepared: the client's way back is in place (or failed to go in); the
+// peer is asked next.
+func (g *Engine) prepared(now time.Time, e *entry, err error) []Effect {
+	e.install = now.Sub(e.began)
+	switch {
+	case e.state == Closing:
+		// Torn down before the peer was asked: only our flow to remove.
+		e.pending, e.began = removing, now
+		return []Effect{g.removal(e)}
+	case err != nil:
+		// The peer was never asked: nothing can have used the key.
+		e.keyUnused = true
+		return append([]Effect{g.removal(e)}, g.fail(now, e, fmt.Errorf("installing flows: %w", err), false)...)
+	}
+	return g.ask(now, e)
 }
 
 // teardown ends e: at the peer's first when notify is set, then here. A
@@ -529,6 +601,12 @@ func (g *Engine) acceptRequest(now time.Time, ev AcceptRequest) []Effect {
 	}
 	e := g.add(now, s, Installing, Local{Port: s.Local.OFPort, Endpoint: s.Local, Zone: s.Zone})
 	e.peerName, e.remoteName = ev.Caller, ev.RemoteName
+	if s.Proto.HasPorts() && len(ev.Frames) <= maxOffered {
+		e.inject = ev.Frames
+	}
+	if !ev.Received.IsZero() && ev.Received.Before(now) {
+		e.created, e.resolve = ev.Received, now.Sub(ev.Received)
+	}
 	g.byWire[w] = e
 	return append(out, g.startInstall(now, e)...)
 }

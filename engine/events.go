@@ -2,6 +2,7 @@ package engine
 
 import (
 	"net/netip"
+	"time"
 
 	"nvi/pipeline"
 	"nvi/session"
@@ -64,6 +65,8 @@ type Accepted struct {
 	ID      ID
 	Err     error
 	Refused bool
+	// Delivered is how many of the Accept's frames the peer took on.
+	Delivered int
 }
 
 // Failed answers a Resolve (or a Reopen's look-ups) that could not be
@@ -84,6 +87,12 @@ type AcceptRequest struct {
 	Caller     string
 	Session    session.Session
 	RemoteName string
+	// Frames are the session's first packets, for this end to deliver
+	// once its half is in place ([Inject]).
+	Frames [][]byte
+	// Received is when the request came in: the agent's checks before
+	// this event count as the server end's resolve time.
+	Received time.Time
 }
 
 // ReplyWithoutSession: a local server workload answered, in a connection
@@ -247,10 +256,12 @@ type Resolve struct {
 }
 
 // Accept: ask the peer to install the server half of Session (its Tuple,
-// Key and Peer); answer with [Accepted].
+// Key and Peer); answer with [Accepted]. Frames are the first packets,
+// for the peer to deliver: the way back is in place already.
 type Accept struct {
 	ID      ID
 	Session session.Session
+	Frames  [][]byte
 }
 
 // Install: put this end's half of Session on the bridge and wait for the
@@ -261,7 +272,31 @@ type Install struct {
 	ID      ID
 	Session session.Session
 	Flows   bool
+	Part    Part
 	Punt    netip.Addr
+}
+
+// Part says which of a session's flows an Install puts in.
+type Part uint8
+
+const (
+	AllFlows Part = iota
+	// ReplyPath is the client's session_in flow: the way back, installed
+	// before the peer is asked, so that the peer may deliver the first
+	// packets itself and their answers find their way.
+	ReplyPath
+	// SendPath is the client's session_out flow, installed once the
+	// peer's half is in place (invariant 1).
+	SendPath
+)
+
+// Inject: the peer's half is in place here; deliver Frames, the session's
+// first packets as its client sent them, through the pipeline as if they
+// had come from the peer. Frames that are not the session's are dropped.
+type Inject struct {
+	ID      ID
+	Session session.Session
+	Frames  [][]byte
 }
 
 // Remove: take this end's half of Session off the bridge; answer with
@@ -335,6 +370,8 @@ type Reopen struct {
 // ReopenRequest): Err nil or why not.
 type Reply struct {
 	Err error
+	// Delivered: of an AcceptRequest's frames, how many this end took on.
+	Delivered int
 }
 
 // Adoption answers [Adopt]: Err says why the session was not adopted (its
@@ -355,4 +392,5 @@ func (SetupFailed) effect() {}
 func (Verify) effect()      {}
 func (Reopen) effect()      {}
 func (Reply) effect()       {}
+func (Inject) effect()      {}
 func (Adoption) effect()    {}

@@ -602,6 +602,64 @@ func SessionFlows(b Bridge, s session.Session) ([]*openflow.FlowMod, error) {
 	return nil, fmt.Errorf("pipeline: unknown session role %v", s.Role)
 }
 
+// SessionPathFlows returns one way of a client half: back (its session_in
+// flow, which forwards only what the peer sends with the session's key, so
+// it may go in before the peer is asked) or out (its session_out flow,
+// which must wait for the peer's half: invariant 1).
+func SessionPathFlows(b Bridge, s session.Session, back bool) ([]*openflow.FlowMod, error) {
+	if s.Role != session.RoleClient {
+		return nil, fmt.Errorf("pipeline: only a client half is installed one way at a time, not a %s half", s.Role)
+	}
+	all, err := SessionFlows(b, s)
+	if err != nil {
+		return nil, err
+	}
+	want := SessionOut
+	if back {
+		want = SessionIn
+	}
+	var out []*openflow.FlowMod
+	for _, f := range all {
+		if Table(f.TableID) == want {
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+// FromPeer turns a first packet of server half s, as the client workload
+// sent it and the client's server passed it in its Accept, into the frame
+// the underlay would have carried: what s's session_in flow takes from the
+// uplink. It fails on a frame that is not the session's (another tuple, a
+// fragment, not TCP or UDP), which the caller drops.
+func FromPeer(b Bridge, s session.Session, frame []byte) ([]byte, error) {
+	if s.Role != session.RoleServer || !s.Proto.HasPorts() {
+		return nil, fmt.Errorf("pipeline: first packets are delivered by a TCP or UDP server half, not a %s %s half", s.Proto, s.Role)
+	}
+	f, err := packet.Parse(slices.Clone(frame))
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case f.EthType() != packet.EtherTypeIPv4 || session.Proto(f.IPProto()) != s.Proto || f.L4() == nil:
+		return nil, fmt.Errorf("pipeline: a first packet must be an unfragmented %s datagram", s.Proto)
+	case f.IPv4Src() != s.Client || f.IPv4Dst() != s.Server || f.L4Dst() != s.Port:
+		return nil, fmt.Errorf("pipeline: the packet %s -> %s:%d is not of session %s", f.IPv4Src(), f.IPv4Dst(), f.L4Dst(), s.Tuple)
+	}
+	for _, set := range []func() error{
+		func() error { return f.SetEthSrc(s.Peer.NextHop) },
+		func() error { return f.SetEthDst(b.DataMAC) },
+		func() error { return f.SetIPv4Src(s.Peer.IP) },
+		func() error { return f.SetIPv4Dst(b.DataIP) },
+		func() error { return f.SetL4Dst(s.Key) },
+	} {
+		if err := set(); err != nil {
+			return nil, err
+		}
+	}
+	return f.Bytes(), nil
+}
+
 // DeleteSessionFlows removes every flow of s.
 func DeleteSessionFlows(s session.Session) *openflow.FlowMod {
 	return DeleteByCookie(SessionCookie(s), FullMask)

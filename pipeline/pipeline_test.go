@@ -318,6 +318,57 @@ func TestTranslation(t *testing.T) {
 	}
 }
 
+// TestFirstPacketFromThePeer: the server's end delivers a session's first
+// packet, passed in the Accept as the client sent it, exactly as if the
+// client's session_out flow had sent it over the underlay; anything that is
+// not the session's first packet is refused.
+func TestFirstPacketFromThePeer(t *testing.T) {
+	for _, p := range []session.Proto{session.TCP, session.UDP} {
+		t.Run(p.String(), func(t *testing.T) {
+			swA, swB := bridges(t, p)
+			payload := []byte("first")
+			c2s := frame(t, p, macC, GatewayMAC, ipC, ipS, 40123, 80, payload)
+			viaA := one(t, swA, wlC.OFPort, c2s, want{brA.Uplink, macA, macB, ipA, ipB, 40123, key}, payload)
+			wire, err := FromPeer(brB, serverHalf(p), c2s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(wire, viaA) {
+				t.Fatalf("the peer's translation differs from the client's session_out flow:\n got %x\nwant %x", wire, viaA)
+			}
+			one(t, swB, brB.Uplink, wire, want{wlS.OFPort, GatewayMAC, macS, ipC, ipS, 40123, 80}, payload)
+			for name, bad := range map[string][]byte{
+				"another port":   frame(t, p, macC, GatewayMAC, ipC, ipS, 40123, 81, payload),
+				"another client": frame(t, p, macC, GatewayMAC, netip.MustParseAddr("10.1.0.9"), ipS, 40123, 80, payload),
+				"garbage":        []byte("not a frame"),
+			} {
+				if _, err := FromPeer(brB, serverHalf(p), bad); err == nil {
+					t.Errorf("%s: accepted as the session's first packet", name)
+				}
+			}
+			if _, err := FromPeer(brA, clientHalf(p), c2s); err == nil {
+				t.Error("a client half delivered a first packet")
+			}
+		})
+	}
+}
+
+// TestSessionPathFlows: a client half goes in one way at a time, the way
+// back (session_in) before the peer is asked, the way out after.
+func TestSessionPathFlows(t *testing.T) {
+	back, err := SessionPathFlows(brA, clientHalf(session.TCP), true)
+	if err != nil || len(back) != 1 || Table(back[0].TableID) != SessionIn {
+		t.Fatalf("the way back: %v, %v", back, err)
+	}
+	out, err := SessionPathFlows(brA, clientHalf(session.TCP), false)
+	if err != nil || len(out) != 1 || Table(out[0].TableID) != SessionOut {
+		t.Fatalf("the way out: %v, %v", out, err)
+	}
+	if _, err := SessionPathFlows(brB, serverHalf(session.TCP), true); err == nil {
+		t.Error("a server half split into ways")
+	}
+}
+
 func TestLocalTranslation(t *testing.T) {
 	fms, err := SessionFlows(brA, localSession(session.UDP))
 	if err != nil {
