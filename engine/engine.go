@@ -178,7 +178,6 @@ type Engine struct {
 	byWire  map[Wire]*entry
 	perPort map[uint32]int     // sessions counted against each local port
 	punts   map[netip.Addr]int // ICMP sessions per peer sharing its punt flow
-	resting map[Wire]time.Time // server halves removed lately, until when
 	last    ID
 }
 
@@ -193,7 +192,7 @@ func New(cfg Config) *Engine {
 	return &Engine{
 		cfg: cfg, log: cfg.Logger,
 		byID: map[ID]*entry{}, byTuple: map[session.Tuple]*entry{}, byWire: map[Wire]*entry{},
-		perPort: map[uint32]int{}, punts: map[netip.Addr]int{}, resting: map[Wire]time.Time{},
+		perPort: map[uint32]int{}, punts: map[netip.Addr]int{},
 	}
 }
 
@@ -699,11 +698,6 @@ func (g *Engine) releaseRequest(now time.Time, ev ReleaseRequest) []Effect {
 
 func (g *Engine) tick(now time.Time, ev Tick) []Effect {
 	var out []Effect
-	for w, until := range g.resting {
-		if !now.Before(until) {
-			delete(g.resting, w)
-		}
-	}
 	for _, e := range g.sorted() {
 		if e.state != Established {
 			continue
@@ -891,9 +885,6 @@ func (g *Engine) forget(now time.Time, e *entry) {
 			g.cfg.Keys.Release(e.s.Peer.IP, e.s.Proto, e.s.Key, now)
 		}
 	}
-	if e.s.Role == session.RoleServer && e.state != Resolving {
-		g.resting[e.wire()] = now.Add(g.cfg.IdleTimeout)
-	}
 	if e.counted {
 		e.counted = false
 		if g.perPort[e.from.Port]--; g.perPort[e.from.Port] <= 0 {
@@ -971,13 +962,6 @@ func (g *Engine) LookupWire(w Wire) (View, bool) {
 		return e.view(), true
 	}
 	return View{}, false
-}
-
-// Resting reports whether w named a server half that ended lately: a
-// packet for it comes from a client whose agent has not heard.
-func (g *Engine) Resting(w Wire) bool {
-	_, ok := g.resting[w]
-	return ok
 }
 
 // Sessions lists every session, oldest first.

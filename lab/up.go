@@ -107,6 +107,12 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 
 // findBinary looks for a program next to the running one, in dir, then in
 // PATH.
+// DirectoryBinEnv names, when set, the program that serves a lab's
+// embedded directory ("PROGRAM directory ..."; default: the lab's nvid).
+// The race-built end-to-end runs point it at a plain nvid, so that the
+// race detector's cost falls on NVI's own code, not on etcd's.
+const DirectoryBinEnv = "NVI_LAB_DIRECTORY_BIN"
+
 func findBinary(dir, name string) (string, error) {
 	var cands []string
 	if dir != "" {
@@ -267,6 +273,9 @@ func startDirectory(ctx context.Context, cfg *Config, st *State, nvid string) er
 		return err
 	}
 	dataDir := filepath.Join(st.RunDir, "etcd")
+	if p := os.Getenv(DirectoryBinEnv); p != "" {
+		nvid = p
+	}
 	pid, err := spawn(st.Mgmt, filepath.Join(st.RunDir, "directory.log"), nvid, "directory",
 		"--data-dir", dataDir,
 		"--listen", st.Directory.Endpoints[0]+","+st.Directory.Local[0],
