@@ -339,6 +339,21 @@ func TestTeardownDuringSetup(t *testing.T) {
 	}
 }
 
+// TestTeardownWhileTheWayBackGoesIn: torn down before the peer was asked,
+// a session takes down only its own way back; the peer never hears of it.
+func TestTeardownWhileTheWayBackGoesIn(t *testing.T) {
+	g := newEngine(t, 12)
+	id := only[Resolve](t, step(t, g, 0, Packet{From: wlC, Tuple: tuple(session.UDP, 80), Frame: []byte("x")}, "Resolve")).ID
+	peer := peerB
+	step(t, g, 0, Resolved{ID: id, RemoteName: "s", RemoteIP: wlS.Endpoint.IP, Peer: &peer}, "Install")
+	step(t, g, 0, Teardown{ID: id, Reason: "unbound", Notify: true}, "")
+	step(t, g, 0, Installed{ID: id}, "Remove")
+	step(t, g, 0, Removed{ID: id}, "")
+	if len(g.Sessions()) != 0 {
+		t.Fatal("the session is left")
+	}
+}
+
 // TestIdleExpiry: a session that carries packets in either direction does
 // not expire; a quiet one does after the idle timeout (the server's half
 // after twice that); when counters cannot be read, sessions still expire on
