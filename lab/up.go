@@ -132,6 +132,17 @@ func findBinary(dir, name string) (string, error) {
 	return "", fmt.Errorf("cannot find %s (run 'make build'; it goes to ./bin)", name)
 }
 
+// The lab's switches (Linux bridges) have addresses of their own, so their
+// MACs are fixed: a bridge left to itself takes the lowest MAC of its ports,
+// and every server plugged in after another one resolved the bridge's
+// address could change it, leaving that server sending to a MAC nobody has
+// until its ARP entry went stale (the directory and the enrollment service
+// then "stopped answering" for half a minute).
+const (
+	underlaySwitchMAC = "02:4e:56:49:00:01"
+	mgmtSwitchMAC     = "02:4e:56:49:00:02"
+)
+
 func makeUnderlay(ctx context.Context, cfg *Config, st *State) error {
 	ns := st.Underlay
 	if netnsExists(ns) {
@@ -144,7 +155,7 @@ func makeUnderlay(ctx context.Context, cfg *Config, st *State) error {
 	sw := lastHost(cfg.Subnet)
 	for _, args := range [][]string{
 		{"link", "set", "lo", "up"},
-		{"link", "add", "sw0", "type", "bridge"},
+		{"link", "add", "sw0", "address", underlaySwitchMAC, "type", "bridge"},
 		{"link", "set", "sw0", "up"},
 		{"addr", "add", netip.PrefixFrom(sw, cfg.Subnet.Bits()).String(), "dev", "sw0"},
 	} {
@@ -175,7 +186,7 @@ func makeMgmt(ctx context.Context, cfg *Config, st *State) error {
 	}
 	for _, args := range [][]string{
 		{"link", "set", "lo", "up"},
-		{"link", "add", "mg0", "type", "bridge"},
+		{"link", "add", "mg0", "address", mgmtSwitchMAC, "type", "bridge"},
 		{"link", "set", "mg0", "up"},
 		{"addr", "add", netip.PrefixFrom(lastHost(MgmtSubnet), MgmtSubnet.Bits()).String(), "dev", "mg0"},
 	} {

@@ -140,7 +140,7 @@ run $nvictl sessions --server s1
 run $nvictl sessions --server s2
 
 bold "The flows of s1's bridge, as ovs-ofctl shows them (cookie 0x3...: sessions)"
-ovs-ofctl -O OpenFlow13 dump-flows unix:/run/nvi/s1/br-nvi.mgmt cookie=0x3000000000000000/0xf000000000000000 | sed -E 's/ *duration=[^,]*,//; s/n_bytes=[^,]*, //'
+ovs-ofctl -O OpenFlow13 --names dump-flows unix:/run/nvi/s1/br-nvi.mgmt cookie=0x3000000000000000/0xf000000000000000 | sed -E 's/ *duration=[^,]*,//; s/n_bytes=[^,]*, //'
 
 bold "What the underlay carried"
 kill -INT $capture; wait $capture 2>/dev/null || true; capture=""
