@@ -48,7 +48,7 @@ func RequireE2E(t testing.TB, tools ...string) {
 // test of the agent, the CLI and the plugins, and fails on any report
 // ([RaceReports]). The lab's directory (etcd inside nvid) runs from a plain
 // build of nvid (lab.DirectoryBinEnv): etcd is not ours to race-test, and
-// race-built it once stopped answering during a lab's start. Programs are
+// the race detector's cost is better spent on our own code. Programs are
 // the helpers, built plain (nvibench's echo servers, the attack tool and
 // cnitool only make traffic and calls).
 var (
