@@ -33,7 +33,7 @@ func (s localService) Status(ctx context.Context) (api.Status, error) {
 	} else if !a.registered {
 		st.Directory = "not registered yet"
 	}
-	st.Endpoints, st.Sessions = len(a.locals), len(a.eng.Sessions())
+	st.Endpoints, st.Sessions = len(a.locals), a.eng.Len()
 	a.mu.Unlock()
 	st.Ready = a.ready()
 	return st, nil

@@ -38,8 +38,8 @@ type AcceptRequest struct {
 // MaxAcceptFrames bounds the frames an Accept carries, and
 // MaxAcceptFrameBytes their total size.
 const (
-	MaxAcceptFrames     = 4
-	MaxAcceptFrameBytes = 8 << 10
+	MaxAcceptFrames     = session.MaxFirstPackets
+	MaxAcceptFrameBytes = session.MaxFirstPacketBytes
 )
 
 // AcceptReply says how many of the request's frames the peer took on

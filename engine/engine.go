@@ -101,13 +101,6 @@ var (
 	ErrRefused = errors.New("refused")
 )
 
-// maxOffered and maxOfferedBytes bound the first packets an Accept
-// carries to the peer (api.MaxAcceptFrames, api.MaxAcceptFrameBytes).
-const (
-	maxOffered      = 4
-	maxOfferedBytes = 8 << 10
-)
-
 // Config holds the engine's limits and times.
 type Config struct {
 	Keys *session.KeyPool // keys toward each peer, by protocol and tenant
@@ -332,7 +325,7 @@ func (g *Engine) ask(now time.Time, e *entry) []Effect {
 	if e.s.Proto.HasPorts() {
 		size := 0
 		for _, f := range e.held {
-			if len(acc.Frames) == maxOffered || size+len(f) > maxOfferedBytes {
+			if len(acc.Frames) == session.MaxFirstPackets || size+len(f) > session.MaxFirstPacketBytes {
 				break
 			}
 			acc.Frames, size = append(acc.Frames, f), size+len(f)
@@ -365,6 +358,7 @@ func (g *Engine) fail(now time.Time, e *entry, err error, refused bool) []Effect
 		out = append(out, SetupFailed{Session: e.s, Err: err})
 	}
 	if e.answer {
+		e.answer = false
 		out = append(out, Reply{Err: err})
 	}
 	return out
@@ -486,6 +480,7 @@ func (g *Engine) installed(now time.Time, ev Installed) []Effect {
 	}
 	if e.s.Role == session.RoleServer && !e.reopen || e.answer {
 		out = append(out, Reply{Delivered: delivered})
+		e.answer = false // answered
 	}
 	return out
 }
@@ -544,7 +539,7 @@ func (g *Engine) finish(now time.Time, e *entry) []Effect {
 	g.forget(now, e)
 	g.log.Info("session ended", "session", e.s.Tuple.String(), "role", e.s.Role, "key", e.s.Key, "reason", e.reason)
 	var out []Effect
-	if e.answer && e.state == Closing && e.act.LastActive.IsZero() {
+	if e.answer {
 		// Torn down before its setup ended: the peer waiting hears so.
 		out = append(out, Reply{Err: ErrAborted})
 	}
@@ -600,7 +595,7 @@ func (g *Engine) acceptRequest(now time.Time, ev AcceptRequest) []Effect {
 	}
 	e := g.add(now, s, Installing, Local{Port: s.Local.OFPort, Endpoint: s.Local, Zone: s.Zone})
 	e.peerName, e.remoteName = ev.Caller, ev.RemoteName
-	if s.Proto.HasPorts() && len(ev.Frames) <= maxOffered {
+	if s.Proto.HasPorts() && len(ev.Frames) <= session.MaxFirstPackets {
 		e.inject = ev.Frames
 	}
 	if !ev.Received.IsZero() && ev.Received.Before(now) {
@@ -698,10 +693,7 @@ func (g *Engine) releaseRequest(now time.Time, ev ReleaseRequest) []Effect {
 
 func (g *Engine) tick(now time.Time, ev Tick) []Effect {
 	var out []Effect
-	for _, e := range g.sorted() {
-		if e.state != Established {
-			continue
-		}
+	for _, e := range g.matching(func(e *entry) bool { return e.state == Established }) {
 		if ev.Fresh && e.s.Proto.HasPorts() {
 			c := ev.Counts[pipeline.SessionCookie(e.s)]
 			e.act.Observe(c.In+c.Out, now)
@@ -746,20 +738,17 @@ func (g *Engine) verified(now time.Time, ev Verified) []Effect {
 
 func (g *Engine) peerGone(now time.Time, ev PeerGone) []Effect {
 	var out []Effect
-	for _, e := range g.sorted() {
-		if e.peerName == ev.Name && e.cross() && (!ev.NewIP.IsValid() || ev.NewIP != e.s.Peer.IP) {
-			out = append(out, g.teardown(now, e, cmp.Or(ev.Reason, "server "+ev.Name+" left the directory"), ev.Reachable)...)
-		}
+	for _, e := range g.matching(func(e *entry) bool {
+		return e.peerName == ev.Name && e.cross() && (!ev.NewIP.IsValid() || ev.NewIP != e.s.Peer.IP)
+	}) {
+		out = append(out, g.teardown(now, e, cmp.Or(ev.Reason, "server "+ev.Name+" left the directory"), ev.Reachable)...)
 	}
 	return out
 }
 
 func (g *Engine) endpointChanged(now time.Time, ev EndpointChanged) []Effect {
 	var out []Effect
-	for _, e := range g.sorted() {
-		if e.s.Tenant != ev.Tenant || e.remoteName != ev.Name {
-			continue
-		}
+	for _, e := range g.matching(func(e *entry) bool { return e.s.Tenant == ev.Tenant && e.remoteName == ev.Name }) {
 		moved := e.s.Role != session.RoleLocal && ev.Server != e.peerName || ev.IP != e.s.Remote.IP
 		if ev.Deleted || moved {
 			what := "moved"
@@ -774,10 +763,10 @@ func (g *Engine) endpointChanged(now time.Time, ev EndpointChanged) []Effect {
 
 func (g *Engine) unbound(now time.Time, ev Unbound) []Effect {
 	var out []Effect
-	for _, e := range g.sorted() {
-		if e.s.Local.OFPort == ev.Port || e.s.Role == session.RoleLocal && e.s.Remote.OFPort == ev.Port {
-			out = append(out, g.teardown(now, e, cmp.Or(ev.Reason, "workload unbound"), true)...)
-		}
+	for _, e := range g.matching(func(e *entry) bool {
+		return e.s.Local.OFPort == ev.Port || e.s.Role == session.RoleLocal && e.s.Remote.OFPort == ev.Port
+	}) {
+		out = append(out, g.teardown(now, e, cmp.Or(ev.Reason, "workload unbound"), true)...)
 	}
 	return out
 }
@@ -915,14 +904,18 @@ func (g *Engine) drop(e *entry, err error) Drop {
 	return Drop{Port: e.from.Port, Tuple: t, Err: err}
 }
 
-// sorted lists the sessions in the order they were made, so that the
-// effects of one event come out the same every time.
-func (g *Engine) sorted() []*entry {
-	out := make([]*entry, 0, len(g.byID))
+// matching lists the sessions keep accepts (all, if nil) in the order they
+// were made, so that the effects of one event come out the same every time.
+// Only the matches are sorted: a directory event that concerns one session
+// costs one pass over the table, not a sort of it.
+func (g *Engine) matching(keep func(*entry) bool) []*entry {
+	var out []*entry
 	for _, e := range g.byID {
-		out = append(out, e)
+		if keep == nil || keep(e) {
+			out = append(out, e)
+		}
 	}
-	slices.SortFunc(out, func(a, b *entry) int { return int(a.id - b.id) })
+	slices.SortFunc(out, func(a, b *entry) int { return cmp.Compare(a.id, b.id) })
 	return out
 }
 
@@ -966,7 +959,7 @@ func (g *Engine) LookupWire(w Wire) (View, bool) {
 
 // Sessions lists every session, oldest first.
 func (g *Engine) Sessions() []View {
-	es := g.sorted()
+	es := g.matching(nil)
 	out := make([]View, len(es))
 	for i, e := range es {
 		out[i] = e.view()
@@ -983,6 +976,9 @@ func (g *Engine) Punts() []netip.Addr {
 	slices.SortFunc(out, netip.Addr.Compare)
 	return out
 }
+
+// Len is the number of sessions.
+func (g *Engine) Len() int { return len(g.byID) }
 
 // PerWorkload returns how many sessions count against a local port.
 func (g *Engine) PerWorkload(port uint32) int { return g.perPort[port] }

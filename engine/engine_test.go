@@ -271,11 +271,10 @@ func TestKeysRest(t *testing.T) {
 	if _, fx := open(2*time.Second, 4); kinds(fx) != "Drop" {
 		t.Fatalf("a session while k1 rests: [%s]", kinds(fx))
 	}
-	id5, fx := open(6*time.Second+time.Millisecond, 5)
+	_, fx := open(6*time.Second+time.Millisecond, 5)
 	if kinds(fx) != "Accept" || only[Accept](t, fx).Session.Key != k1 {
 		t.Fatalf("after the rest: [%s]", kinds(fx))
 	}
-	_ = id5
 }
 
 // TestTeardownBothEnds: an established session ends at the peer's first,

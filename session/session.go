@@ -67,6 +67,14 @@ func (p *Proto) UnmarshalText(b []byte) error {
 	return nil
 }
 
+// MaxFirstPackets and MaxFirstPacketBytes bound the first packets a
+// client's server passes to the peer in its Accept, for the peer to
+// deliver once its half is in place.
+const (
+	MaxFirstPackets     = 4
+	MaxFirstPacketBytes = 8 << 10
+)
+
 // HasPorts reports whether the protocol carries ports that flows can rewrite.
 // ICMP does not: its echo identifier is out of OpenFlow 1.3's reach, so ICMP
 // takes the agent's slow path.
