@@ -33,18 +33,23 @@ type Identity interface {
 
 // Config is everything nvid is told at start.
 type Config struct {
-	Name       string       // this server's name in the directory
-	Bridge     string       // the OVS bridge the agent controls
-	Uplink     string       // the interface toward the underlay, added to the bridge
-	DataIP     netip.Prefix // the server's underlay address and subnet
-	ConfigIP   bool         // put DataIP on the bridge's local port (the lab does this)
-	DataMAC    net.HardwareAddr
-	Gateway    netip.Addr // underlay router for peers outside the subnet (optional)
-	OVSDB      string     // "unix:/run/nvi/s1/db.sock"
-	OVSRunDir  string     // ovs-vswitchd's run directory: the controller socket goes there
-	Socket     string     // the local API's unix socket
-	LocalAPI   LocalAPIConfig
-	PeerListen string   // "ip:port" of the peer API, on the data address
+	Name      string       // this server's name in the directory
+	Bridge    string       // the OVS bridge the agent controls
+	Uplink    string       // the interface toward the underlay, added to the bridge
+	DataIP    netip.Prefix // the server's underlay address and subnet
+	ConfigIP  bool         // put DataIP on the bridge's local port (the lab does this)
+	DataMAC   net.HardwareAddr
+	Gateway   netip.Addr // underlay router for peers outside the subnet (optional)
+	OVSDB     string     // "unix:/run/nvi/s1/db.sock"
+	OVSRunDir string     // ovs-vswitchd's run directory: the controller socket goes there
+	Socket    string     // the local API's unix socket
+	LocalAPI  LocalAPIConfig
+	// PeerListen is the "ip:port" of the peer API: the data address, or
+	// one on a management network that carries the servers' control
+	// traffic (declare that network in Underlay, so no workload reaches
+	// it). Peers dial what the server records, so it is a concrete
+	// address; it is always underlay.
+	PeerListen string
 	Etcd       []string // directory endpoints
 	// DirectoryTLS authenticates the agent to the directory with its
 	// certificate (etcd takes the user from it); nil speaks plain etcd.
@@ -184,7 +189,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--deny-timeout %v: want 1s..1h", c.DenyTimeout))
 	}
 	if c.PeerListen != "" {
-		if err := checkPeerListen(c.PeerListen, c.DataIP); err != nil {
+		if err := checkPeerListen(c.PeerListen); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -195,16 +200,16 @@ func (c *Config) Validate() error {
 }
 
 // checkPeerListen: peers dial the address the server records, so it must
-// be a concrete ip:port on the data address.
-func checkPeerListen(listen string, data netip.Prefix) error {
+// be a concrete IPv4 address and port.
+func checkPeerListen(listen string) error {
 	ap, err := netip.ParseAddrPort(listen)
 	switch {
 	case err != nil:
-		return fmt.Errorf("--peer-listen %q: want IP:PORT on the data address, e.g. 198.18.0.1:7470", listen)
+		return fmt.Errorf("--peer-listen %q: want IP:PORT, e.g. 198.18.0.1:7470 (the data address) or an address on the management network", listen)
+	case !ap.Addr().Unmap().Is4() || ap.Addr().IsUnspecified() || ap.Addr().IsMulticast():
+		return fmt.Errorf("--peer-listen %s: peers dial this address, so it must be one IPv4 unicast address of this server", listen)
 	case ap.Port() == 0:
 		return fmt.Errorf("--peer-listen %s: peers need a fixed port, not 0", listen)
-	case data.IsValid() && ap.Addr().Unmap() != data.Addr():
-		return fmt.Errorf("--peer-listen %s: peers reach this server at its data address %s; listen there", listen, data.Addr())
 	}
 	return nil
 }

@@ -131,8 +131,6 @@ func (a *Agent) carry(f engine.Effect) *engine.Reply {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.cfg.SetupTimeout)
 		defer cancel()
 		return then(engine.Installed{ID: f.ID, Err: a.installHalf(ctx, f)})
-	case engine.Inject:
-		a.inject(f)
 	case engine.Remove:
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.cfg.SetupTimeout)
 		defer cancel()
@@ -285,31 +283,45 @@ func (a *Agent) callPeer(ctx context.Context, name string, call func(*api.PeerCl
 	return call(pc)
 }
 
-// installHalf puts this server's half of a session on the bridge and waits
-// for the barrier: its two flows (TCP, UDP), and the peer's punt flow when
-// the first ICMP session toward it needs one.
+// installHalf puts this server's half of a session on the bridge, then the
+// packets that go with it, and waits for the barrier: its two flows (TCP,
+// UDP), and the peer's punt flow when the first ICMP session toward it
+// needs one. Everything goes in one write, so the switch takes the flows
+// and the packets that need them in one go.
 func (a *Agent) installHalf(ctx context.Context, f engine.Install) error {
 	a.mu.Lock()
 	br := a.br
 	a.mu.Unlock()
-	var msgs []*openflow.FlowMod
+	var fms []*openflow.FlowMod
 	if f.Punt.IsValid() {
-		msgs = append(msgs, pipeline.Punt(br, f.Punt))
+		fms = append(fms, pipeline.Punt(br, f.Punt))
 	}
 	if f.Flows {
-		fms, err := pipeline.SessionFlows(br, f.Session)
+		path, err := pipeline.SessionFlows(br, f.Session)
 		if f.Part != engine.AllFlows {
-			fms, err = pipeline.SessionPathFlows(br, f.Session, f.Part == engine.ReplyPath)
+			path, err = pipeline.SessionPathFlows(br, f.Session, f.Part == engine.ReplyPath)
 		}
 		if err != nil {
 			return err
 		}
-		msgs = append(msgs, fms...)
+		fms = append(fms, path...)
+	}
+	msgs := flowMods(fms...)
+	for _, fr := range f.Inject {
+		wire, err := pipeline.FromPeer(br, f.Session, fr)
+		if err != nil {
+			a.logLimited(slog.LevelWarn, "inject/"+f.Session.Peer.Name, "dropping a first packet the peer passed", "session", f.Session.Tuple.String(), "peer", f.Session.Peer.Name, "err", err)
+			continue
+		}
+		msgs = append(msgs, resubmission(br.Uplink, wire))
+	}
+	for _, fr := range f.Release {
+		msgs = append(msgs, resubmission(f.Port, fr))
 	}
 	if len(msgs) == 0 {
 		return nil
 	}
-	return a.sw.apply(ctx, flowMods(msgs...)...)
+	return a.sw.apply(ctx, msgs...)
 }
 
 // removeHalf takes this server's half of a session off the bridge.
@@ -340,24 +352,6 @@ func (a *Agent) releasePeer(s session.Session, peerName, reason string) {
 	})
 	if err != nil {
 		a.log.Warn("peer did not release its half", "session", s.Tuple.String(), "peer", peerName, "err", err)
-	}
-}
-
-// inject delivers a session's first packets, passed by the client's server
-// in its Accept, through our pipeline as if they had come over the
-// underlay: our half is in place, the client's way back too. A frame that
-// is not the session's is dropped.
-func (a *Agent) inject(f engine.Inject) {
-	a.mu.Lock()
-	br := a.br
-	a.mu.Unlock()
-	for _, fr := range f.Frames {
-		wire, err := pipeline.FromPeer(br, f.Session, fr)
-		if err != nil {
-			a.logLimited(slog.LevelWarn, "inject/"+f.Session.Peer.Name, "dropping a first packet the peer passed", "session", f.Session.Tuple.String(), "peer", f.Session.Peer.Name, "err", err)
-			continue
-		}
-		a.resubmit(br.Uplink, wire)
 	}
 }
 

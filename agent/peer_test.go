@@ -381,20 +381,21 @@ func TestPeerAPILimits(t *testing.T) {
 }
 
 func TestCheckPeerListen(t *testing.T) {
-	data := netip.MustParsePrefix("198.18.0.1/24")
 	for _, tc := range []struct {
 		listen string
 		ok     bool
 	}{
 		{"198.18.0.1:7470", true},
-		{"198.18.0.2:7470", false}, // another server's address
-		{"0.0.0.0:7470", false},    // peers cannot dial that
+		{"198.19.0.1:7470", true}, // a management network
+		{"0.0.0.0:7470", false},   // peers cannot dial that
+		{"224.0.0.1:7470", false},
+		{"[2001:db8::1]:7470", false}, // the directory keeps IPv4 agent addresses
 		{"198.18.0.1:0", false},
 		{"198.18.0.1", false},
 		{"peer:7470", false},
 		{":7470", false},
 	} {
-		if err := checkPeerListen(tc.listen, data); (err == nil) != tc.ok {
+		if err := checkPeerListen(tc.listen); (err == nil) != tc.ok {
 			t.Errorf("checkPeerListen(%q) = %v, want ok=%v", tc.listen, err, tc.ok)
 		}
 	}

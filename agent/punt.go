@@ -38,6 +38,9 @@ func underlayOf(cfg Config) []netip.Prefix {
 			out = append(out, netip.PrefixFrom(a, 32))
 		}
 	}
+	if ap, err := netip.ParseAddrPort(cfg.PeerListen); err == nil && ap.Addr().Unmap().Is4() {
+		out = append(out, netip.PrefixFrom(ap.Addr().Unmap(), 32))
+	}
 	return append(out, cfg.Underlay...)
 }
 

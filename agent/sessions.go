@@ -175,11 +175,17 @@ func (a *Agent) isReply(reversed session.Tuple) bool {
 // resubmit sends a frame through the pipeline again, as if it had just
 // arrived on port.
 func (a *Agent) resubmit(port uint32, frame []byte) {
-	_ = a.sw.send(&openflow.PacketOut{
+	_ = a.sw.send(resubmission(port, frame))
+}
+
+// resubmission is the packet-out that runs frame through the pipeline as
+// if it had come in on port.
+func resubmission(port uint32, frame []byte) *openflow.PacketOut {
+	return &openflow.PacketOut{
 		BufferID: openflow.NoBuffer, InPort: port,
 		Actions: []openflow.Action{openflow.ActionOutput{Port: openflow.PortTable}},
 		Data:    frame,
-	})
+	}
 }
 
 // sendOut sends a frame straight out of a port.

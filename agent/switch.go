@@ -90,12 +90,7 @@ func (s *switchConn) apply(ctx context.Context, msgs ...openflow.Message) error 
 	if c == nil {
 		return errNoSwitch
 	}
-	for _, m := range msgs {
-		if _, err := c.Send(m); err != nil {
-			return err
-		}
-	}
-	return c.Barrier(ctx)
+	return c.Apply(ctx, msgs...)
 }
 
 // flows reads back flows whose cookie matches under mask.

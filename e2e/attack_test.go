@@ -106,7 +106,7 @@ func TestAttacks(t *testing.T) {
 			c.IP, s.IP, live.Key),
 		"reopen": fmt.Sprintf(`{"from":"s2","tuple":{"tenant":"acme","proto":"udp","client":%q,"server":%q,"port":5353}}`, c.IP, s.IP),
 	}
-	target := map[string]string{"accept": "198.18.0.2", "release": "198.18.0.2", "reopen": "198.18.0.1"}
+	target := map[string]string{"accept": l.peerIP("s2"), "release": l.peerIP("s2"), "reopen": l.peerIP("s1")}
 	targetName := map[string]string{"accept": "s2", "release": "s2", "reopen": "s1"}
 	for _, origin := range []struct{ name, ns string }{
 		{"from a workload's egress", w.Name},

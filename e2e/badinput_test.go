@@ -148,10 +148,11 @@ func TestBadInput(t *testing.T) {
 		// Garbage from a peer with a valid certificate (s1's): answered
 		// with errors, nothing accepted.
 		id := filepath.Join(l.runDir(), "s1", "identity")
+		peer := l.peerIP("s2")
 		for _, body := range []string{"{", `{"tuple":{"proto":"sctp"}}`, `{"from":"s1","tuple":{"tenant":"acme","proto":"udp","client":"10.1.0.99","server":"10.1.0.50","port":1},"key":61441}`} {
 			r := l.in(l.server("s1"), 10*time.Second, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
 				"--cert", filepath.Join(id, "cert.pem"), "--key", filepath.Join(id, "key.pem"), "--cacert", filepath.Join(id, "ca.pem"),
-				"--resolve", "s2:7470:198.18.0.2", "-X", "POST", "-d", body, "https://s2:7470/v1/sessions/accept")
+				"--resolve", "s2:7470:"+peer, "-X", "POST", "-d", body, "https://s2:7470/v1/sessions/accept")
 			if r.Code != 0 {
 				t.Fatalf("curl: %s", r)
 			}
@@ -160,7 +161,7 @@ func TestBadInput(t *testing.T) {
 			}
 		}
 		// Without a certificate, or in plain HTTP, nothing is answered.
-		for _, url := range []string{"http://198.18.0.2:7470/v1/sessions/accept", "https://198.18.0.2:7470/v1/sessions/accept"} {
+		for _, url := range []string{"http://" + peer + ":7470/v1/sessions/accept", "https://" + peer + ":7470/v1/sessions/accept"} {
 			if r := l.in(l.server("s1"), 10*time.Second, "curl", "-sk", "-o", "/dev/null", "-X", "POST", "-d", "{", url); r.Code == 0 {
 				t.Errorf("%s answered a caller without a certificate: %s", url, r)
 			}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -132,6 +133,30 @@ func (l *Lab) state(v any) {
 	if err := json.Unmarshal([]byte(l.must("lab", "status", "-o", "json")), v); err != nil {
 		l.t.Fatalf("lab status: %v", err)
 	}
+}
+
+// peerIP is the address of server's peer API, as the directory has it and
+// peers dial it (the lab puts it on the management network).
+func (l *Lab) peerIP(server string) string {
+	l.t.Helper()
+	var servers []struct {
+		Name      string `json:"name"`
+		AgentAddr string `json:"agentAddr"`
+	}
+	if err := json.Unmarshal([]byte(l.must("servers", "-o", "json")), &servers); err != nil {
+		l.t.Fatalf("servers: %v", err)
+	}
+	for _, s := range servers {
+		if s.Name == server {
+			ap, err := netip.ParseAddrPort(s.AgentAddr)
+			if err != nil {
+				l.t.Fatalf("server %s has agent address %q: %v", server, s.AgentAddr, err)
+			}
+			return ap.Addr().String()
+		}
+	}
+	l.t.Fatalf("server %s is not in the directory", server)
+	return ""
 }
 
 // Session is a session as nvictl lists it.

@@ -117,7 +117,7 @@ func TestIdentity(t *testing.T) {
 		id := filepath.Join(l.runDir(), "s3", "identity")
 		r := l.in(l.server("s3"), 15*time.Second, "curl", "-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}",
 			"--cert", filepath.Join(id, "cert.pem"), "--key", filepath.Join(id, "key.pem"), "--cacert", filepath.Join(id, "ca.pem"),
-			"--resolve", "s1:7470:198.18.0.1", "-X", "POST", "-d", "{}", "https://s1:7470/v1/sessions/release")
+			"--resolve", "s1:7470:"+l.peerIP("s1"), "-X", "POST", "-d", "{}", "https://s1:7470/v1/sessions/release")
 		if r.Code == 0 {
 			t.Errorf("s1's peer API answered s3's certificate after the revocation (HTTP %s): %s", r.Out, r)
 		}

@@ -150,6 +150,16 @@ func (c *cloud) carry(s *simServer, f Effect) *Reply {
 			}
 		}
 		s.installed[ck] = true
+		for _, fr := range f.Inject {
+			wire, err := pipeline.FromPeer(s.br, f.Session, fr)
+			if err != nil {
+				c.t.Fatal(err)
+			}
+			c.send(s, uplink, wire)
+		}
+		for _, fr := range f.Release {
+			c.send(s, f.Port, fr)
+		}
 		return c.step(s, Installed{ID: f.ID})
 	case Remove:
 		ck := pipeline.SessionCookie(f.Session)
@@ -162,14 +172,6 @@ func (c *cloud) carry(s *simServer, f Effect) *Reply {
 	case Deliver:
 		for _, fr := range f.Frames {
 			c.send(s, f.Port, fr)
-		}
-	case Inject:
-		for _, fr := range f.Frames {
-			wire, err := pipeline.FromPeer(s.br, f.Session, fr)
-			if err != nil {
-				c.t.Fatal(err)
-			}
-			c.send(s, uplink, wire)
 		}
 	case Retry:
 		for _, fr := range f.Frames {

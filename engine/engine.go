@@ -139,10 +139,10 @@ type entry struct {
 	// answers, released once the client's agent confirms.
 	held, next, waiting  [][]byte
 	peerName, remoteName string
-	reopen               bool     // server end, set up again at our request
-	answer               bool     // a peer's ReopenRequest waits for the setup's end
-	inject               [][]byte // server end: the first packets, delivered once installed
-	replyPort            uint16   // the client port a reopen's answer went to
+	reopen               bool   // server end, set up again at our request
+	answer               bool   // a peer's ReopenRequest waits for the setup's end
+	injected             int    // server end: the first packets the peer passed, delivered with the flows
+	replyPort            uint16 // the client port a reopen's answer went to
 	keyed, keyUnused     bool
 	counted              bool // counts against from.Port's sessions
 	punted               bool // holds a reference on its peer's punt flow
@@ -397,7 +397,9 @@ func (g *Engine) accepted(now time.Time, ev Accepted) []Effect {
 	}
 	if wayBack {
 		e.state, e.pending, e.began = Installing, installing, now
-		return []Effect{Install{ID: e.id, Session: e.s, Flows: true, Part: SendPath}}
+		in := Install{ID: e.id, Session: e.s, Flows: true, Part: SendPath, Release: e.held, Port: e.from.Port}
+		e.held = nil
+		return []Effect{in}
 	}
 	return g.startInstall(now, e)
 }
@@ -473,13 +475,8 @@ func (g *Engine) installed(now time.Time, ev Installed) []Effect {
 		out = append(out, Deliver{ID: e.id, Session: e.s, Port: e.from.Port, Frames: e.held})
 		e.held = nil
 	}
-	delivered := 0
-	if len(e.inject) > 0 {
-		out = append(out, Inject{ID: e.id, Session: e.s, Frames: e.inject})
-		delivered, e.inject = len(e.inject), nil
-	}
 	if e.s.Role == session.RoleServer && !e.reopen || e.answer {
-		out = append(out, Reply{Delivered: delivered})
+		out = append(out, Reply{Delivered: e.injected})
 		e.answer = false // answered
 	}
 	return out
@@ -595,14 +592,18 @@ func (g *Engine) acceptRequest(now time.Time, ev AcceptRequest) []Effect {
 	}
 	e := g.add(now, s, Installing, Local{Port: s.Local.OFPort, Endpoint: s.Local, Zone: s.Zone})
 	e.peerName, e.remoteName = ev.Caller, ev.RemoteName
-	if s.Proto.HasPorts() && len(ev.Frames) <= session.MaxFirstPackets {
-		e.inject = ev.Frames
-	}
+
 	if !ev.Received.IsZero() && ev.Received.Before(now) {
 		e.created, e.resolve = ev.Received, now.Sub(ev.Received)
 	}
 	g.byWire[w] = e
-	return append(out, g.startInstall(now, e)...)
+	fx := g.startInstall(now, e)
+	if s.Proto.HasPorts() && len(ev.Frames) <= session.MaxFirstPackets {
+		in := fx[0].(Install)
+		in.Inject, e.injected = ev.Frames, len(ev.Frames)
+		fx[0] = in
+	}
+	return append(out, fx...)
 }
 
 func (g *Engine) replyWithoutSession(now time.Time, ev ReplyWithoutSession) []Effect {

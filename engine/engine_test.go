@@ -98,11 +98,14 @@ func client(t *testing.T, g *Engine, p session.Proto, upTo State) (ID, uint16) {
 	if upTo == Agreeing {
 		return id, acc.Session.Key
 	}
-	step(t, g, 2*time.Millisecond, Accepted{ID: id}, "Install")
+	in := only[Install](t, step(t, g, 2*time.Millisecond, Accepted{ID: id}, "Install"))
+	if len(in.Release) != 1 || in.Port != wlC.Port {
+		t.Fatalf("the way out releases %q from port %d; want the held syn from %d", in.Release, in.Port, wlC.Port)
+	}
 	if upTo == Installing {
 		return id, acc.Session.Key
 	}
-	step(t, g, 3*time.Millisecond, Installed{ID: id}, "Deliver")
+	step(t, g, 3*time.Millisecond, Installed{ID: id}, "")
 	return id, acc.Session.Key
 }
 
@@ -153,12 +156,17 @@ func TestClientLifeCycle(t *testing.T) {
 	if !in.Flows || in.Part != SendPath || in.Punt.IsValid() || in.Session.Key != acc.Session.Key {
 		t.Fatalf("Install %+v", in)
 	}
+	// The peer took the first; the rest go out right behind our way out.
+	if len(in.Release) != 2 || string(in.Release[0]) != "syn again" || string(in.Release[1]) != "data" || in.Port != wlC.Port {
+		t.Fatalf("released %q from %d", in.Release, in.Port)
+	}
 	// An answer that comes twice, or for another step, changes nothing.
 	step(t, g, 2*time.Millisecond, Accepted{ID: id}, "")
 	step(t, g, 2*time.Millisecond, Removed{ID: id}, "")
+	// What comes while the way out goes in is held, and delivered after.
+	step(t, g, 2*time.Millisecond, Packet{From: wlC, Tuple: tu, Frame: []byte("more")}, "")
 	d := only[Deliver](t, step(t, g, 3*time.Millisecond, Installed{ID: id}, "Deliver"))
-	// The peer took the first; we deliver the rest.
-	if len(d.Frames) != 2 || string(d.Frames[0]) != "syn again" || string(d.Frames[1]) != "data" || d.Port != wlC.Port {
+	if len(d.Frames) != 1 || string(d.Frames[0]) != "more" || d.Port != wlC.Port {
 		t.Fatalf("delivered %q on %d", d.Frames, d.Port)
 	}
 	v, _ := g.Lookup(tu)
@@ -639,5 +647,28 @@ func TestReopenRequest(t *testing.T) {
 	step(t, g, 0, Teardown{ID: r.ID, Reason: "unbound"}, "")
 	if rep := only[Reply](t, step(t, g, 0, Resolved{ID: r.ID, RemoteName: "s", RemoteIP: wlS.Endpoint.IP, Peer: &peer}, "Reply")); !errors.Is(rep.Err, ErrAborted) {
 		t.Fatalf("aborted reopen answered %v", rep.Err)
+	}
+}
+
+// TestServerDeliversFirstPackets: the first packets an Accept carries go
+// to the switch with the server's half, and the answer says they were
+// taken on; more than session.MaxFirstPackets are not taken at all.
+func TestServerDeliversFirstPackets(t *testing.T) {
+	g := newEngine(t, 12)
+	frames := [][]byte{[]byte("syn"), []byte("data")}
+	in := only[Install](t, step(t, g, 0, AcceptRequest{Caller: "a", Session: serverHalf(session.TCP, "a", 61441), RemoteName: "c", Frames: frames}, "Install"))
+	if len(in.Inject) != 2 || string(in.Inject[1]) != "data" || len(in.Release) != 0 {
+		t.Fatalf("install %+v", in)
+	}
+	if r := only[Reply](t, step(t, g, time.Millisecond, Installed{ID: in.ID}, "Reply")); r.Err != nil || r.Delivered != 2 {
+		t.Fatalf("reply %+v", r)
+	}
+	tooMany := make([][]byte, session.MaxFirstPackets+1)
+	in = only[Install](t, step(t, g, 0, AcceptRequest{Caller: "a", Session: serverHalf(session.UDP, "a", 61442), RemoteName: "c", Frames: tooMany}, "Install"))
+	if len(in.Inject) != 0 {
+		t.Fatalf("took %d frames", len(in.Inject))
+	}
+	if r := only[Reply](t, step(t, g, time.Millisecond, Installed{ID: in.ID}, "Reply")); r.Delivered != 0 {
+		t.Fatalf("reply %+v", r)
 	}
 }

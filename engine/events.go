@@ -88,7 +88,7 @@ type AcceptRequest struct {
 	Session    session.Session
 	RemoteName string
 	// Frames are the session's first packets, for this end to deliver
-	// once its half is in place ([Inject]).
+	// with its half ([Install]'s Inject).
 	Frames [][]byte
 	// Received is when the request came in: the agent's checks before
 	// this event count as the server end's resolve time.
@@ -268,12 +268,25 @@ type Accept struct {
 // barrier; answer with [Installed]. Flows are the session's flows (TCP,
 // UDP); Punt, when valid, is a peer whose ICMP punt flow must be added
 // first (ICMP sessions share one per peer).
+//
+// Packets go to the switch right after the flows, before the barrier, in
+// the same batch: a switch processes one connection's messages in order,
+// so they meet the flows just installed, and the first packet does not
+// wait for the barrier's round trip. Inject (a server half) are the
+// session's first packets as its client sent them, passed by the peer:
+// they enter the pipeline as if they had come from the peer (the peer's
+// way back is in place), and those that are not the session's are
+// dropped. Release (a client's SendPath) are the packets the workload sent
+// meanwhile, from its port Port: the peer's half is in place.
 type Install struct {
 	ID      ID
 	Session session.Session
 	Flows   bool
 	Part    Part
 	Punt    netip.Addr
+	Inject  [][]byte
+	Release [][]byte
+	Port    uint32
 }
 
 // Part says which of a session's flows an Install puts in.
@@ -289,15 +302,6 @@ const (
 	// peer's half is in place (invariant 1).
 	SendPath
 )
-
-// Inject: the peer's half is in place here; deliver Frames, the session's
-// first packets as its client sent them, through the pipeline as if they
-// had come from the peer. Frames that are not the session's are dropped.
-type Inject struct {
-	ID      ID
-	Session session.Session
-	Frames  [][]byte
-}
 
 // Remove: take this end's half of Session off the bridge; answer with
 // [Removed]. Punt, when valid, is a peer's punt flow no session needs any
@@ -392,5 +396,4 @@ func (SetupFailed) effect() {}
 func (Verify) effect()      {}
 func (Reopen) effect()      {}
 func (Reply) effect()       {}
-func (Inject) effect()      {}
 func (Adoption) effect()    {}

@@ -32,6 +32,11 @@ type Config struct {
 	Etcd    []string     // an external directory; empty starts the embedded one
 	// AgentArgs are extra flags for every nvid (e.g. "--idle-timeout=5s").
 	AgentArgs []string
+	// PeerAPIOnData puts the agents' peer API on their data addresses.
+	// By default it is on the management network, with the directory: the
+	// servers' control traffic then does not cross the bridges, whose
+	// userspace datapath forwards every packet on one thread per server.
+	PeerAPIOnData bool
 	// CertTTL is the life of the servers' certificates (default
 	// DefaultCertTTL); they renew at two thirds of it.
 	CertTTL time.Duration

@@ -100,6 +100,9 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 		if err := waitAgent(ctx, sv); err != nil {
 			return st, err
 		}
+		if err := backgroundRevalidators(sv); err != nil {
+			cfg.logf("server %s: %v", sv.Name, err)
+		}
 		cfg.logf("server %s ready: data address %s", sv.Name, sv.DataIP)
 	}
 	return st, nil
@@ -369,6 +372,10 @@ func makeServer(ctx context.Context, cfg *Config, st *State, n int, nvid string)
 	if err != nil {
 		return err
 	}
+	peerAddr := sv.MgmtIP
+	if cfg.PeerAPIOnData {
+		peerAddr = sv.DataIP
+	}
 	args := []string{
 		"--name", name,
 		"--identity-dir", filepath.Join(sv.Dir, "identity"),
@@ -380,7 +387,7 @@ func makeServer(ctx context.Context, cfg *Config, st *State, n int, nvid string)
 		"--ovsdb", "unix:" + filepath.Join(sv.Dir, "db.sock"),
 		"--ovs-rundir", sv.Dir,
 		"--socket", sv.Socket,
-		"--peer-listen", netip.AddrPortFrom(sv.DataIP, PeerPort).String(),
+		"--peer-listen", netip.AddrPortFrom(peerAddr, PeerPort).String(),
 		"--underlay-gateway", lastHost(cfg.Subnet).String(),
 		"--underlay", MgmtSubnet.String(), // infrastructure no workload may reach
 		"--etcd", strings.Join(st.Directory.Endpoints, ","),
@@ -459,6 +466,45 @@ func startOVS(ctx context.Context, sv Server) error {
 	cmd.Env = append(os.Environ(), "OVS_RUNDIR="+sv.Dir, "OVS_DBDIR="+sv.Dir, "OVS_LOGDIR="+sv.Dir)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("ovs-vswitchd: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// backgroundRevalidators gives the revalidator threads of a server's
+// ovs-vswitchd the lowest CPU priority. After every change to its flow
+// tables Open vSwitch re-translates every cached datapath flow in those
+// threads; on a real server that is background work on a spare core, but a
+// lab packs every server onto the same few cores, where it would take the
+// CPU from forwarding and from the agents of every other server. At the
+// lowest priority it runs on what they leave. The threads exist once the
+// agent has its bridge.
+func backgroundRevalidators(sv Server) error {
+	b, err := os.ReadFile(filepath.Join(sv.Dir, "ovs-vswitchd.pid"))
+	if err != nil {
+		return fmt.Errorf("revalidator priority: %w", err)
+	}
+	pid := strings.TrimSpace(string(b))
+	tasks, err := os.ReadDir(filepath.Join("/proc", pid, "task"))
+	if err != nil {
+		return fmt.Errorf("revalidator priority: %w", err)
+	}
+	n := 0
+	for _, t := range tasks {
+		comm, err := os.ReadFile(filepath.Join("/proc", pid, "task", t.Name(), "comm"))
+		if err != nil || !strings.HasPrefix(string(comm), "revalidator") {
+			continue
+		}
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, 19); err != nil {
+			return fmt.Errorf("revalidator priority of thread %d: %w", tid, err)
+		}
+		n++
+	}
+	if n == 0 {
+		return errors.New("ovs-vswitchd has no revalidator threads to give a low priority")
 	}
 	return nil
 }

@@ -263,12 +263,19 @@ func (c *Conn) write(m Message, xid uint32) error {
 	if err != nil {
 		return err
 	}
+	return c.writeBytes(b)
+}
+
+// writeBytes sends encoded messages in one write, so that the switch reads
+// them together: Open vSwitch runs a whole main-loop iteration between
+// reads, and a flow-mod and its barrier in separate writes can pay for two.
+func (c *Conn) writeBytes(b []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.cfg.writeTimeout > 0 {
 		_ = c.nc.SetWriteDeadline(time.Now().Add(c.cfg.writeTimeout))
 	}
-	_, err = c.nc.Write(b)
+	_, err := c.nc.Write(b)
 	return err
 }
 
@@ -353,13 +360,30 @@ func (c *Conn) unregister(xid uint32, w *waiter) {
 // roundTrip sends m and calls each reply (same xid) until more returns
 // false. An *ErrorMsg reply ends the exchange as the error.
 func (c *Conn) roundTrip(ctx context.Context, m Message, more func(Message) (bool, error)) error {
+	return c.roundTripAfter(ctx, nil, m, more)
+}
+
+// roundTripAfter is roundTrip with the messages before sent ahead of m in
+// the same write, unanswered.
+func (c *Conn) roundTripAfter(ctx context.Context, before []Message, m Message, more func(Message) (bool, error)) error {
 	if err := c.Err(); err != nil {
 		return err
 	}
+	var b []byte
+	for _, pm := range before {
+		var err error
+		if b, err = AppendMarshal(b, pm, c.nextXid()); err != nil {
+			return err
+		}
+	}
 	xid := c.nextXid()
+	b, err := AppendMarshal(b, m, xid)
+	if err != nil {
+		return err
+	}
 	w := c.register(xid)
 	defer c.unregister(xid, w)
-	if err := c.write(m, xid); err != nil {
+	if err := c.writeBytes(b); err != nil {
 		if !errors.Is(err, ErrUnsupported) && !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrTooLong) {
 			c.fail(fmt.Errorf("openflow: write: %w", err))
 		}
@@ -478,9 +502,15 @@ func (c *Conn) MeterConfigs(ctx context.Context, meterID uint32) ([]MeterConfig,
 // message since the previous barrier reply (those errors arrive before the
 // barrier reply, as a switch answers in order). With concurrent barriers,
 // an error is reported to whichever barrier reply comes first.
-func (c *Conn) Barrier(ctx context.Context) error {
+func (c *Conn) Barrier(ctx context.Context) error { return c.Apply(ctx) }
+
+// Apply sends msgs and a barrier in one write and waits for the barrier's
+// reply: when it returns nil, the switch has processed every message. Like
+// Barrier, it reports the errors the switch sent since the previous
+// barrier reply.
+func (c *Conn) Apply(ctx context.Context, msgs ...Message) error {
 	var errs []*ErrorMsg
-	err := c.roundTrip(ctx, BarrierRequest{}, func(r Message) (bool, error) {
+	err := c.roundTripAfter(ctx, msgs, BarrierRequest{}, func(r Message) (bool, error) {
 		if br, ok := r.(*barrierResult); ok {
 			errs = br.errs
 		}

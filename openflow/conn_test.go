@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -554,4 +555,74 @@ func TestLinkReconnects(t *testing.T) {
 		t.Error("connection left published after Run returned")
 	}
 	<-c3.Done()
+}
+
+// countingConn counts the writes made on it.
+type countingConn struct {
+	net.Conn
+	writes atomic.Int32
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(b)
+}
+
+// TestConnApplyWritesOnce: Apply sends its messages and the barrier in
+// one write, in order, and reports a message's error like Barrier does.
+func TestConnApplyWritesOnce(t *testing.T) {
+	a, b := net.Pipe()
+	var mu sync.Mutex
+	var seen []MsgType
+	fs := newFakeSwitch(t, b, func(fs *fakeSwitch, m Message, xid uint32) {
+		mu.Lock()
+		seen = append(seen, m.Type())
+		mu.Unlock()
+		if fm, ok := m.(*FlowMod); ok && fm.Priority == 666 {
+			fs.send(ErrorMsg{ErrType: ErrTypeBadMatch, Code: 6, Data: mustMarshal(t, fm, xid)}, xid)
+		}
+	})
+	fs.start()
+	cc := &countingConn{Conn: a}
+	c, err := NewConn(cc, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Close()
+		<-fs.done
+	})
+	ctx := ctxT(t)
+	out := &PacketOut{BufferID: NoBuffer, InPort: 1, Actions: []Action{ActionOutput{Port: PortTable}}, Data: make([]byte, 60)}
+
+	before := cc.writes.Load()
+	if err := c.Apply(ctx, NewFlowMod(FlowAdd, 0, 1), out); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	if n := cc.writes.Load() - before; n != 1 {
+		t.Errorf("Apply made %d writes, want 1", n)
+	}
+	mu.Lock()
+	got := append([]MsgType(nil), seen...)
+	seen = nil
+	mu.Unlock()
+	if want := []MsgType{TypeFlowMod, TypePacketOut, TypeBarrierRequest}; !slices.Equal(got, want) {
+		t.Errorf("the switch saw %v, want %v", got, want)
+	}
+
+	err = c.Apply(ctx, NewFlowMod(FlowAdd, 0, 666), out)
+	if em, ok := IsSwitchError(err); !ok || em.Name() != "OFPET_BAD_MATCH/OFPBMC_BAD_FIELD" {
+		t.Errorf("Apply with a bad flow = %v, want the switch's error", err)
+	}
+	// A message that cannot be encoded is refused before anything is sent.
+	before = cc.writes.Load()
+	if err := c.Apply(ctx, &PacketOut{Data: make([]byte, MaxMessageLen)}); !errors.Is(err, ErrTooLong) {
+		t.Errorf("Apply of an oversized packet-out = %v, want ErrTooLong", err)
+	}
+	if n := cc.writes.Load() - before; n != 0 {
+		t.Errorf("a refused Apply made %d writes", n)
+	}
+	if err := c.Apply(ctx); err != nil {
+		t.Errorf("Apply of nothing (a barrier): %v", err)
+	}
 }

@@ -99,23 +99,30 @@ func ParseHeader(b []byte) (Header, error) {
 
 // Marshal encodes m with the given transaction ID.
 func Marshal(m Message, xid uint32) ([]byte, error) {
+	return AppendMarshal(make([]byte, 0, 64), m, xid)
+}
+
+// AppendMarshal appends m, encoded with the given transaction ID, to b.
+// On error b is returned unchanged.
+func AppendMarshal(b []byte, m Message, xid uint32) ([]byte, error) {
 	bm, ok := m.(bodyMessage)
 	if !ok || m == nil {
-		return nil, fmt.Errorf("%w: cannot encode %T", ErrUnsupported, m)
+		return b, fmt.Errorf("%w: cannot encode %T", ErrUnsupported, m)
 	}
-	b := make([]byte, HeaderLen, 64)
-	b[0] = Version
-	b[1] = byte(m.Type())
-	binary.BigEndian.PutUint32(b[4:], xid)
-	b, err := bm.appendBody(b)
+	start := len(b)
+	out := append(b, make([]byte, HeaderLen)...)
+	out[start] = Version
+	out[start+1] = byte(m.Type())
+	binary.BigEndian.PutUint32(out[start+4:], xid)
+	out, err := bm.appendBody(out)
 	if err != nil {
-		return nil, fmt.Errorf("openflow: encode %s: %w", m.Type(), err)
+		return b, fmt.Errorf("openflow: encode %s: %w", m.Type(), err)
 	}
-	if len(b) > MaxMessageLen {
-		return nil, fmt.Errorf("%w: %s is %d bytes, limit %d", ErrTooLong, m.Type(), len(b), MaxMessageLen)
+	if n := len(out) - start; n > MaxMessageLen {
+		return b, fmt.Errorf("%w: %s is %d bytes, limit %d", ErrTooLong, m.Type(), n, MaxMessageLen)
 	}
-	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
-	return b, nil
+	binary.BigEndian.PutUint16(out[start+2:], uint16(len(out)-start))
+	return out, nil
 }
 
 // decoders maps each implemented message type to its body decoder. A type

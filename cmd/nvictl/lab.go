@@ -65,7 +65,7 @@ func labCommands() []command {
 		o                       output
 		servers                 int
 		etcd, idle, bin, subnet string
-		agentArgs               string
+		agentArgs, peerNet      string
 		p                       placement
 		tap, nic                string
 		certTTL                 time.Duration
@@ -83,6 +83,7 @@ func labCommands() []command {
 				fs.StringVar(&bin, "bin", "", "directory holding nvid (default: next to nvictl)")
 				fs.StringVar(&subnet, "subnet", lab.DefaultSubnet.String(), "underlay subnet")
 				fs.StringVar(&agentArgs, "agent-args", "", "extra nvid flags, space-separated")
+				fs.StringVar(&peerNet, "peer-network", "management", "where agents speak to each other: \"management\" (the directory's network) or \"data\" (their data addresses, through the bridges)")
 				fs.DurationVar(&certTTL, "cert-ttl", lab.DefaultCertTTL, "life of the servers' certificates (they renew at two thirds of it)")
 			},
 			run: func(e *env, _ *flag.FlagSet, args []string) error {
@@ -97,6 +98,13 @@ func labCommands() []command {
 					return usagef("--cert-ttl %v: want a positive duration", certTTL)
 				}
 				cfg := lab.Config{Prefix: e.lab, Servers: servers, Subnet: p, Bin: bin, Log: logf(e), CertTTL: certTTL}
+				switch peerNet {
+				case "management":
+				case "data":
+					cfg.PeerAPIOnData = true
+				default:
+					return usagef("--peer-network %q: want management or data", peerNet)
+				}
 				if etcd != "" {
 					cfg.Etcd = strings.Split(etcd, ",")
 				}

@@ -66,7 +66,7 @@ func runAgent(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.OVSRunDir, "ovs-rundir", "/run/openvswitch", "ovs-vswitchd's run directory, where the controller socket goes")
 	fs.StringVar(&cfg.Socket, "socket", "/run/nvi/nvid.sock", "unix socket of the local API")
 	fs.StringVar(&cfg.LocalAPI.SocketGroup, "socket-group", "", "group whose members may use the local API besides root (socket mode 0660; default: root only)")
-	fs.StringVar(&cfg.PeerListen, "peer-listen", "", "address of the peer API, ip:port on the data address (required)")
+	fs.StringVar(&cfg.PeerListen, "peer-listen", "", "address of the peer API, ip:port: on the data address, or on a management network declared in --underlay (required)")
 	fs.StringVar(&etcd, "etcd", "", "directory (etcd) endpoints, comma-separated (required)")
 	fs.StringVar(&cfg.Registrar, "registrar", "", "the registrar, HOST:PORT, that makes this server's endpoint and address-block claims in a directory with authentication (default: the enrollment service the identity renews at); \"none\": write them directly (a directory without authentication)")
 	fs.StringVar(&cfg.Site, "site", "default", "the site this server belongs to")
