@@ -20,9 +20,11 @@ import (
 // The agent's sessions live in a.eng, the session engine (package
 // nvi/engine): the agent feeds it events under a.mu and carries out the
 // effects it returns, outside the lock. A Resolve starts a session's setup
-// goroutine, which carries out the rest of the setup's effects in order;
-// everything else is carried out by the goroutine that fed the event (the
-// peer API's handler, the expiry loop, the directory watch).
+// goroutine, which carries out the rest of the setup's effects in order
+// (but for the client's way back, which waits for its barrier in a
+// goroutine beside the Accept); everything else is carried out by the
+// goroutine that fed the event (the peer API's handler, the expiry loop,
+// the directory watch).
 
 // step feeds ev to the engine and carries out its effects. It returns the
 // answer the effects gave to a peer's request or an adoption, if any.
@@ -30,6 +32,15 @@ func (a *Agent) step(ev engine.Event) error { return a.request(ev).Err }
 
 // request is step for a peer's request: the whole answer.
 func (a *Agent) request(ev engine.Event) engine.Reply {
+	if r := a.feed(ev); r != nil {
+		return *r
+	}
+	return engine.Reply{}
+}
+
+// feed feeds ev to the engine and carries out its effects; it returns the
+// answer among them, nil if there is none.
+func (a *Agent) feed(ev engine.Event) *engine.Reply {
 	a.mu.Lock()
 	fx := a.eng.Step(time.Now(), ev)
 	a.mu.Unlock()
@@ -37,22 +48,61 @@ func (a *Agent) request(ev engine.Event) engine.Reply {
 }
 
 // carryAll carries out effects in order and returns the last answer
-// (Reply, Adoption) among them.
-func (a *Agent) carryAll(fx []engine.Effect) engine.Reply {
-	var answer engine.Reply
+// (Reply, Adoption) among them, nil if there is none. A client's way back
+// goes in beside the effect that follows it (the Accept); carryAll returns
+// once both are done, so a setup's answer still comes back to the goroutine
+// that began it.
+func (a *Agent) carryAll(fx []engine.Effect) (answer *engine.Reply) {
+	var beside []<-chan *engine.Reply
+	defer func() {
+		for _, done := range beside {
+			if r := <-done; r != nil {
+				answer = r
+			}
+		}
+	}()
 	for _, f := range fx {
 		switch f := f.(type) {
 		case engine.Reply:
-			answer = f
+			answer = &f
 		case engine.Adoption:
-			answer = engine.Reply{Err: f.Err}
+			answer = &engine.Reply{Err: f.Err}
 		default:
+			if in, ok := f.(engine.Install); ok && in.Part == engine.ReplyPath {
+				beside = append(beside, a.carryBeside(in))
+				continue
+			}
 			if r := a.carry(f); r != nil {
-				answer = *r
+				answer = r
 			}
 		}
 	}
 	return answer
+}
+
+// carryBeside carries out a client's way-back install beside what follows
+// (the Accept; the engine holds what the peer sends before the way back is
+// in): its messages go to the switch now, and a goroutine of its own waits
+// for the barrier and feeds the answer to the engine. The channel gives
+// what that answered.
+func (a *Agent) carryBeside(in engine.Install) <-chan *engine.Reply {
+	wait := a.startHalf(in)
+	done := make(chan *engine.Reply, 1)
+	go func() {
+		var r *engine.Reply
+		defer func() { done <- r }()
+		defer a.recoverSetup(in.ID, in.Session.Tuple)
+		r = a.installed(in, wait)
+	}()
+	return done
+}
+
+// installed waits for an install the switch was sent and feeds its answer
+// to the engine.
+func (a *Agent) installed(f engine.Install, wait func(context.Context) error) *engine.Reply {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.cfg.SetupTimeout)
+	defer cancel()
+	return a.feed(engine.Installed{ID: f.ID, Err: wait(ctx)})
 }
 
 // carryApart carries out the effects of several sessions (a tick, a
@@ -94,6 +144,8 @@ func tupleOf(f engine.Effect) session.Tuple {
 		return f.Tuple
 	case engine.Deliver:
 		return f.Session.Tuple
+	case engine.Resubmit:
+		return f.Session.Tuple
 	}
 	return session.Tuple{}
 }
@@ -101,10 +153,7 @@ func tupleOf(f engine.Effect) session.Tuple {
 // carry carries out one effect; the answer of those that take time goes
 // back into the engine, and what that gave a waiting peer is returned.
 func (a *Agent) carry(f engine.Effect) *engine.Reply {
-	then := func(ev engine.Event) *engine.Reply {
-		r := a.request(ev)
-		return &r
-	}
+	then := a.feed
 	switch f := f.(type) {
 	case engine.Resolve:
 		setup := func() *engine.Reply {
@@ -128,9 +177,7 @@ func (a *Agent) carry(f engine.Effect) *engine.Reply {
 		})
 		return then(engine.Accepted{ID: f.ID, Err: err, Refused: refusedCode(api.CodeOf(err)), Delivered: reply.Delivered})
 	case engine.Install:
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.cfg.SetupTimeout)
-		defer cancel()
-		return then(engine.Installed{ID: f.ID, Err: a.installHalf(ctx, f)})
+		return a.installed(f, a.startHalf(f))
 	case engine.Remove:
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.cfg.SetupTimeout)
 		defer cancel()
@@ -151,6 +198,13 @@ func (a *Agent) carry(f engine.Effect) *engine.Reply {
 			}
 			a.resubmit(f.Port, fr)
 		}
+	case engine.Resubmit:
+		uplink := a.uplink()
+		for _, fr := range f.Frames {
+			a.resubmit(uplink, fr)
+		}
+	case engine.ToHost:
+		_ = a.sendOut(a.uplink(), openflow.PortLocal, f.Frame)
 	case engine.Retry:
 		for _, fr := range f.Frames {
 			if p, err := packet.Parse(fr); err == nil {
@@ -200,7 +254,7 @@ func (a *Agent) recoverSetup(id engine.ID, t session.Tuple) {
 			a.log.Error("abandoning a session after a panic panicked too", "session", t.String(), "panic", r)
 		}
 	}()
-	a.request(engine.Abort{ID: id, Err: fmt.Errorf("internal error: %v", r)})
+	a.feed(engine.Abort{ID: id, Err: fmt.Errorf("internal error: %v", r)})
 }
 
 // resolve carries out a Resolve: the far end's endpoint, its server and
@@ -283,12 +337,22 @@ func (a *Agent) callPeer(ctx context.Context, name string, call func(*api.PeerCl
 	return call(pc)
 }
 
-// installHalf puts this server's half of a session on the bridge, then the
-// packets that go with it, and waits for the barrier: its two flows (TCP,
-// UDP), and the peer's punt flow when the first ICMP session toward it
-// needs one. Everything goes in one write, so the switch takes the flows
-// and the packets that need them in one go.
-func (a *Agent) installHalf(ctx context.Context, f engine.Install) error {
+// startHalf sends this server's half of a session to the bridge, then the
+// packets that go with it, then a barrier; the function it returns waits
+// for the barrier. The half is its two flows (TCP, UDP), and the peer's
+// punt flow when the first ICMP session toward it needs one. Everything
+// goes in one write, so the switch takes the flows and the packets that
+// need them in one go.
+func (a *Agent) startHalf(f engine.Install) (wait func(context.Context) error) {
+	msgs, err := a.halfMessages(f)
+	if err != nil || len(msgs) == 0 {
+		return func(context.Context) error { return err }
+	}
+	return a.sw.start(msgs...)
+}
+
+// halfMessages is what startHalf sends.
+func (a *Agent) halfMessages(f engine.Install) ([]openflow.Message, error) {
 	a.mu.Lock()
 	br := a.br
 	a.mu.Unlock()
@@ -302,7 +366,7 @@ func (a *Agent) installHalf(ctx context.Context, f engine.Install) error {
 			path, err = pipeline.SessionPathFlows(br, f.Session, f.Part == engine.ReplyPath)
 		}
 		if err != nil {
-			return err
+			return nil, err
 		}
 		fms = append(fms, path...)
 	}
@@ -318,10 +382,7 @@ func (a *Agent) installHalf(ctx context.Context, f engine.Install) error {
 	for _, fr := range f.Release {
 		msgs = append(msgs, resubmission(f.Port, fr))
 	}
-	if len(msgs) == 0 {
-		return nil
-	}
-	return a.sw.apply(ctx, msgs...)
+	return msgs, nil
 }
 
 // removeHalf takes this server's half of a session off the bridge.
@@ -353,6 +414,13 @@ func (a *Agent) releasePeer(s session.Session, peerName, reason string) {
 	if err != nil {
 		a.log.Warn("peer did not release its half", "session", s.Tuple.String(), "peer", peerName, "err", err)
 	}
+}
+
+// uplink is the bridge's port toward the underlay.
+func (a *Agent) uplink() uint32 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.br.Uplink
 }
 
 // engineLocal is the workload as the engine knows it.

@@ -65,11 +65,8 @@ func (a *Agent) handlePacketIn(pi *openflow.PacketIn) {
 		a.log.Debug("unparsable packet-in", "err", err)
 		return
 	}
-	a.mu.Lock()
-	uplink := a.br.Uplink
-	a.mu.Unlock()
 	port := uint32(in.Uint())
-	if port == uplink {
+	if port == a.uplink() {
 		a.fromPeer(&f)
 		return
 	}
@@ -277,6 +274,12 @@ func (a *Agent) fromPeer(f *packet.Frame) {
 	br := a.br
 	a.mu.Unlock()
 	uplink := br.Uplink
+	if p := session.Proto(f.IPProto()); f.EthType() == packet.EtherTypeIPv4 && p.HasPorts() && f.L4() != nil && f.VLANTags() == 0 && br.Keys.Contains(f.L4Src()) {
+		// From a peer's key, and no session flow took it: an answer that
+		// came before its session's way back was in, or host traffic.
+		_ = a.step(engine.KeyReply{Peer: f.IPv4Src(), Proto: p, Key: f.L4Src(), Frame: f.Bytes()})
+		return
+	}
 	if f.EthType() == packet.EtherTypeIPv4 && f.IPProto() == uint8(session.ICMP) {
 		if f.IsICMPError() {
 			if err := errors.Join(pipeline.CheckError(f), pipeline.CheckErrorSource(br, f)); err != nil {

@@ -93,6 +93,21 @@ func (s *switchConn) apply(ctx context.Context, msgs ...openflow.Message) error 
 	return c.Apply(ctx, msgs...)
 }
 
+// start is apply in two parts: it writes the messages and a barrier at
+// once, and the function it returns waits for the switch to have
+// processed them.
+func (s *switchConn) start(msgs ...openflow.Message) (wait func(context.Context) error) {
+	c := s.current()
+	if c == nil {
+		return func(context.Context) error { return errNoSwitch }
+	}
+	w, err := c.Start(msgs...)
+	if err != nil {
+		return func(context.Context) error { return err }
+	}
+	return w
+}
+
 // flows reads back flows whose cookie matches under mask.
 func (s *switchConn) flows(ctx context.Context, cookie, mask pipeline.Cookie) ([]pipeline.InstalledFlow, error) {
 	c := s.current()

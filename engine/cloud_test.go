@@ -35,6 +35,7 @@ type simServer struct {
 	// cookies of session halves on the switch, for invariant 1.
 	installed map[pipeline.Cookie]bool
 	got       map[uint32][][]byte // frames delivered to each workload port
+	toHost    [][]byte
 	drops     []Drop
 	failures  []error
 }
@@ -45,6 +46,12 @@ type cloud struct {
 	servers map[string]*simServer
 	where   map[netip.Addr]string // the directory: workload address → server
 	names   map[netip.Addr]string // workload address → endpoint name
+	// wayBackLate carries a client's way-back install after its Accept,
+	// as happens when the peer is quicker than the client's switch.
+	wayBackLate bool
+	// answer, if set, is called with each frame a workload receives (a
+	// workload that answers at once).
+	answer func(s *simServer, port uint32, frame []byte)
 }
 
 func newCloud(t *testing.T) *cloud {
@@ -84,7 +91,13 @@ func (s *simServer) peer() session.Peer {
 func (c *cloud) step(s *simServer, ev Event) *Reply {
 	c.t.Helper()
 	var reply *Reply
-	for _, f := range s.g.Step(c.now, ev) {
+	fx := s.g.Step(c.now, ev)
+	if c.wayBackLate && len(fx) == 2 {
+		if in, ok := fx[0].(Install); ok && in.Part == ReplyPath {
+			fx[0], fx[1] = fx[1], fx[0]
+		}
+	}
+	for _, f := range fx {
 		if r := c.carry(s, f); r != nil {
 			reply = r
 		}
@@ -173,6 +186,12 @@ func (c *cloud) carry(s *simServer, f Effect) *Reply {
 		for _, fr := range f.Frames {
 			c.send(s, f.Port, fr)
 		}
+	case Resubmit:
+		for _, fr := range f.Frames {
+			c.send(s, uplink, fr)
+		}
+	case ToHost:
+		s.toHost = append(s.toHost, f.Frame)
 	case Retry:
 		for _, fr := range f.Frames {
 			c.send(s, f.Port, fr)
@@ -198,7 +217,15 @@ func (c *cloud) send(s *simServer, port uint32, frame []byte) {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if res.Punted && port != uplink {
+	if res.Punted && port == uplink {
+		f, err := packet.Parse(frame)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		c.step(s, KeyReply{Peer: f.IPv4Src(), Proto: session.Proto(f.IPProto()), Key: f.L4Src(), Frame: frame})
+		return
+	}
+	if res.Punted {
 		f, err := packet.Parse(frame)
 		if err != nil {
 			c.t.Fatal(err)
@@ -211,6 +238,9 @@ func (c *cloud) send(s *simServer, port uint32, frame []byte) {
 	for _, out := range res.Outputs {
 		if out.Port != uplink {
 			s.got[out.Port] = append(s.got[out.Port], out.Frame)
+			if c.answer != nil {
+				c.answer(s, out.Port, out.Frame)
+			}
 			continue
 		}
 		f, err := packet.Parse(out.Frame)
@@ -327,6 +357,86 @@ func wireFrame(t *testing.T, s session.Session, payload string) []byte {
 	t.Helper()
 	b, err := packet.BuildTCP(packet.Header{EthSrc: macA, EthDst: s.Peer.NextHop, Src: ipA, Dst: s.Peer.IP, DF: true, ID: 1},
 		packet.TCP{SrcPort: s.Key, DstPort: s.Key, Seq: 1, Flags: packet.TCPAck, Window: 512}, []byte(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestCloudEarlyAnswer: the server workload answers the first packet,
+// which its server delivered itself, before the client's way back is on
+// the client's switch. The answer is punted, held, and delivered once the
+// way back is in; nothing reaches the client's host.
+func TestCloudEarlyAnswer(t *testing.T) {
+	for _, proto := range []session.Proto{session.TCP, session.UDP} {
+		t.Run(proto.String(), func(t *testing.T) {
+			c := newCloud(t)
+			a, b := c.addServer("a", 1), c.addServer("b", 2)
+			c.bind(a, wlC)
+			c.bind(b, wlS)
+			c.wayBackLate = true
+			answered := 0
+			c.answer = func(s *simServer, port uint32, fr []byte) {
+				if s != b || port != wlS.Port || answered > 0 {
+					return
+				}
+				answered++
+				c.send(b, wlS.Port, frameOf(t, proto, wlS, wlC, 80, 40000, "answer"))
+			}
+			c.send(a, wlC.Port, frameOf(t, proto, wlC, wlS, 40000, 80, "hello"))
+			if got := delivered(t, b, wlS); len(got) != 1 || got[0] != "10.1.0.2 hello" {
+				t.Fatalf("S received %q", got)
+			}
+			if got := delivered(t, a, wlC); len(got) != 1 || got[0] != "10.1.0.3 answer" {
+				t.Fatalf("C received %q; want the early answer", got)
+			}
+			if len(a.toHost) != 0 {
+				t.Fatalf("%d frames went to a's host", len(a.toHost))
+			}
+			va, _ := a.g.Lookup(tuple(proto, 80))
+			if va.State != Established {
+				t.Fatalf("a: %+v", va)
+			}
+			// Once the way back is in, answers take it without the agent.
+			c.send(b, wlS.Port, frameOf(t, proto, wlS, wlC, 80, 40000, "again"))
+			if got := delivered(t, a, wlC); len(got) != 1 || got[0] != "10.1.0.3 again" {
+				t.Fatalf("C received %q", got)
+			}
+			// A frame from a key no session holds is the host's.
+			stray := va.Session
+			stray.Key ^= 1
+			c.send(a, uplink, wireReply(t, proto, stray, ipB, "stray"))
+			if len(a.toHost) != 1 {
+				t.Fatalf("a stray key's frame: %d to the host", len(a.toHost))
+			}
+		})
+	}
+}
+
+func frameOf(t *testing.T, proto session.Proto, from, to Local, sport, dport uint16, payload string) []byte {
+	t.Helper()
+	if proto == session.TCP {
+		return tcpFrame(t, from, to, sport, dport, packet.TCPAck, payload)
+	}
+	b, err := packet.BuildUDP(packet.Header{EthSrc: from.Endpoint.MAC, EthDst: pipeline.GatewayMAC, Src: from.Endpoint.IP, Dst: to.Endpoint.IP, ID: 1}, sport, dport, []byte(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// wireReply is what the peer at from sends back to a client half s on the
+// underlay: from its key to the client's port.
+func wireReply(t *testing.T, proto session.Proto, s session.Session, from netip.Addr, payload string) []byte {
+	t.Helper()
+	h := packet.Header{EthSrc: macB, EthDst: macA, Src: from, Dst: ipA, ID: 1}
+	var b []byte
+	var err error
+	if proto == session.TCP {
+		b, err = packet.BuildTCP(h, packet.TCP{SrcPort: s.Key, DstPort: 40000, Seq: 1, Flags: packet.TCPAck, Window: 512}, []byte(payload))
+	} else {
+		b, err = packet.BuildUDP(h, s.Key, 40000, []byte(payload))
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,7 +77,6 @@ type phase uint8
 const (
 	none phase = iota
 	resolving
-	preparing // the client's way back is being installed
 	accepting
 	reopening
 	installing
@@ -118,6 +117,17 @@ type Config struct {
 	Logger  *slog.Logger
 }
 
+// back is where a client's way back (its session_in flow) is: it goes in
+// while the peer is asked, not before.
+type back uint8
+
+const (
+	noBack     back = iota // ICMP, a local session, a server half: no separate way back
+	backGoing              // being installed; the peer's early answers are held
+	backIn                 // installed
+	backFailed             // its install failed
+)
+
 // Wire names a cross-server session on the underlay: the peer, the
 // protocol, the key and this end's role.
 type Wire struct {
@@ -137,7 +147,13 @@ type entry struct {
 	// held: packets waiting for the setup; next: packets that arrived
 	// while it ended, for a fresh session; waiting: a reopened session's
 	// answers, released once the client's agent confirms.
-	held, next, waiting  [][]byte
+	held, next, waiting [][]byte
+	// back: the client's way back; early: what the peer sent before it
+	// was in; answer: the peer's Accepted, kept until it is.
+	back                 back
+	backErr              error
+	early                [][]byte
+	acc                  *Accepted
 	peerName, remoteName string
 	reopen               bool   // server end, set up again at our request
 	answer               bool   // a peer's ReopenRequest waits for the setup's end
@@ -203,6 +219,8 @@ func (g *Engine) Step(now time.Time, ev Event) []Effect {
 		return g.accepted(now, ev)
 	case Installed:
 		return g.installed(now, ev)
+	case KeyReply:
+		return g.keyReply(ev)
 	case Removed:
 		return g.removed(now, ev)
 	case AcceptRequest:
@@ -309,10 +327,11 @@ func (g *Engine) resolved(now time.Time, ev Resolved) []Effect {
 	e.s.Peer, e.peerName = *ev.Peer, ev.Peer.Name
 	g.byWire[e.wire()] = e
 	if e.s.Proto.HasPorts() {
-		// The way back first: then the peer can deliver the first
-		// packets itself, and their answers find our half.
-		e.state, e.pending, e.began = Agreeing, preparing, now
-		return []Effect{Install{ID: e.id, Session: e.s, Flows: true, Part: ReplyPath}}
+		// The way back goes in while the peer is asked, which delivers
+		// the first packets itself: answers that come before it is in
+		// are punted to us (KeyReply) and held until it is.
+		e.back = backGoing
+		return append([]Effect{Install{ID: e.id, Session: e.s, Flows: true, Part: ReplyPath}}, g.ask(now, e)...)
 	}
 	return g.ask(now, e)
 }
@@ -370,10 +389,28 @@ func (g *Engine) accepted(now time.Time, ev Accepted) []Effect {
 		return nil
 	}
 	e.handshake = now.Sub(e.began)
+	if e.back == backGoing {
+		// The way back is still going in: its answer decides.
+		e.acc = &ev
+		return nil
+	}
+	return g.agreed(now, e, ev)
+}
+
+// agreed goes on from the peer's answer once the way back (if any) is in
+// or failed.
+func (g *Engine) agreed(now time.Time, e *entry, ev Accepted) []Effect {
+	e.acc = nil
 	// A refusal means the peer installed nothing: the key needs no rest.
 	// A timeout or an unclear failure may have left its half in place.
 	e.keyUnused = ev.Err != nil && ev.Refused
-	wayBack := e.s.Proto.HasPorts() // installed before asking
+	wayBack := e.back != noBack
+	if e.back == backFailed && ev.Err == nil && e.state != Closing {
+		// The peer's half is in, ours cannot go in: undo both.
+		e.keyUnused = false
+		return append([]Effect{g.releasePeer(e, "setup failed"), g.removal(e)},
+			g.fail(now, e, fmt.Errorf("installing flows: %w", e.backErr), false)...)
+	}
 	if e.state == Closing {
 		var out []Effect
 		if ev.Err == nil {
@@ -432,8 +469,8 @@ func (g *Engine) removal(e *entry) Remove {
 }
 
 func (g *Engine) installed(now time.Time, ev Installed) []Effect {
-	if e := g.waiting(ev.ID, preparing); e != nil {
-		return g.prepared(now, e, ev.Err)
+	if e := g.byID[ev.ID]; e != nil && e.back == backGoing {
+		return g.wayBackIn(now, e, ev.Err)
 	}
 	e := g.waiting(ev.ID, installing)
 	if e == nil {
@@ -482,21 +519,45 @@ func (g *Engine) installed(now time.Time, ev Installed) []Effect {
 	return out
 }
 
-// prepared: the client's way back is in place (or failed to go in); the
-// peer is asked next.
-func (g *Engine) prepared(now time.Time, e *entry, err error) []Effect {
+// wayBackIn: the client's way back is in place (or failed to go in). The
+// peer's answers that came before it go through the pipeline again; if the
+// peer has answered, the setup goes on.
+func (g *Engine) wayBackIn(now time.Time, e *entry, err error) []Effect {
 	e.install = now.Sub(e.began)
-	switch {
-	case e.state == Closing:
-		// Torn down before the peer was asked: only our flow to remove.
-		e.pending, e.began = removing, now
-		return []Effect{g.removal(e)}
-	case err != nil:
-		// The peer was never asked: nothing can have used the key.
-		e.keyUnused = true
-		return append([]Effect{g.removal(e)}, g.fail(now, e, fmt.Errorf("installing flows: %w", err), false)...)
+	var out []Effect
+	if err != nil {
+		e.back, e.backErr, e.early = backFailed, err, nil
+	} else {
+		e.back = backIn
+		if len(e.early) > 0 && e.state != Closing && (e.acc == nil || e.acc.Err == nil) {
+			out = append(out, Resubmit{ID: e.id, Session: e.s, Frames: e.early})
+		}
+		e.early = nil
 	}
-	return g.ask(now, e)
+	if e.acc != nil {
+		out = append(out, g.agreed(now, e, *e.acc)...)
+	}
+	return out
+}
+
+// keyReply: a packet from a peer's key that no session flow took. It is
+// the early answer of a session whose way back is going in (held), one
+// that met the switch's cache before the session's flow did (run through
+// the pipeline again), or host traffic.
+func (g *Engine) keyReply(ev KeyReply) []Effect {
+	e := g.byWire[Wire{Peer: ev.Peer, Proto: ev.Proto, Key: ev.Key, Role: session.RoleClient}]
+	switch {
+	case e == nil:
+		return []Effect{ToHost{Frame: ev.Frame}}
+	case e.state == Closing || e.back == backFailed:
+		return nil
+	case e.back == backGoing:
+		if len(e.early) < g.cfg.MaxHeld {
+			e.early = append(e.early, ev.Frame)
+		}
+		return nil
+	}
+	return []Effect{Resubmit{ID: e.id, Session: e.s, Frames: [][]byte{ev.Frame}}}
 }
 
 // teardown ends e: at the peer's first when notify is set, then here. A
@@ -812,7 +873,7 @@ func (g *Engine) abort(now time.Time, ev Abort) []Effect {
 	if e.s.Role == session.RoleClient && (e.pending == accepting || e.pending == installing || e.state == Established) {
 		out = append(out, g.releasePeer(e, "setup aborted"))
 	}
-	if e.pending == installing || e.pending == removing || e.state == Established {
+	if e.pending == installing || e.pending == removing || e.state == Established || e.back != noBack {
 		out = append(out, g.removal(e))
 	}
 	e.reason = ev.Err.Error()

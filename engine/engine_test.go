@@ -109,16 +109,26 @@ func client(t *testing.T, g *Engine, p session.Proto, upTo State) (ID, uint16) {
 	return id, acc.Session.Key
 }
 
-// ask resolves session id toward S on B, installs its way back and
-// returns the Accept that follows (TCP, UDP).
+// ask resolves session id toward S on B: its way back goes in while the
+// peer is asked (TCP, UDP). It returns the Accept, once the way back is in.
 func ask(t *testing.T, g *Engine, at time.Duration, id ID) Accept {
 	t.Helper()
+	in, acc := resolve(t, g, at, id)
+	step(t, g, at, Installed{ID: in.ID}, "")
+	return acc
+}
+
+// resolve resolves session id toward S on B and returns the install of its
+// way back and the Accept sent beside it.
+func resolve(t *testing.T, g *Engine, at time.Duration, id ID) (Install, Accept) {
+	t.Helper()
 	peer := peerB
-	in := only[Install](t, step(t, g, at, Resolved{ID: id, RemoteName: "s", RemoteIP: wlS.Endpoint.IP, Peer: &peer}, "Install"))
+	fx := step(t, g, at, Resolved{ID: id, RemoteName: "s", RemoteIP: wlS.Endpoint.IP, Peer: &peer}, "Install Accept")
+	in := fx[0].(Install)
 	if in.Part != ReplyPath || !in.Flows {
 		t.Fatalf("the first install of a client is %+v; want its way back", in)
 	}
-	return only[Accept](t, step(t, g, at, Installed{ID: id}, "Accept"))
+	return in, fx[1].(Accept)
 }
 
 func state(t *testing.T, g *Engine, tu session.Tuple) State {
@@ -256,8 +266,9 @@ func TestKeysRest(t *testing.T) {
 		tu := tuple(session.UDP, port)
 		id := only[Resolve](t, step(t, g, at, Packet{From: wlC, Tuple: tu, Frame: []byte("x")}, "Resolve")).ID
 		fx := g.Step(t0.Add(at), Resolved{ID: id, RemoteName: "s", RemoteIP: wlS.Endpoint.IP, Peer: &peer})
-		if kinds(fx) == "Install" {
-			fx = g.Step(t0.Add(at), Installed{ID: id})
+		if kinds(fx) == "Install Accept" {
+			g.Step(t0.Add(at), Installed{ID: id})
+			fx = fx[1:]
 		}
 		return id, fx
 	}
@@ -346,19 +357,109 @@ func TestTeardownDuringSetup(t *testing.T) {
 	}
 }
 
-// TestTeardownWhileTheWayBackGoesIn: torn down before the peer was asked,
-// a session takes down only its own way back; the peer never hears of it.
+// TestTeardownWhileTheWayBackGoesIn: torn down while its way back goes
+// in and the peer is asked, a session waits for both answers, whichever
+// comes first, then releases the peer (if it installed) and removes its own
+// flow (audit M3).
 func TestTeardownWhileTheWayBackGoesIn(t *testing.T) {
-	g := newEngine(t, 12)
-	id := only[Resolve](t, step(t, g, 0, Packet{From: wlC, Tuple: tuple(session.UDP, 80), Frame: []byte("x")}, "Resolve")).ID
-	peer := peerB
-	step(t, g, 0, Resolved{ID: id, RemoteName: "s", RemoteIP: wlS.Endpoint.IP, Peer: &peer}, "Install")
-	step(t, g, 0, Teardown{ID: id, Reason: "unbound", Notify: true}, "")
-	step(t, g, 0, Installed{ID: id}, "Remove")
-	step(t, g, 0, Removed{ID: id}, "")
-	if len(g.Sessions()) != 0 {
-		t.Fatal("the session is left")
+	for _, c := range []struct {
+		name         string
+		first, then  func(ID) Event
+		want         string // effects of the second answer
+		releasesPeer bool
+	}{
+		{"installed, then accepted", func(id ID) Event { return Installed{ID: id} }, func(id ID) Event { return Accepted{ID: id} }, "ReleasePeer Remove", true},
+		{"accepted, then installed", func(id ID) Event { return Accepted{ID: id} }, func(id ID) Event { return Installed{ID: id} }, "ReleasePeer Remove", true},
+		{"refused, then installed", func(id ID) Event { return Accepted{ID: id, Err: errAny, Refused: true} }, func(id ID) Event { return Installed{ID: id} }, "Remove", false},
+		{"install failed, then accepted", func(id ID) Event { return Installed{ID: id, Err: errAny} }, func(id ID) Event { return Accepted{ID: id} }, "ReleasePeer Remove", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g := newEngine(t, 12)
+			id := only[Resolve](t, step(t, g, 0, Packet{From: wlC, Tuple: tuple(session.UDP, 80), Frame: []byte("x")}, "Resolve")).ID
+			resolve(t, g, 0, id)
+			step(t, g, 0, Teardown{ID: id, Reason: "unbound", Notify: true}, "")
+			step(t, g, 0, c.first(id), "")
+			step(t, g, 0, c.then(id), c.want)
+			step(t, g, 0, Removed{ID: id}, "")
+			if len(g.Sessions()) != 0 {
+				t.Fatal("the session is left")
+			}
+		})
 	}
+}
+
+// TestWayBackBesideTheAccept: the client's way back goes in while the peer
+// is asked; the setup goes on only when both have answered, in either
+// order, and what the peer sends before the way back is in is held, then
+// run through the pipeline again (or dropped if the way back failed).
+func TestWayBackBesideTheAccept(t *testing.T) {
+	early := KeyReply{Peer: ipB, Proto: session.UDP, Frame: []byte("early answer")}
+	for _, c := range []struct {
+		name        string
+		acceptFirst bool
+		installErr  error
+		acceptErr   error
+		want        string // effects of the second answer
+	}{
+		{"installed, then accepted", false, nil, nil, "Install"},
+		{"accepted, then installed", true, nil, nil, "Resubmit Install"},
+		{"way back failed, then accepted", false, errAny, nil, "ReleasePeer Remove SetupFailed"},
+		{"accepted, then the way back failed", true, errAny, nil, "ReleasePeer Remove SetupFailed"},
+		{"refused, then installed", true, nil, errAny, "Remove SetupFailed"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g := newEngine(t, 12)
+			tu := tuple(session.UDP, 80)
+			id := only[Resolve](t, step(t, g, 0, Packet{From: wlC, Tuple: tu, Frame: []byte("x")}, "Resolve")).ID
+			in, acc := resolve(t, g, 0, id)
+			ev := early
+			ev.Key = acc.Session.Key
+			step(t, g, 0, ev, "") // held
+			installed := Installed{ID: in.ID, Err: c.installErr}
+			accepted := Accepted{ID: id, Err: c.acceptErr, Delivered: 1}
+			var fx []Effect
+			if c.acceptFirst {
+				step(t, g, time.Millisecond, accepted, "")
+				fx = step(t, g, 2*time.Millisecond, installed, c.want)
+			} else {
+				wantFirst := "Resubmit"
+				if c.installErr != nil {
+					wantFirst = ""
+				}
+				step(t, g, time.Millisecond, installed, wantFirst)
+				fx = step(t, g, 2*time.Millisecond, accepted, c.want)
+			}
+			for _, f := range fx {
+				if r, ok := f.(Resubmit); ok && (len(r.Frames) != 1 || string(r.Frames[0]) != "early answer") {
+					t.Fatalf("resubmitted %q", r.Frames)
+				}
+			}
+			if c.installErr != nil || c.acceptErr != nil {
+				if len(g.Sessions()) != 0 {
+					t.Fatalf("a failed setup left %+v", g.Sessions())
+				}
+				return
+			}
+			if s := state(t, g, tu); s != Installing && !(s == Agreeing && !c.acceptFirst) {
+				t.Fatalf("state %s", s)
+			}
+		})
+	}
+}
+
+// TestKeyReplies: a packet from a peer's key that no flow took is held,
+// run again or handed to the host, by what the key's session is doing.
+func TestKeyReplies(t *testing.T) {
+	g := newEngine(t, 12)
+	if fx := step(t, g, 0, KeyReply{Peer: ipB, Proto: session.TCP, Key: 61441, Frame: []byte("host")}, "ToHost"); string(fx[0].(ToHost).Frame) != "host" {
+		t.Fatalf("to the host: %+v", fx)
+	}
+	id, key := client(t, g, session.TCP, Established)
+	step(t, g, time.Second, KeyReply{Peer: ipB, Proto: session.TCP, Key: key, Frame: []byte("late")}, "Resubmit")
+	// Another protocol's key is another session's.
+	step(t, g, time.Second, KeyReply{Peer: ipB, Proto: session.UDP, Key: key, Frame: []byte("udp")}, "ToHost")
+	step(t, g, 2*time.Second, Teardown{ID: id, Reason: "test", Notify: true}, "ReleasePeer Remove")
+	step(t, g, 2*time.Second, KeyReply{Peer: ipB, Proto: session.TCP, Key: key, Frame: []byte("ending")}, "")
 }
 
 // TestIdleExpiry: a session that carries packets in either direction does

@@ -105,6 +105,15 @@ type ReplyWithoutSession struct {
 	Frame     []byte
 }
 
+// KeyReply: a TCP or UDP packet came over the underlay from a peer's key
+// (its source port) and no session flow took it: the switch punted it.
+type KeyReply struct {
+	Peer  netip.Addr
+	Proto session.Proto
+	Key   uint16
+	Frame []byte
+}
+
 // Reopened answers [Reopen]: the client's agent has set the session up (it
 // called Accept here first) or not.
 type Reopened struct {
@@ -237,6 +246,7 @@ func (EndpointChanged) event()     {}
 func (Unbound) event()             {}
 func (Touched) event()             {}
 func (Abort) event()               {}
+func (KeyReply) event()            {}
 func (Adopt) event()               {}
 
 // --- Effects ---
@@ -331,6 +341,21 @@ type Deliver struct {
 	Frames  [][]byte
 }
 
+// Resubmit: packets the peer sent before the session's way back was in
+// place here (or before the switch's cache knew it); it is in place now,
+// so run them through the pipeline again as if just come from the peer.
+type Resubmit struct {
+	ID      ID
+	Session session.Session
+	Frames  [][]byte
+}
+
+// ToHost: a packet from a peer's key that is no session's; it is host
+// traffic, for the host to answer.
+type ToHost struct {
+	Frame []byte
+}
+
 // Retry: frames that arrived while a session was ending; they start a fresh
 // session, as if just sent by the workload on Port.
 type Retry struct {
@@ -390,6 +415,8 @@ func (Install) effect()     {}
 func (Remove) effect()      {}
 func (ReleasePeer) effect() {}
 func (Deliver) effect()     {}
+func (Resubmit) effect()    {}
+func (ToHost) effect()      {}
 func (Retry) effect()       {}
 func (Drop) effect()        {}
 func (SetupFailed) effect() {}

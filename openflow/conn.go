@@ -366,48 +366,61 @@ func (c *Conn) roundTrip(ctx context.Context, m Message, more func(Message) (boo
 // roundTripAfter is roundTrip with the messages before sent ahead of m in
 // the same write, unanswered.
 func (c *Conn) roundTripAfter(ctx context.Context, before []Message, m Message, more func(Message) (bool, error)) error {
-	if err := c.Err(); err != nil {
-		return err
-	}
-	var b []byte
-	for _, pm := range before {
-		var err error
-		if b, err = AppendMarshal(b, pm, c.nextXid()); err != nil {
-			return err
-		}
-	}
-	xid := c.nextXid()
-	b, err := AppendMarshal(b, m, xid)
+	wait, err := c.sendAfter(before, m, more)
 	if err != nil {
 		return err
 	}
+	return wait(ctx)
+}
+
+// sendAfter writes the messages before and m in one write and returns a
+// function that waits for m's replies, calling more for each until it
+// returns false. The waiter is registered before the write, so no reply
+// is missed however late wait is called; wait must be called once.
+func (c *Conn) sendAfter(before []Message, m Message, more func(Message) (bool, error)) (wait func(context.Context) error, err error) {
+	if err := c.Err(); err != nil {
+		return nil, err
+	}
+	var b []byte
+	for _, pm := range before {
+		if b, err = AppendMarshal(b, pm, c.nextXid()); err != nil {
+			return nil, err
+		}
+	}
+	xid := c.nextXid()
+	if b, err = AppendMarshal(b, m, xid); err != nil {
+		return nil, err
+	}
 	w := c.register(xid)
-	defer c.unregister(xid, w)
 	if err := c.writeBytes(b); err != nil {
+		c.unregister(xid, w)
 		if !errors.Is(err, ErrUnsupported) && !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrTooLong) {
 			c.fail(fmt.Errorf("openflow: write: %w", err))
 		}
-		return err
+		return nil, err
 	}
-	for {
-		select {
-		case r := <-w.ch:
-			switch r := r.(type) {
-			case *ErrorMsg:
-				return r
-			case *decodeFailure:
-				return r.err
+	return func(ctx context.Context) error {
+		defer c.unregister(xid, w)
+		for {
+			select {
+			case r := <-w.ch:
+				switch r := r.(type) {
+				case *ErrorMsg:
+					return r
+				case *decodeFailure:
+					return r.err
+				}
+				cont, err := more(r)
+				if err != nil || !cont {
+					return err
+				}
+			case <-ctx.Done():
+				return fmt.Errorf("openflow: waiting for reply to %s xid=%d: %w", m.Type(), xid, ctx.Err())
+			case <-c.done:
+				return fmt.Errorf("openflow: waiting for reply to %s xid=%d: %w", m.Type(), xid, c.err)
 			}
-			cont, err := more(r)
-			if err != nil || !cont {
-				return err
-			}
-		case <-ctx.Done():
-			return fmt.Errorf("openflow: waiting for reply to %s xid=%d: %w", m.Type(), xid, ctx.Err())
-		case <-c.done:
-			return fmt.Errorf("openflow: waiting for reply to %s xid=%d: %w", m.Type(), xid, c.err)
 		}
-	}
+	}, nil
 }
 
 // Request sends m and waits for the reply with the same xid. An error
@@ -509,17 +522,34 @@ func (c *Conn) Barrier(ctx context.Context) error { return c.Apply(ctx) }
 // Barrier, it reports the errors the switch sent since the previous
 // barrier reply.
 func (c *Conn) Apply(ctx context.Context, msgs ...Message) error {
+	wait, err := c.Start(msgs...)
+	if err != nil {
+		return err
+	}
+	return wait(ctx)
+}
+
+// Start is Apply in two parts: it sends msgs and the barrier, and the
+// function it returns waits for the barrier's reply (call it once). The
+// caller may do something else in between, knowing the switch has the
+// messages on their way.
+func (c *Conn) Start(msgs ...Message) (wait func(context.Context) error, err error) {
 	var errs []*ErrorMsg
-	err := c.roundTripAfter(ctx, msgs, BarrierRequest{}, func(r Message) (bool, error) {
+	waitReply, err := c.sendAfter(msgs, BarrierRequest{}, func(r Message) (bool, error) {
 		if br, ok := r.(*barrierResult); ok {
 			errs = br.errs
 		}
 		return false, nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return barrierErr(errs)
+	return func(ctx context.Context) error {
+		if err := waitReply(ctx); err != nil {
+			return err
+		}
+		return barrierErr(errs)
+	}, nil
 }
 
 // barrierErr reports the first error of a barrier interval (an *ErrorMsg,

@@ -625,4 +625,16 @@ func TestConnApplyWritesOnce(t *testing.T) {
 	if err := c.Apply(ctx); err != nil {
 		t.Errorf("Apply of nothing (a barrier): %v", err)
 	}
+	// Start writes at once; its wait reports the switch's answer.
+	before = cc.writes.Load()
+	wait, err := c.Start(NewFlowMod(FlowAdd, 0, 666))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := cc.writes.Load() - before; n != 1 {
+		t.Errorf("Start made %d writes before its wait, want 1", n)
+	}
+	if _, ok := IsSwitchError(wait(ctx)); !ok {
+		t.Error("Start's wait did not report the switch's error")
+	}
 }

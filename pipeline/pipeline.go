@@ -370,13 +370,17 @@ func BaseFlows(b Bridge) []*openflow.FlowMod {
 			openflow.UDPSrcMasked(b.Keys.Base, b.Keys.Mask), openflow.UDPDstMasked(b.Keys.Base, b.Keys.Mask)}),
 		flow(SessionIn, prioStray, base, []openflow.Field{ipv4, openflow.IPProto(6), openflow.IPv4Dst(b.DataIP), openflow.TCPDstMasked(b.Keys.Base, b.Keys.Mask)}),
 		flow(SessionIn, prioStray, base, []openflow.Field{ipv4, openflow.IPProto(17), openflow.IPv4Dst(b.DataIP), openflow.UDPDstMasked(b.Keys.Base, b.Keys.Mask)}),
-		// Replies from a peer's key go to the host when no session claims
-		// them, like any host traffic. The flows exist so that the switch's
-		// datapath cache never lumps key traffic in with host traffic: a
-		// cached "to the host" entry made before a session's flows would
-		// otherwise catch the session's first replies.
-		flow(SessionIn, prioKeyReply, base, []openflow.Field{ipv4, openflow.IPProto(6), openflow.IPv4Dst(b.DataIP), openflow.TCPSrcMasked(b.Keys.Base, b.Keys.Mask)}, apply(output(openflow.PortLocal))),
-		flow(SessionIn, prioKeyReply, base, []openflow.Field{ipv4, openflow.IPProto(17), openflow.IPv4Dst(b.DataIP), openflow.UDPSrcMasked(b.Keys.Base, b.Keys.Mask)}, apply(output(openflow.PortLocal))),
+		// What a peer sends untagged from a key that no session flow takes
+		// goes to the agent, through the uplink's meter: a client's way
+		// back goes in while the peer is asked, so the first answers can
+		// come before it, and the agent holds them until it is in (and
+		// hands real host traffic to the host). Those flows match all a
+		// session's way back matches but its key and peer, so what the
+		// agent runs again once the way back is in cannot come back. They
+		// also keep the switch's datapath cache from lumping key traffic
+		// in with host traffic.
+		flow(SessionIn, prioKeyReply, base, []openflow.Field{untagged, ipv4, openflow.IPProto(6), openflow.IPv4Dst(b.DataIP), openflow.TCPSrcMasked(b.Keys.Base, b.Keys.Mask)}, punt(b.PuntMeter)...),
+		flow(SessionIn, prioKeyReply, base, []openflow.Field{untagged, ipv4, openflow.IPProto(17), openflow.IPv4Dst(b.DataIP), openflow.UDPSrcMasked(b.Keys.Base, b.Keys.Mask)}, punt(b.PuntMeter)...),
 		flow(SessionIn, prioTableMiss, base, nil, apply(output(openflow.PortLocal))),
 	)
 	// Egress replies come back to a NAT port: conntrack undoes the NAT and
