@@ -1,13 +1,16 @@
 // Command nvibench measures NVI on a lab and prints a table: the latency a
-// new session adds to a connection's first packet, how many sessions per
-// second a server sets up, and TCP throughput across servers through NVI
-// against the same two bridges doing plain L2 switching, in the same run.
+// new session adds to a connection's first packet, whether that drifts as a
+// server holds 10,000 live sessions, how many sessions per second a server
+// sets up, and TCP throughput across servers through NVI against the same
+// two bridges doing plain L2 switching, in the same run.
 //
 // It runs as root, brings up its own two-server labs and takes them down
 // again: "nvb", as every lab runs (the peer API over mutual TLS), and "nvp",
 // the same with --insecure-peer-api, so that the cost of authenticating
-// agents is measured in the same run, rounds alternating between the two. The probe and the echo server run inside the workloads'
-// namespaces: nvibench starts itself there with "ip netns exec".
+// agents is measured in the same run, rounds alternating between the two;
+// then, with those down, "nvl" for the live sessions. The probe and the
+// echo server run inside the workloads' namespaces: nvibench starts itself
+// there with "ip netns exec".
 package main
 
 import (
@@ -53,6 +56,7 @@ func exitOn(err error) {
 const (
 	prefix      = "nvb"
 	plainPrefix = "nvp"
+	livePrefix  = "nvl"
 )
 
 type bench struct {
@@ -86,12 +90,16 @@ func runBench(args []string) error {
 	burst := fs.Int("burst", 1000, "sessions set up as fast as possible for the setup rate")
 	seconds := fs.Int("seconds", 4, "length of each throughput run")
 	rounds := fs.Int("rounds", 3, "throughput runs of each kind, alternating; medians are compared")
+	liveN := fs.Int("live", 10000, "live sessions on one server for the drift measure (a multiple of 5, at most 10200)")
 	verbose := fs.Bool("v", false, "show every command")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *sessions < 1 || *sessions+*burst > 3500 {
 		return errors.New("--sessions plus --burst must stay within 3500 (the lab's key range holds 4096 per peer)")
+	}
+	if *liveN < 2000 || *liveN > 5*liveEach || *liveN%5 != 0 {
+		return fmt.Errorf("--live %d: want a multiple of 5 from 2000 to %d", *liveN, 5*liveEach)
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("run as root: the benchmark brings up a lab")
@@ -105,7 +113,9 @@ func runBench(args []string) error {
 	b := &bench{lab: prefix, ctx: ctx, nvictl: filepath.Join(filepath.Dir(self), "nvictl"), self: self, verbose: *verbose}
 	bp := *b
 	bp.lab = plainPrefix
-	for _, x := range []*bench{b, &bp} {
+	bl := *b
+	bl.lab = livePrefix
+	for _, x := range []*bench{b, &bp, &bl} {
 		_, _ = x.run(x.nvictl, "lab", "down")
 		defer func() {
 			cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -155,11 +165,20 @@ func runBench(args []string) error {
 	if err != nil {
 		return err
 	}
+	// The drift measure has a lab of its own, with the others down, so
+	// that its server holds only the sessions it counts.
+	for _, x := range []*bench{b, &bp} {
+		_, _ = x.run(x.nvictl, "lab", "down")
+	}
+	live, err := bl.liveSessions(*liveN)
+	if err != nil {
+		return err
+	}
 	added := func(q float64) time.Duration { return max(percentile(first, q)-percentile(base, 0.5), 0) }
 	fmt.Printf("\nNVI benchmark (lab: 2 servers, userspace OVS %s; one run, ratios from the same run)\n\n", ovsVersion())
-	fmt.Printf("%-52s %14s %10s\n", "measure", "value", "target")
-	fmt.Printf("%-52s %14s %10s\n", strings.Repeat("-", 52), strings.Repeat("-", 14), strings.Repeat("-", 10))
-	row := func(m, v, t string) { fmt.Printf("%-52s %14s %10s\n", m, v, t) }
+	fmt.Printf("%-62s %14s %10s\n", "measure", "value", "target")
+	fmt.Printf("%-62s %14s %10s\n", strings.Repeat("-", 62), strings.Repeat("-", 14), strings.Repeat("-", 10))
+	row := func(m, v, t string) { fmt.Printf("%-62s %14s %10s\n", m, v, t) }
 	row(fmt.Sprintf("first-packet added latency p50 (%d new sessions)", len(first)), fmtDur(added(0.5)), "< 1ms")
 	row(fmt.Sprintf("first-packet added latency p99 (%d new sessions)", len(first)), fmtDur(added(0.99)), "< 5ms")
 	row("  first-packet round trip p50 / p99", fmtDur(percentile(first, 0.5))+" / "+fmtDur(percentile(first, 0.99)), "")
@@ -168,6 +187,16 @@ func runBench(args []string) error {
 			fmtDur(percentile(first[:n], 0.5))+" / "+fmtDur(percentile(first[len(first)-n:], 0.5)), "")
 	}
 	row(fmt.Sprintf("  established-session round trip p50 (%d)", len(base)), fmtDur(percentile(base, 0.5)), "")
+	liveAdded := func(ds []time.Duration, q float64) time.Duration {
+		return max(percentile(ds, q)-percentile(live.base, 0.5), 0)
+	}
+	n := len(live.last)
+	row(fmt.Sprintf("first-packet added latency p50 / p99, last %d of %d live", n, live.total),
+		fmtDur(liveAdded(live.last, 0.5))+" / "+fmtDur(liveAdded(live.last, 0.99)), "")
+	row(fmt.Sprintf("  round trip p50, first %d / last %d of them", len(live.first), n),
+		fmtDur(percentile(live.first, 0.5))+" / "+fmtDur(percentile(live.last, 0.5)), "")
+	row(fmt.Sprintf("  drift over %d live sessions (last / first p50)", live.total),
+		fmt.Sprintf("%.3f", float64(percentile(live.last, 0.5))/float64(percentile(live.first, 0.5))), "<= 1.20")
 	row(fmt.Sprintf("sessions set up per second (%d, 32 in parallel)", *burst), fmt.Sprintf("%.0f/s", rate), "")
 	row(fmt.Sprintf("TCP throughput across servers, NVI (median of %d)", *rounds), fmt.Sprintf("%.2f Gbit/s", nvi/1e9), "")
 	row(fmt.Sprintf("TCP throughput, plain L2 switching (median of %d)", *rounds), fmt.Sprintf("%.2f Gbit/s", plain/1e9), "")
@@ -206,6 +235,90 @@ func (b *bench) up(extra ...string) error {
 		}
 	}
 	return nil
+}
+
+// liveEach bounds each of the drift measure's five streams of sessions: a
+// tenant may hold 2048 of the 4096 keys toward a peer per protocol.
+const liveEach = 2040
+
+// liveResult is the drift measure: the first packets' round trips of the
+// first and the last thousand of total sessions made one after another and
+// kept live, and an established session's round trip at the end.
+type liveResult struct {
+	total             int
+	first, last, base []time.Duration
+}
+
+// liveSessions brings up a lab and makes total sessions on its server s1,
+// one after another, all kept live (the idle timeout is 5 minutes): does a
+// server's setup slow down with the sessions it holds? A server holds 4096
+// keys toward a peer per protocol and a tenant half of them, so the
+// sessions come in five streams of total/5, in two tenants, both
+// protocols and both directions: UDP from c (s1) to s, TCP from c to s,
+// TCP from d (s1) to t, UDP from e (s2) to c, and last UDP from d to t. The
+// first and the last thousand are both UDP from s1 to s2.
+func (b *bench) liveSessions(total int) (liveResult, error) {
+	fmt.Fprintf(os.Stderr, "nvibench: %s: %d live sessions, one after another...\n", b.lab, total)
+	w := func(name string) string { return b.lab + "-" + name }
+	steps := [][]string{
+		{"lab", "up", "--servers", "2", "--idle-timeout", "5m"},
+		{"net", "create", "live1/net", "--cidr", "10.9.0.0/16"},
+		{"net", "create", "live2/net", "--cidr", "10.8.0.0/16"},
+		{"lab", "workload", "add", w("c"), "--server", "s1", "--net", "live1/net", "--ip", "10.9.0.10"},
+		{"lab", "workload", "add", w("s"), "--server", "s2", "--net", "live1/net", "--ip", "10.9.0.20"},
+		{"lab", "workload", "add", w("e"), "--server", "s2", "--net", "live1/net", "--ip", "10.9.0.30"},
+		{"lab", "workload", "add", w("d"), "--server", "s1", "--net", "live2/net", "--ip", "10.8.0.10"},
+		{"lab", "workload", "add", w("t"), "--server", "s2", "--net", "live2/net", "--ip", "10.8.0.20"},
+	}
+	for _, s := range steps {
+		if _, err := b.run(b.nvictl, s...); err != nil {
+			return liveResult{}, err
+		}
+	}
+	per := total / 5
+	const firstPort = 40000
+	for _, srv := range []string{w("s"), w("t"), w("c")} {
+		stop := b.startEchoIn(srv, firstPort, per, "--tcp")
+		defer stop()
+	}
+	var first, last []time.Duration
+	n := 0
+	for i, st := range []struct {
+		from, to string
+		tcp      bool
+	}{{w("c"), "10.9.0.20", false}, {w("c"), "10.9.0.20", true}, {w("d"), "10.8.0.20", true}, {w("e"), "10.9.0.10", false}, {w("d"), "10.8.0.20", false}} {
+		args := []string{"probe", "--dst", st.to, "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(per), "--parallel", "1"}
+		if st.tcp {
+			args = append(args, "--tcp")
+		}
+		out, err := b.in(st.from, append([]string{b.self}, args...)...)
+		if err != nil {
+			return liveResult{}, err
+		}
+		var pr probeResult
+		if err := json.Unmarshal([]byte(out), &pr); err != nil {
+			return liveResult{}, fmt.Errorf("probe: %w: %s", err, out)
+		}
+		if pr.Lost > 0 {
+			fmt.Fprintf(os.Stderr, "nvibench: %s: %d of %d first packets got no answer within 1s\n", st.from, pr.Lost, per)
+		}
+		n += len(pr.RTTs)
+		switch i {
+		case 0:
+			first = pr.RTTs[:min(1000, len(pr.RTTs))]
+		case 4:
+			last = pr.RTTs[max(len(pr.RTTs)-1000, 0):]
+		}
+	}
+	out, err := b.in(w("d"), b.self, "probe", "--dst", "10.8.0.20", "--first-port", strconv.Itoa(firstPort), "--count", "1000", "--parallel", "1", "--same-port")
+	if err != nil {
+		return liveResult{}, err
+	}
+	var bp probeResult
+	if err := json.Unmarshal([]byte(out), &bp); err != nil {
+		return liveResult{}, fmt.Errorf("probe: %w: %s", err, out)
+	}
+	return liveResult{total: n, first: first, last: last, base: bp.RTTs}, nil
 }
 
 func fmtDur(d time.Duration) string {
@@ -283,8 +396,12 @@ func (b *bench) setupRate(firstPort, n int) (float64, error) {
 }
 
 // startEcho runs the UDP echo server in the server workload.
-func (b *bench) startEcho(firstPort, n int) func() {
-	cmd := exec.CommandContext(b.ctx, "ip", "netns", "exec", b.lab+"-s", b.self, "echo", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n))
+func (b *bench) startEcho(firstPort, n int) func() { return b.startEchoIn(b.lab+"-s", firstPort, n) }
+
+// startEchoIn runs the echo server in workload ns.
+func (b *bench) startEchoIn(ns string, firstPort, n int, extra ...string) func() {
+	args := append([]string{"netns", "exec", ns, b.self, "echo", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n)}, extra...)
+	cmd := exec.CommandContext(b.ctx, "ip", args...)
 	cmd.Stderr = os.Stderr
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -78,6 +79,7 @@ func runProbe(args []string) error {
 	count := fs.Int("count", 1, "datagrams")
 	parallel := fs.Int("parallel", 1, "datagrams in flight")
 	same := fs.Bool("same-port", false, "all to the first port (an established session)")
+	tcp := fs.Bool("tcp", false, "time TCP handshakes (SYN to SYN-ACK) instead of datagrams")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -100,7 +102,11 @@ func runProbe(args []string) error {
 				if *same {
 					port = *first
 				}
-				rtt, err := once(ip, port, uint64(i), buf)
+				probe := once
+				if *tcp {
+					probe = handshake
+				}
+				rtt, err := probe(ip, port, uint64(i), buf)
 				mu.Lock()
 				if err != nil {
 					res.Lost++
@@ -118,6 +124,18 @@ func runProbe(args []string) error {
 	wg.Wait()
 	res.Took = time.Since(start)
 	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// handshake times a TCP connection's opening: the SYN, the first packet of
+// the session, and the answering SYN-ACK.
+func handshake(ip net.IP, port int, _ uint64, _ []byte) (time.Duration, error) {
+	t0 := time.Now()
+	c, err := net.DialTimeout("tcp4", net.JoinHostPort(ip.String(), strconv.Itoa(port)), time.Second)
+	if err != nil {
+		return 0, err
+	}
+	rtt := time.Since(t0)
+	return rtt, c.Close()
 }
 
 func once(ip net.IP, port int, seq uint64, buf []byte) (time.Duration, error) {
