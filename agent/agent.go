@@ -48,11 +48,11 @@ type Agent struct {
 	synced atomic.Bool
 
 	mu         sync.Mutex
-	br         pipeline.Bridge    // facts the flows depend on; set once the switch is known
-	locals     map[uint32]*local  // bound workloads by OpenFlow port
-	byAddr     map[addrKey]*local // ... by tenant and address
-	eng        *engine.Engine     // every session's life (package nvi/engine)
-	keys       *session.KeyPool   // the engine's keys, for tests
+	br         pipeline.Bridge       // facts the flows depend on; set once the switch is known
+	workloads  map[uint32]*workload  // bound workloads by OpenFlow port
+	byAddr     map[addrKey]*workload // ... by tenant and address
+	eng        *engine.Engine        // every session's life (package nvi/engine)
+	keys       *session.KeyPool      // the engine's keys, for tests
 	tenants    map[string]*tenant
 	pools      map[netKey]*addrPool             // address blocks this server holds, per network
 	portMaps   map[portMapKey]directory.PortMap // this server's port maps
@@ -86,15 +86,15 @@ func New(cfg Config) (*Agent, error) {
 		cfg:  cfg,
 		keys: keys,
 		eng: engine.New(engine.Config{Keys: keys, IdleTimeout: cfg.IdleTimeout, DeafAfter: clientDeafAfter,
-			MaxPerWorkload: maxSessionsPerEndpoint, MaxHeld: maxHeld, Logger: cfg.Logger}),
-		log:      cfg.Logger,
-		locals:   map[uint32]*local{},
-		byAddr:   map[addrKey]*local{},
-		tenants:  map[string]*tenant{},
-		pools:    map[netKey]*addrPool{},
-		portMaps: map[portMapKey]directory.PortMap{},
-		waiting:  map[string]waitingPort{},
-		peers:    map[peerAddr]*api.PeerClient{},
+			MaxPerWorkload: maxSessionsPerWorkload, MaxHeld: maxHeld, Logger: cfg.Logger}),
+		log:       cfg.Logger,
+		workloads: map[uint32]*workload{},
+		byAddr:    map[addrKey]*workload{},
+		tenants:   map[string]*tenant{},
+		pools:     map[netKey]*addrPool{},
+		portMaps:  map[portMapKey]directory.PortMap{},
+		waiting:   map[string]waitingPort{},
+		peers:     map[peerAddr]*api.PeerClient{},
 	}, nil
 }
 

@@ -89,7 +89,7 @@ func testAgent(t *testing.T, ctx context.Context, st *directory.Store, c Config)
 
 // bindLocal binds the endpoint of tenant at ip (network "web") on OpenFlow
 // port, as the agent does when its workload is plugged in.
-func bindLocal(t *testing.T, a *Agent, ctx context.Context, st *directory.Store, k addrKey, port uint32) *local {
+func bindLocal(t *testing.T, a *Agent, ctx context.Context, st *directory.Store, k addrKey, port uint32) *workload {
 	t.Helper()
 	ep, err := st.EndpointByIP(ctx, k.tenant, k.ip)
 	if err != nil {
@@ -104,8 +104,8 @@ func bindLocal(t *testing.T, a *Agent, ctx context.Context, st *directory.Store,
 		t.Fatal(err)
 	}
 	mac, _ := net.ParseMAC(ep.MAC)
-	l := &local{ep: ep, net: nw, mac: mac, ofport: port, iface: "veth", zone: ten.zone, nets: ten.nets}
-	a.locals[port], a.byAddr[k] = l, l
+	l := &workload{ep: ep, net: nw, mac: mac, ofport: port, iface: "veth", zone: ten.zone, nets: ten.nets}
+	a.workloads[port], a.byAddr[k] = l, l
 	return l
 }
 
@@ -317,7 +317,7 @@ func TestNonIPv4ServerRecordIsRefused(t *testing.T) {
 	a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), nil, addrKey{"acme", ipC})
 	l := a.byAddr[addrKey{"acme", ipC}]
 	tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: x, Port: 80}
-	ev := a.resolve(w.ctx, engine.Resolve{ID: 1, Tuple: tu, From: l.engineLocal()})
+	ev := a.resolve(w.ctx, engine.Resolve{ID: 1, Tuple: tu, From: l.engineWorkload()})
 	if f, ok := ev.(engine.Failed); !ok || !f.Refused {
 		t.Fatalf("resolving toward an IPv6 server: %+v, want a refusal", ev)
 	}
@@ -331,7 +331,7 @@ func TestSetupPanicEndsOnlyThatSession(t *testing.T) {
 	tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: 80}
 	l := a.byAddr[addrKey{"acme", ipC}]
 	a.mu.Lock()
-	fx := a.eng.Step(time.Now(), engine.Packet{From: l.engineLocal(), Tuple: tu, Frame: []byte("syn")})
+	fx := a.eng.Step(time.Now(), engine.Packet{From: l.engineWorkload(), Tuple: tu, Frame: []byte("syn")})
 	a.mu.Unlock()
 	id := fx[0].(engine.Resolve).ID
 	done := make(chan struct{})

@@ -17,8 +17,9 @@ import (
 	"nvi/session"
 )
 
-// local is a workload bound to a port of our bridge.
-type local struct {
+// workload is a workload bound to a port of our bridge: its endpoint (the
+// directory record of its address) and what its flows need.
+type workload struct {
 	ep     directory.Endpoint
 	net    directory.Network
 	mac    net.HardwareAddr
@@ -28,15 +29,15 @@ type local struct {
 	nets   []netip.Prefix // its tenant's networks
 }
 
-func (l *local) workload() pipeline.Workload {
+func (l *workload) pipelineWorkload() pipeline.Workload {
 	return pipeline.Workload{OFPort: l.ofport, MAC: l.mac, IP: l.ep.IP, Zone: l.zone, Nets: l.nets}
 }
 
-func (l *local) endpoint() session.Endpoint {
+func (l *workload) endpoint() session.Endpoint {
 	return session.Endpoint{IP: l.ep.IP, MAC: l.mac, OFPort: l.ofport}
 }
 
-func (l *local) subject() policy.Subject {
+func (l *workload) subject() policy.Subject {
 	return policy.Subject{Tenant: l.ep.Tenant, Network: l.ep.Network, Name: l.ep.Name, IP: l.ep.IP}
 }
 
@@ -149,7 +150,7 @@ func (a *Agent) onEndpointRecord(ev directory.Event) {
 // directory learns the port.
 func (a *Agent) bind(ctx context.Context, iface string, ofport uint32, ifaceID string) error {
 	a.mu.Lock()
-	if l := a.locals[ofport]; l != nil && l.ep.IfaceID == ifaceID {
+	if l := a.workloads[ofport]; l != nil && l.ep.IfaceID == ifaceID {
 		a.mu.Unlock()
 		return nil
 	}
@@ -175,14 +176,14 @@ func (a *Agent) bind(ctx context.Context, iface string, ofport uint32, ifaceID s
 	}
 	ep.Port = ofport
 	a.mu.Lock() // ten.nets changes under it (tenantNetsChanged)
-	l := &local{ep: ep, net: nw, mac: mac, ofport: ofport, iface: iface, zone: ten.zone, nets: ten.nets}
+	l := &workload{ep: ep, net: nw, mac: mac, ofport: ofport, iface: iface, zone: ten.zone, nets: ten.nets}
 	if other := a.byAddr[addrKey{ep.Tenant, ep.IP}]; other != nil && other.ofport != ofport {
 		a.mu.Unlock()
 		return fmt.Errorf("address %s of %s is already bound to port %d", ep.IP, ep.Tenant, other.ofport)
 	}
-	a.locals[ofport] = l
+	a.workloads[ofport] = l
 	a.byAddr[addrKey{ep.Tenant, ep.IP}] = l
-	wl := l.workload()
+	wl := l.pipelineWorkload()
 	a.mu.Unlock()
 	if err := a.addWorkloadMeter(ctx, ofport); err != nil {
 		return fmt.Errorf("installing the punt meter: %w", err)
@@ -202,12 +203,12 @@ func (a *Agent) bind(ctx context.Context, iface string, ofport uint32, ifaceID s
 // its flows leave the bridge.
 func (a *Agent) unbindPort(ctx context.Context, ofport uint32, reason string) {
 	a.mu.Lock()
-	l := a.locals[ofport]
+	l := a.workloads[ofport]
 	if l == nil {
 		a.mu.Unlock()
 		return
 	}
-	delete(a.locals, ofport)
+	delete(a.workloads, ofport)
 	if a.byAddr[addrKey{l.ep.Tenant, l.ep.IP}] == l {
 		delete(a.byAddr, addrKey{l.ep.Tenant, l.ep.IP})
 	}
@@ -229,10 +230,10 @@ func (a *Agent) ovsdb() *ovsdb.Client {
 	return a.ovs
 }
 
-func (a *Agent) localByName(tenant, name string) *local {
+func (a *Agent) localByName(tenant, name string) *workload {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, l := range a.locals {
+	for _, l := range a.workloads {
 		if l.ep.Tenant == tenant && l.ep.Name == name {
 			return l
 		}

@@ -278,7 +278,7 @@ func (a *Agent) resolve(ctx context.Context, f engine.Resolve) engine.Event {
 		return fail(err, badRecord(err))
 	}
 	a.mu.Lock()
-	l := a.locals[f.From.Port]
+	l := a.workloads[f.From.Port]
 	here := a.byAddr[addrKey{ep.Tenant, ep.IP}]
 	a.mu.Unlock()
 	if l == nil {
@@ -302,7 +302,7 @@ func (a *Agent) resolve(ctx context.Context, f engine.Resolve) engine.Event {
 		if here == nil {
 			return fail(fmt.Errorf("endpoint %s is not plugged in yet", ep.Ref()), false)
 		}
-		hl := here.engineLocal()
+		hl := here.engineWorkload()
 		r.Here = &hl
 		return r
 	}
@@ -423,7 +423,7 @@ func (a *Agent) uplink() uint32 {
 	return a.br.Uplink
 }
 
-// engineLocal is the workload as the engine knows it.
-func (l *local) engineLocal() engine.Local {
-	return engine.Local{Port: l.ofport, Endpoint: l.endpoint(), Zone: l.zone, Name: l.ep.Name}
+// engineWorkload is the workload as the engine knows it.
+func (l *workload) engineWorkload() engine.Workload {
+	return engine.Workload{Port: l.ofport, Endpoint: l.endpoint(), Zone: l.zone, Name: l.ep.Name}
 }

@@ -172,8 +172,8 @@ func (a *Agent) releaseAt(srv directory.Server, s session.Session, reason string
 func (a *Agent) knownFlows(br pipeline.Bridge) []openflow.Message {
 	a.mu.Lock()
 	var msgs []openflow.Message
-	for _, l := range a.locals {
-		msgs = append(msgs, flowMods(pipeline.WorkloadFlows(br, l.workload())...)...)
+	for _, l := range a.workloads {
+		msgs = append(msgs, flowMods(pipeline.WorkloadFlows(br, l.pipelineWorkload())...)...)
 	}
 	for _, v := range a.eng.Sessions() {
 		if v.State != engine.Established || !v.Session.Proto.HasPorts() {
@@ -283,10 +283,10 @@ func (a *Agent) adoptOne(ctx context.Context, br pipeline.Bridge, fs []pipeline.
 		return engine.Adopt{}, err
 	}
 	a.mu.Lock()
-	l := a.locals[s.Local.OFPort]
-	var rl *local
+	l := a.workloads[s.Local.OFPort]
+	var rl *workload
 	if s.Role == session.RoleLocal {
-		rl = a.locals[s.Remote.OFPort]
+		rl = a.workloads[s.Remote.OFPort]
 	}
 	a.mu.Unlock()
 	if l == nil || s.Role == session.RoleLocal && rl == nil {

@@ -41,8 +41,8 @@ func TestTeardownDuringSetupRemovesItsFlows(t *testing.T) {
 
 	doomed := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: 5432}
 	kept := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: 80}
-	_ = a.step(engine.Packet{From: l.engineLocal(), Tuple: doomed, Frame: []byte{0}})
-	_ = a.step(engine.Packet{From: l.engineLocal(), Tuple: kept, Frame: []byte{0}})
+	_ = a.step(engine.Packet{From: l.engineWorkload(), Tuple: doomed, Frame: []byte{0}})
+	_ = a.step(engine.Packet{From: l.engineWorkload(), Tuple: kept, Frame: []byte{0}})
 	view := func(tu session.Tuple) engine.View {
 		a.mu.Lock()
 		defer a.mu.Unlock()

@@ -9,10 +9,10 @@ import (
 // M6, L9). Keys are shared fairly by session.KeyPool's tenant quota; these
 // bound the rest.
 const (
-	// maxSessionsPerEndpoint bounds the sessions one local workload has
+	// maxSessionsPerWorkload bounds the sessions one local workload has
 	// as the client (and, for reopened sessions, as the server) at once,
 	// local ones included: they need no key, and each costs two flows.
-	maxSessionsPerEndpoint = 4096
+	maxSessionsPerWorkload = 4096
 
 	// logEvery is how often one kind of refusal or failure is logged at
 	// most; the lines in between are counted, not written.
@@ -54,7 +54,7 @@ func (l *limits) take(port uint32) bool {
 	if l.sessions == nil {
 		l.sessions = map[uint32]int{}
 	}
-	if l.sessions[port] >= maxSessionsPerEndpoint {
+	if l.sessions[port] >= maxSessionsPerWorkload {
 		return false
 	}
 	l.sessions[port]++

@@ -33,7 +33,7 @@ func (s localService) Status(ctx context.Context) (api.Status, error) {
 	} else if !a.registered {
 		st.Directory = "not registered yet"
 	}
-	st.Endpoints, st.Sessions = len(a.locals), a.eng.Len()
+	st.Endpoints, st.Sessions = len(a.workloads), a.eng.Len()
 	a.mu.Unlock()
 	st.Ready = a.ready()
 	return st, nil
@@ -118,8 +118,8 @@ func (s localService) ServerEndpoints(ctx context.Context) ([]api.Endpoint, erro
 func (s localService) Endpoints(ctx context.Context) ([]api.Endpoint, error) {
 	a := s.a
 	a.mu.Lock()
-	var ls []*local
-	for _, l := range a.locals {
+	var ls []*workload
+	for _, l := range a.workloads {
 		ls = append(ls, l)
 	}
 	a.mu.Unlock()

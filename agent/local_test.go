@@ -223,7 +223,7 @@ func TestLogLimiter(t *testing.T) {
 
 func TestLimitsPerEndpoint(t *testing.T) {
 	var l limits
-	for i := 0; i < maxSessionsPerEndpoint; i++ {
+	for i := 0; i < maxSessionsPerWorkload; i++ {
 		if !l.take(20) {
 			t.Fatalf("session %d refused below the maximum", i)
 		}
@@ -258,10 +258,10 @@ func TestSessionCapDropsAndLogsOnce(t *testing.T) {
 	// set up (its Resolve is never carried out).
 	a.mu.Lock()
 	a.eng = engine.New(engine.Config{Keys: a.keys, IdleTimeout: a.cfg.IdleTimeout, MaxPerWorkload: 1})
-	a.eng.Step(time.Now(), engine.Packet{From: c.engineLocal(), Tuple: session.Tuple{Tenant: "acme", Proto: session.UDP, Client: ipC, Server: ipS, Port: 999}, Frame: []byte{0}})
+	a.eng.Step(time.Now(), engine.Packet{From: c.engineWorkload(), Tuple: session.Tuple{Tenant: "acme", Proto: session.UDP, Client: ipC, Server: ipS, Port: 999}, Frame: []byte{0}})
 	a.mu.Unlock()
 	for p := 1; p <= 50; p++ {
-		_ = a.step(engine.Packet{From: c.engineLocal(), Tuple: session.Tuple{Tenant: "acme", Proto: session.UDP, Client: ipC, Server: ipS, Port: uint16(p)}, Frame: []byte{0}})
+		_ = a.step(engine.Packet{From: c.engineWorkload(), Tuple: session.Tuple{Tenant: "acme", Proto: session.UDP, Client: ipC, Server: ipS, Port: uint16(p)}, Frame: []byte{0}})
 	}
 	a.mu.Lock()
 	n := len(a.eng.Sessions())
@@ -279,7 +279,7 @@ func TestSessionCapDropsAndLogsOnce(t *testing.T) {
 		t.Fatalf("%d log lines for 50 refusals, want 1", lines)
 	}
 	// Another workload still gets its session set up.
-	_ = a.step(engine.Packet{From: b.engineLocal(), Tuple: session.Tuple{Tenant: "beta", Proto: session.UDP, Client: ipBC, Server: ipBS, Port: 53}, Frame: []byte{0}})
+	_ = a.step(engine.Packet{From: b.engineWorkload(), Tuple: session.Tuple{Tenant: "beta", Proto: session.UDP, Client: ipBC, Server: ipBS, Port: 53}, Frame: []byte{0}})
 	a.mu.Lock()
 	n = len(a.eng.Sessions())
 	a.mu.Unlock()

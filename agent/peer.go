@@ -155,7 +155,7 @@ func (p peerService) Reopen(ctx context.Context, caller string, req api.ReopenRe
 	}
 	// The setup runs as for a packet of the client, checks and all; the
 	// caller hears whether it was started.
-	return engineError(a.step(engine.ReopenRequest{Caller: caller, From: l.engineLocal(), Tuple: t}))
+	return engineError(a.step(engine.ReopenRequest{Caller: caller, From: l.engineWorkload(), Tuple: t}))
 }
 
 // Release removes our half of a session at its peer's request and answers

@@ -209,7 +209,7 @@ func TestPeerAcceptKeepsSessionBeingMade(t *testing.T) {
 	a := w.agent(t, w.s2, netip.MustParsePrefix("192.0.2.2/24"), peerIPs, nil)
 	tu := session.Tuple{Tenant: "acme", Proto: session.TCP, Client: peerIPx, Server: peerIPs, Port: 80}
 	a.mu.Lock()
-	making := a.eng.Step(time.Now(), engine.Packet{From: a.byAddr[addrKey{"acme", peerIPs}].engineLocal(), Tuple: tu, Frame: []byte{0}})[0].(engine.Resolve).ID
+	making := a.eng.Step(time.Now(), engine.Packet{From: a.byAddr[addrKey{"acme", peerIPs}].engineWorkload(), Tuple: tu, Frame: []byte{0}})[0].(engine.Resolve).ID
 	a.mu.Unlock()
 	_, err := peerService{a}.Accept(context.Background(), "s3", api.AcceptRequest{Tuple: tu, Key: 61500})
 	if api.CodeOf(err) != api.CodeConflict {

@@ -78,8 +78,8 @@ func (a *Agent) portMapFlows(br pipeline.Bridge) []openflow.Message {
 	defer a.mu.Unlock()
 	var msgs []openflow.Message
 	for _, pm := range a.portMaps {
-		var target *local
-		for _, l := range a.locals {
+		var target *workload
+		for _, l := range a.workloads {
 			if l.ep.Tenant == pm.Tenant && l.ep.Name == pm.Endpoint {
 				target = l
 			}
@@ -92,7 +92,7 @@ func (a *Agent) portMapFlows(br pipeline.Bridge) []openflow.Message {
 			a.logLimited(slog.LevelWarn, "portmap-refused", "port map not installed", "portmap", pm.String(), "err", err)
 			continue
 		}
-		fms, err := pipeline.PortMapFlows(br, pipeline.PortMap{Proto: pm.Proto, Port: pm.Port, Target: target.workload(), TargetPort: pm.TargetPort})
+		fms, err := pipeline.PortMapFlows(br, pipeline.PortMap{Proto: pm.Proto, Port: pm.Port, Target: target.pipelineWorkload(), TargetPort: pm.TargetPort})
 		if err != nil {
 			a.log.Warn("port map not installed", "portmap", pm.String(), "err", err)
 			continue

@@ -103,8 +103,8 @@ func (a *Agent) uplinkMeter() *openflow.MeterMod {
 // connected switch, before any flow that uses them.
 func (a *Agent) setMeters(ctx context.Context, c *openflow.Conn) error {
 	a.mu.Lock()
-	ports := make([]uint32, 0, len(a.locals))
-	for p := range a.locals {
+	ports := make([]uint32, 0, len(a.workloads))
+	for p := range a.workloads {
 		ports = append(ports, p)
 	}
 	a.mu.Unlock()

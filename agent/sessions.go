@@ -88,7 +88,7 @@ func answersEarlier(ct uint32) bool {
 // fromWorkload handles a packet a local workload sent that no flow matched.
 func (a *Agent) fromWorkload(port uint32, f *packet.Frame, ct uint32) {
 	a.mu.Lock()
-	l := a.locals[port]
+	l := a.workloads[port]
 	a.mu.Unlock()
 	if l == nil || f.EthType() != packet.EtherTypeIPv4 {
 		return
@@ -151,10 +151,10 @@ func (a *Agent) fromWorkload(port uint32, f *packet.Frame, ct uint32) {
 		// by the client's agent, asked to) and the answer held until then.
 		// Policy decides as for any new session, so a connection whose
 		// session policy now refuses stays cut.
-		_ = a.step(engine.ReplyWithoutSession{From: l.engineLocal(), Tuple: reversed, ReplyPort: t.Port, Frame: f.Bytes()})
+		_ = a.step(engine.ReplyWithoutSession{From: l.engineWorkload(), Tuple: reversed, ReplyPort: t.Port, Frame: f.Bytes()})
 		return
 	}
-	_ = a.step(engine.Packet{From: l.engineLocal(), Tuple: t, Frame: f.Bytes()})
+	_ = a.step(engine.Packet{From: l.engineWorkload(), Tuple: t, Frame: f.Bytes()})
 }
 
 // isReply reports whether the session named by the reversed tuple exists
@@ -223,7 +223,7 @@ func (a *Agent) dropTuple(port uint32, t session.Tuple, err error) {
 		a.logLimited(slog.LevelInfo, "refused/"+t.Tenant, "session refused", "session", t.String(), "reason", err)
 	}
 	a.mu.Lock()
-	br, bound := a.br, a.locals[port] != nil
+	br, bound := a.br, a.workloads[port] != nil
 	a.mu.Unlock()
 	if !bound {
 		return
@@ -347,7 +347,7 @@ func (a *Agent) sessionOfWireError(f *packet.Frame) (v engine.View, ok, towardCl
 // packet it received: from the session's client (the error goes back to
 // the server) or from its server (back to the client). It reports whether
 // the error belonged to a session.
-func (a *Agent) errorFromWorkload(l *local, f *packet.Frame) bool {
+func (a *Agent) errorFromWorkload(l *workload, f *packet.Frame) bool {
 	if pipeline.CheckError(f) != nil {
 		return false
 	}
@@ -373,7 +373,7 @@ func (a *Agent) errorFromWorkload(l *local, f *packet.Frame) bool {
 	return false
 }
 
-func (a *Agent) answerGatewayPing(l *local, f *packet.Frame) {
+func (a *Agent) answerGatewayPing(l *workload, f *packet.Frame) {
 	reply, err := pipeline.GatewayEchoReply(f)
 	if err != nil {
 		return

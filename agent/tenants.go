@@ -81,14 +81,14 @@ func (a *Agent) tenantNetsChanged(ctx context.Context, name string) {
 	a.mu.Lock()
 	old := t.nets
 	t.nets = nets
-	for _, l := range a.locals {
+	for _, l := range a.workloads {
 		if l.ep.Tenant != name {
 			continue
 		}
-		gone := l.workload()
+		gone := l.pipelineWorkload()
 		gone.Nets = slices.DeleteFunc(slices.Clone(old), func(p netip.Prefix) bool { return slices.Contains(nets, p) })
 		l.nets = nets
-		msgs = append(msgs, flowMods(pipeline.WorkloadFlows(br, l.workload())...)...)
+		msgs = append(msgs, flowMods(pipeline.WorkloadFlows(br, l.pipelineWorkload())...)...)
 		for _, fm := range pipeline.TenantNetFlows(br, gone) {
 			fm.Command = openflow.FlowDeleteStrict
 			msgs = append(msgs, fm)

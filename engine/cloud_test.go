@@ -31,7 +31,7 @@ type simServer struct {
 	br   pipeline.Bridge
 	g    *Engine
 	sw   *flowsim.Switch
-	at   map[netip.Addr]Local // workloads bound here
+	at   map[netip.Addr]Workload // workloads bound here
 	// cookies of session halves on the switch, for invariant 1.
 	installed map[pipeline.Cookie]bool
 	got       map[uint32][][]byte // frames delivered to each workload port
@@ -66,13 +66,13 @@ func (c *cloud) addServer(name string, n byte) *simServer {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	s := &simServer{name: name, br: br, g: newEngine(c.t, 12), sw: sw, at: map[netip.Addr]Local{},
+	s := &simServer{name: name, br: br, g: newEngine(c.t, 12), sw: sw, at: map[netip.Addr]Workload{},
 		installed: map[pipeline.Cookie]bool{}, got: map[uint32][][]byte{}}
 	c.servers[name] = s
 	return s
 }
 
-func (c *cloud) bind(s *simServer, w Local) {
+func (c *cloud) bind(s *simServer, w Workload) {
 	c.t.Helper()
 	if err := s.sw.Add(pipeline.WorkloadFlows(s.br, pipeline.Workload{OFPort: w.Port, MAC: w.Endpoint.MAC, IP: w.Endpoint.IP, Nets: []netip.Prefix{tenantNet}})...); err != nil {
 		c.t.Fatal(err)
@@ -255,7 +255,7 @@ func (c *cloud) send(s *simServer, port uint32, frame []byte) {
 	}
 }
 
-func tcpFrame(t *testing.T, from, to Local, sport, dport uint16, flags uint8, payload string) []byte {
+func tcpFrame(t *testing.T, from, to Workload, sport, dport uint16, flags uint8, payload string) []byte {
 	t.Helper()
 	b, err := packet.BuildTCP(packet.Header{EthSrc: from.Endpoint.MAC, EthDst: pipeline.GatewayMAC, Src: from.Endpoint.IP, Dst: to.Endpoint.IP, DF: true, ID: 1},
 		packet.TCP{SrcPort: sport, DstPort: dport, Seq: 1, Flags: flags, Window: 512}, []byte(payload))
@@ -267,7 +267,7 @@ func tcpFrame(t *testing.T, from, to Local, sport, dport uint16, flags uint8, pa
 
 // delivered returns what workload w on s received since the last call, as
 // (source address, payload) pairs.
-func delivered(t *testing.T, s *simServer, w Local) []string {
+func delivered(t *testing.T, s *simServer, w Workload) []string {
 	t.Helper()
 	var out []string
 	for _, fr := range s.got[w.Port] {
@@ -413,7 +413,7 @@ func TestCloudEarlyAnswer(t *testing.T) {
 	}
 }
 
-func frameOf(t *testing.T, proto session.Proto, from, to Local, sport, dport uint16, payload string) []byte {
+func frameOf(t *testing.T, proto session.Proto, from, to Workload, sport, dport uint16, payload string) []byte {
 	t.Helper()
 	if proto == session.TCP {
 		return tcpFrame(t, from, to, sport, dport, packet.TCPAck, payload)

@@ -142,8 +142,8 @@ type entry struct {
 	id      ID
 	s       session.Session
 	state   State
-	pending phase // the effect whose answer the session waits for
-	from    Local // the local workload whose packets it holds
+	pending phase    // the effect whose answer the session waits for
+	from    Workload // the local workload whose packets it holds
 	// held: packets waiting for the setup; next: packets that arrived
 	// while it ended, for a fresh session; waiting: a reopened session's
 	// answers, released once the client's agent confirms.
@@ -651,7 +651,7 @@ func (g *Engine) acceptRequest(now time.Time, ev AcceptRequest) []Effect {
 	if other := g.byWire[w]; other != nil {
 		return append(out, Reply{Err: fmt.Errorf("%w: key %d of %s is in use by another session with %s", ErrConflict, s.Key, s.Proto, ev.Caller)})
 	}
-	e := g.add(now, s, Installing, Local{Port: s.Local.OFPort, Endpoint: s.Local, Zone: s.Zone})
+	e := g.add(now, s, Installing, Workload{Port: s.Local.OFPort, Endpoint: s.Local, Zone: s.Zone})
 	e.peerName, e.remoteName = ev.Caller, ev.RemoteName
 
 	if !ev.Received.IsZero() && ev.Received.Before(now) {
@@ -848,7 +848,7 @@ func (g *Engine) adopt(now time.Time, ev Adopt) error {
 			return err
 		}
 	}
-	e := g.add(now, s, Established, Local{Port: s.Local.OFPort, Endpoint: s.Local, Zone: s.Zone})
+	e := g.add(now, s, Established, Workload{Port: s.Local.OFPort, Endpoint: s.Local, Zone: s.Zone})
 	e.keyed = s.Role == session.RoleClient
 	e.peerName, e.remoteName = s.Peer.Name, ev.RemoteName
 	e.act, e.lastIn = session.NewActivity(now), now
@@ -882,7 +882,7 @@ func (g *Engine) abort(now time.Time, ev Abort) []Effect {
 
 // --- the tables ---
 
-func (g *Engine) add(now time.Time, s session.Session, st State, from Local) *entry {
+func (g *Engine) add(now time.Time, s session.Session, st State, from Workload) *entry {
 	g.last++
 	e := &entry{id: g.last, s: s, state: st, from: from, created: now, began: now}
 	g.byID[e.id] = e

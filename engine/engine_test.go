@@ -24,9 +24,9 @@ var (
 	macB   = net.HardwareAddr{2, 0, 0xc0, 0, 2, 2}
 	peerA  = session.Peer{Name: "a", IP: ipA, NextHop: macA}
 	peerB  = session.Peer{Name: "b", IP: ipB, NextHop: macB}
-	wlC    = Local{Port: 10, Name: "c", Endpoint: session.Endpoint{IP: netip.MustParseAddr("10.1.0.2"), MAC: net.HardwareAddr{2, 0xaa, 0, 0, 0, 2}, OFPort: 10}}
-	wlS    = Local{Port: 20, Name: "s", Endpoint: session.Endpoint{IP: netip.MustParseAddr("10.1.0.3"), MAC: net.HardwareAddr{2, 0xaa, 0, 0, 0, 3}, OFPort: 20}}
-	wlD    = Local{Port: 30, Name: "d", Endpoint: session.Endpoint{IP: netip.MustParseAddr("10.1.0.4"), MAC: net.HardwareAddr{2, 0xaa, 0, 0, 0, 4}, OFPort: 30}}
+	wlC    = Workload{Port: 10, Name: "c", Endpoint: session.Endpoint{IP: netip.MustParseAddr("10.1.0.2"), MAC: net.HardwareAddr{2, 0xaa, 0, 0, 0, 2}, OFPort: 10}}
+	wlS    = Workload{Port: 20, Name: "s", Endpoint: session.Endpoint{IP: netip.MustParseAddr("10.1.0.3"), MAC: net.HardwareAddr{2, 0xaa, 0, 0, 0, 3}, OFPort: 20}}
+	wlD    = Workload{Port: 30, Name: "d", Endpoint: session.Endpoint{IP: netip.MustParseAddr("10.1.0.4"), MAC: net.HardwareAddr{2, 0xaa, 0, 0, 0, 4}, OFPort: 30}}
 	errAny = errors.New("no answer")
 )
 

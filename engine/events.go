@@ -25,8 +25,8 @@ type Effect interface{ effect() }
 // that comes late never touches its successor.
 type ID uint64
 
-// Local is a workload bound on this server, as a session needs it.
-type Local struct {
+// Workload is a workload bound on this server, as a session needs it.
+type Workload struct {
 	Port     uint32 // its OpenFlow port
 	Endpoint session.Endpoint
 	Zone     uint16 // its tenant's conntrack zone
@@ -43,7 +43,7 @@ type Counts struct{ In, Out uint64 }
 // session (or one more while it is being set up). Frame is kept only while
 // it is held.
 type Packet struct {
-	From  Local
+	From  Workload
 	Tuple session.Tuple
 	Frame []byte
 }
@@ -56,7 +56,7 @@ type Resolved struct {
 	RemoteName string     // the server workload's endpoint name
 	RemoteIP   netip.Addr // its address (the tuple's server address)
 	Peer       *session.Peer
-	Here       *Local
+	Here       *Workload
 }
 
 // Accepted answers [Accept]: the peer installed its half (Err nil) or did
@@ -99,7 +99,7 @@ type AcceptRequest struct {
 // conntrack knows, a client whose session has gone at this end (it idled
 // out). The client's agent is asked to set the session up again.
 type ReplyWithoutSession struct {
-	From      Local
+	From      Workload
 	Tuple     session.Tuple // the session's tuple (client → server)
 	ReplyPort uint16        // the client port the answer went to
 	Frame     []byte
@@ -126,7 +126,7 @@ type Reopened struct {
 // this server (the client's) to set the session up again.
 type ReopenRequest struct {
 	Caller string
-	From   Local // the client workload here
+	From   Workload // the client workload here
 	Tuple  session.Tuple
 }
 
@@ -257,7 +257,7 @@ func (Adopt) event()               {}
 type Resolve struct {
 	ID     ID
 	Tuple  session.Tuple
-	From   Local
+	From   Workload
 	Reopen bool
 	// Wait: a peer's request waits for this setup's end (ReopenRequest);
 	// the setup runs in the caller's goroutine, and its last effect is the
