@@ -296,6 +296,35 @@ func TestAttacks(t *testing.T) {
 		intact(t)
 	})
 
+	t.Run("datagrams from a key that no session holds", func(t *testing.T) {
+		l := l.with(t)
+		// What comes from a key and no session flow takes goes to the
+		// agent (a session's answer may beat its way back); what is no
+		// session's is host traffic, which the agent hands to the host,
+		// and nothing else.
+		hsink := l.start(l.server("s1"), filepath.Join(bin, "nviattack"), "sink", "--port", "9000")
+		l.listening(l.server("s1"), "udp", 9000)
+		for _, origin := range []string{l.underlay(), l.Prefix + "-internet"} {
+			l.in(origin, 30*time.Second, filepath.Join(bin, "nviattack"), "spray", "--to", "198.18.0.1", "--ports", "9000",
+				"--src-port", strconv.Itoa(live.Key), "--payload", "host")
+		}
+		eventually(t, 5*time.Second, "s1's host receiving both", func() error {
+			if n := strings.Count(hsink.out.String(), "host"); n < 2 {
+				return fmt.Errorf("got %q", hsink.out.String())
+			}
+			return nil
+		})
+		// A flood of them, from the victim session's own key, fills the
+		// uplink's meter and nothing more.
+		r := l.in(l.underlay(), time.Minute, filepath.Join(bin, "nviattack"), "spray", "--to", "198.18.0.1", "--ports", "1024-5119",
+			"--src-port", strconv.Itoa(live.Key), "--payload", "forged")
+		if r.Code != 0 {
+			t.Fatal(r)
+		}
+		note("datagrams from a live key to a client's server, not from its peer", sentOf(r.Out), strings.Count(sink.out.String(), "forged"))
+		intact(t)
+	})
+
 	t.Run("a reverse connection from a server workload", func(t *testing.T) {
 		l := l.with(t)
 		l.must("net", "create", "acme/front", "--cidr", "10.3.0.0/24")

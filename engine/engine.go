@@ -26,6 +26,9 @@
 //     step in flight answers; then whatever that step installed is removed
 //     (audit M3).
 //   - A live session is replaced or released only on its own peer's word.
+//   - A client's way back goes in while the peer is asked (the peer delivers
+//     the first packets itself); what the peer sends before the way back is
+//     in is held and run through the pipeline again once it is.
 package engine
 
 import (
