@@ -3,8 +3,6 @@ package agent
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"net"
 	"path/filepath"
 	"sync"
@@ -38,6 +36,16 @@ type pktKey struct {
 func connectFakeSwitch(t *testing.T, a *Agent) *fakeSwitch {
 	t.Helper()
 	fs := &fakeSwitch{t: t, flows: map[uint64][]*openflow.FlowMod{}, packets: map[pktKey]uint64{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	attachSwitch(t, ctx, a, fs.serve)
+	return fs
+}
+
+// attachSwitch serves each connection to a new unix socket with serve, and
+// makes a.sw the agent's link to it; it returns once the link is up.
+func attachSwitch(t *testing.T, ctx context.Context, a *Agent, serve func(net.Conn)) {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "of.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -50,20 +58,16 @@ func connectFakeSwitch(t *testing.T, a *Agent) *fakeSwitch {
 			if err != nil {
 				return
 			}
-			go fs.serve(nc)
+			go serve(nc)
 		}
 	}()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	a.sw = &switchConn{a: a, link: openflow.NewLink(openflow.LinkConfig{Network: "unix", Addr: sock, Logger: quiet})}
+	a.sw = &switchConn{a: a, link: openflow.NewLink(openflow.LinkConfig{Network: "unix", Addr: sock, Logger: quietLog()})}
 	go func() { _ = a.sw.link.Run(ctx) }()
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
 	if err := a.sw.waitConnected(wctx); err != nil {
 		t.Fatal(err)
 	}
-	return fs
 }
 
 func (fs *fakeSwitch) send(nc net.Conn, m openflow.Message, xid uint32) {
@@ -80,6 +84,12 @@ func (fs *fakeSwitch) send(nc net.Conn, m openflow.Message, xid uint32) {
 func (fs *fakeSwitch) serve(nc net.Conn) {
 	defer nc.Close()
 	go fs.send(nc, openflow.Hello{Versions: []uint8{openflow.Version}}, 1)
+	eachMessage(nc, func(m openflow.Message, xid uint32) { fs.handle(nc, m, xid) })
+}
+
+// eachMessage reads OpenFlow messages from nc until it fails, skipping
+// those that do not decode.
+func eachMessage(nc net.Conn, f func(openflow.Message, uint32)) {
 	for {
 		b, err := openflow.ReadMessage(nc)
 		if err != nil {
@@ -89,39 +99,44 @@ func (fs *fakeSwitch) serve(nc net.Conn) {
 		if err != nil {
 			continue
 		}
-		switch m := m.(type) {
-		case *openflow.EchoRequest:
-			fs.send(nc, openflow.EchoReply(*m), xid)
-		case *openflow.FeaturesRequest:
-			fs.send(nc, openflow.FeaturesReply{DatapathID: 1, NTables: 254}, xid)
-		case *openflow.BarrierRequest:
-			fs.send(nc, openflow.BarrierReply{}, xid)
-		case *openflow.FlowMod:
-			fs.apply(m)
-		case *openflow.PacketOut:
-			fs.mu.Lock()
-			fs.outs = append(fs.outs, m)
-			fs.mu.Unlock()
-		case *openflow.MultipartRequest:
-			req, ok := m.Body.(openflow.FlowStatsRequest)
-			if !ok {
+		f(m, xid)
+	}
+}
+
+// handle answers one message.
+func (fs *fakeSwitch) handle(nc net.Conn, m openflow.Message, xid uint32) {
+	switch m := m.(type) {
+	case *openflow.EchoRequest:
+		fs.send(nc, openflow.EchoReply(*m), xid)
+	case *openflow.FeaturesRequest:
+		fs.send(nc, openflow.FeaturesReply{DatapathID: 1, NTables: 254}, xid)
+	case *openflow.BarrierRequest:
+		fs.send(nc, openflow.BarrierReply{}, xid)
+	case *openflow.FlowMod:
+		fs.apply(m)
+	case *openflow.PacketOut:
+		fs.mu.Lock()
+		fs.outs = append(fs.outs, m)
+		fs.mu.Unlock()
+	case *openflow.MultipartRequest:
+		req, ok := m.Body.(openflow.FlowStatsRequest)
+		if !ok {
+			return
+		}
+		fs.mu.Lock()
+		stall := fs.stall
+		var out openflow.FlowStatsReply
+		for c, fms := range fs.flows {
+			if c&req.CookieMask != req.Cookie&req.CookieMask {
 				continue
 			}
-			fs.mu.Lock()
-			stall := fs.stall
-			var out openflow.FlowStatsReply
-			for c, fms := range fs.flows {
-				if c&req.CookieMask != req.Cookie&req.CookieMask {
-					continue
-				}
-				for _, f := range fms {
-					out = append(out, openflow.FlowStats{TableID: f.TableID, Priority: f.Priority, Cookie: f.Cookie, PacketCount: fs.packets[pktKey{c, f.TableID}], Match: f.Match, Instructions: f.Instructions})
-				}
+			for _, f := range fms {
+				out = append(out, openflow.FlowStats{TableID: f.TableID, Priority: f.Priority, Cookie: f.Cookie, PacketCount: fs.packets[pktKey{c, f.TableID}], Match: f.Match, Instructions: f.Instructions})
 			}
-			fs.mu.Unlock()
-			if !stall {
-				fs.send(nc, openflow.MultipartReply{MPType: openflow.MPFlow, Body: out}, xid)
-			}
+		}
+		fs.mu.Unlock()
+		if !stall {
+			fs.send(nc, openflow.MultipartReply{MPType: openflow.MPFlow, Body: out}, xid)
 		}
 	}
 }

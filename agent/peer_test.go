@@ -89,11 +89,18 @@ func (w *peerWorld) agent(t *testing.T, id *testca.Identity, data netip.Prefix, 
 // servePeerAPI runs a's peer API as Run does, on loopback.
 func servePeerAPI(t *testing.T, a *Agent) string {
 	t.Helper()
-	conf, err := a.peerServerTLS()
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	servePeerAPIOn(t, a, raw)
+	return raw.Addr().String()
+}
+
+// servePeerAPIOn runs a's peer API on raw.
+func servePeerAPIOn(t *testing.T, a *Agent, raw net.Listener) {
+	t.Helper()
+	conf, err := a.peerServerTLS()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +110,6 @@ func servePeerAPI(t *testing.T, a *Agent) string {
 		done <- api.Serve(ctx, api.PeerListener(raw, conf, api.ListenLimits{}, a.log), a.peerHandler(), a.log)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	return raw.Addr().String()
 }
 
 func callerOf(t *testing.T, addr string, from *testca.Identity, server string) *api.PeerClient {

@@ -73,6 +73,19 @@ func (s *Switch) Delete(c, mask uint64) {
 	}
 }
 
+// Count is the number of flows whose cookie matches c under mask.
+func (s *Switch) Count(c, mask uint64) int {
+	n := 0
+	for _, fs := range s.tables {
+		for _, f := range fs {
+			if f.Cookie&mask == c&mask {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // Output is one copy of the frame leaving the switch.
 type Output struct {
 	Port  uint32

@@ -124,3 +124,29 @@ func TestConntrack(t *testing.T) {
 		t.Errorf("an echo request was not new: %+v", res)
 	}
 }
+
+// TestCountAndDelete: flows are counted and deleted by cookie under a mask,
+// in every table.
+func TestCountAndDelete(t *testing.T) {
+	f := func(cookie uint64, table uint8, prio uint16) *openflow.FlowMod {
+		fm := add(prio, table, nil, openflow.ActionOutput{Port: 1})
+		fm.Cookie = cookie
+		return fm
+	}
+	s, err := New(f(0x3001, 0, 1), f(0x3001, 40, 1), f(0x3002, 40, 2), f(0x1000, 0, 3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		cookie, mask uint64
+		want         int
+	}{{0x3001, ^uint64(0), 2}, {0x3000, 0xf000, 3}, {0, 0, 4}, {0x4000, 0xf000, 0}} {
+		if got := s.Count(c.cookie, c.mask); got != c.want {
+			t.Errorf("Count(%#x, %#x) = %d, want %d", c.cookie, c.mask, got, c.want)
+		}
+	}
+	s.Delete(0x3001, ^uint64(0))
+	if got := s.Count(0, 0); got != 2 {
+		t.Errorf("after deleting cookie 0x3001: %d flows, want 2", got)
+	}
+}
