@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"time"
 
@@ -66,7 +67,15 @@ func (p peerService) Accept(ctx context.Context, caller string, req api.AcceptRe
 		return api.AcceptReply{}, api.Errorf(api.CodeUnavailable, "the directory is not connected yet")
 	}
 	peer, err := a.cache.LookupServer(ctx, caller)
-	if err != nil {
+	switch {
+	case errors.Is(err, directory.ErrNotFound):
+		// The caller proved who it is, but has no record now: its lease
+		// ran out (a directory outage outlives leases) and it has not
+		// registered again yet. That passes: "not found" would make its
+		// agent take live sessions for gone.
+		a.logLimited(slog.LevelInfo, "unregistered/"+caller, "peer call deferred: the caller is not registered now", "op", "accept", "caller", caller, "session", t.String())
+		return api.AcceptReply{}, api.Errorf(api.CodeUnavailable, "server %s is not registered in the directory now; retry once it is", caller)
+	case err != nil:
 		return api.AcceptReply{}, a.lookupFailed("accept", caller, t, "the caller's server record", err)
 	}
 	client, err := a.cache.LookupEndpoint(ctx, t.Tenant, t.Client)

@@ -230,6 +230,26 @@ func TestPeerAcceptKeepsSessionBeingMade(t *testing.T) {
 	}
 }
 
+// TestPeerAcceptFromUnregisteredCaller: a caller with no server record
+// now (a directory outage outlived its lease, and it has not registered
+// again) is told to retry, not that the session is refused: a refusal
+// would make its agent take its live sessions for gone (the checks of a
+// deaf client are Accepts too).
+func TestPeerAcceptFromUnregisteredCaller(t *testing.T) {
+	w := newPeerWorld(t, nil)
+	a := w.agent(t, w.s2, netip.MustParsePrefix("192.0.2.2/24"), peerIPs, nil)
+	tu := session.Tuple{Tenant: "acme", Proto: session.UDP, Client: peerIPx, Server: peerIPs, Port: 53}
+	_, err := peerService{a}.Accept(w.ctx, "s4", api.AcceptRequest{Tuple: tu, Key: 61500})
+	if api.CodeOf(err) != api.CodeUnavailable {
+		t.Fatalf("Accept from an unregistered caller: err = %v, want unavailable", err)
+	}
+	// A registered caller that is not the client's server is refused.
+	svc := peerService{a}
+	if _, err := svc.Accept(w.ctx, "s1", api.AcceptRequest{Tuple: tu, Key: 61500}); !refusedCode(api.CodeOf(err)) {
+		t.Fatalf("Accept from s1 for s3's client: err = %v, want a refusal", err)
+	}
+}
+
 // TestPeerForgedReleaseKeepsLiveSession is the audit's
 // TestAuditForgedReleaseEndsLiveSession, with the attacker knowing the
 // key: only the session's own peer ends it, and only with tuple, key and
