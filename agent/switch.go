@@ -86,11 +86,7 @@ func (s *switchConn) send(msgs ...openflow.Message) error {
 // apply writes messages and waits for the switch to have processed them
 // all: the barrier is what lets the agent say a flow exists.
 func (s *switchConn) apply(ctx context.Context, msgs ...openflow.Message) error {
-	c := s.current()
-	if c == nil {
-		return errNoSwitch
-	}
-	return c.Apply(ctx, msgs...)
+	return s.start(msgs...)(ctx)
 }
 
 // start is apply in two parts: it writes the messages and a barrier at

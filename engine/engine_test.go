@@ -440,7 +440,7 @@ func TestWayBackBesideTheAccept(t *testing.T) {
 				}
 				return
 			}
-			if s := state(t, g, tu); s != Installing && !(s == Agreeing && !c.acceptFirst) {
+			if s := state(t, g, tu); s != Installing {
 				t.Fatalf("state %s", s)
 			}
 		})
