@@ -161,7 +161,7 @@ func (w *world) agentOf(t *testing.T, name string, data netip.Prefix, cfg func(*
 
 func pipelineBridge(ip netip.Addr, keys session.KeyRange) pipeline.Bridge {
 	mac, _ := net.ParseMAC("02:00:c0:00:02:99")
-	return pipeline.Bridge{Uplink: 1, DataIP: ip, DataMAC: mac, Keys: keys, PuntMeter: 1, DenyTimeout: 5}
+	return pipeline.Bridge{Uplink: 1, DataIP: ip, DataMAC: mac, Keys: keys, PuntMeter: 1, StrayMeter: 2, DenyTimeout: 5}
 }
 
 func postJSON(t *testing.T, url string, body any) int {

@@ -228,6 +228,8 @@ func (a *Agent) carry(f engine.Effect) *engine.Reply {
 			a.logLimited(slog.LevelWarn, "verify", "cannot check a session with its peer", "session", f.Session.Tuple.String(), "peer", f.PeerName, "err", err)
 		}
 		return then(engine.Verified{ID: f.ID, Err: err, Gone: gone})
+	case engine.TellUnknown:
+		a.goSafe("tell unknown key", func() { a.tellUnknown(f) })
 	case engine.Reopen:
 		ctx, cancel := context.WithTimeout(a.ctx, a.cfg.SetupTimeout)
 		defer cancel()
@@ -414,6 +416,21 @@ func (a *Agent) releasePeer(s session.Session, peerName, reason string) {
 	if err != nil {
 		a.log.Warn("peer did not release its half", "session", s.Tuple.String(), "peer", peerName, "err", err)
 	}
+}
+
+// tellUnknown tells a peer that its packets with a key reach us and no
+// session here takes them.
+func (a *Agent) tellUnknown(f engine.TellUnknown) {
+	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.PeerTimeout)
+	defer cancel()
+	err := a.callPeer(ctx, f.PeerName, func(pc *api.PeerClient) error {
+		return pc.UnknownKey(ctx, api.UnknownKeyRequest{From: a.cfg.Name, Proto: f.Proto, Key: f.Key})
+	})
+	if err != nil {
+		a.logLimited(slog.LevelInfo, "tell-unknown/"+f.PeerName, "cannot tell a peer its key is dead here", "peer", f.PeerName, "key", f.Key, "err", err)
+		return
+	}
+	a.log.Info("told a peer its key is dead here", "peer", f.PeerName, "proto", f.Proto, "key", f.Key)
 }
 
 // uplink is the bridge's port toward the underlay.

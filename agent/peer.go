@@ -189,6 +189,28 @@ func (p peerService) Release(ctx context.Context, caller string, req api.Release
 	return engineError(a.step(engine.ReleaseRequest{Caller: caller, CallerIP: callerIP, Tuple: req.Tuple, Key: req.Key, Role: req.Role, Reason: req.Reason}))
 }
 
+// UnknownKey: the caller says our packets with a key reach it and no
+// session there takes them. If a session of ours with that key has the
+// caller for its peer, it is checked with the caller (by repeating its
+// Accept), in the background: the caller hears nothing of our sessions.
+func (p peerService) UnknownKey(ctx context.Context, caller string, req api.UnknownKeyRequest) error {
+	a := p.a
+	switch {
+	case !req.Proto.HasPorts():
+		return api.Errorf(api.CodeInvalid, "only tcp and udp sessions have keys")
+	case caller == a.cfg.Name:
+		return api.Errorf(api.CodeInvalid, "a server does not make sessions with itself")
+	}
+	ip := a.callerAddr(ctx, caller)
+	if !ip.IsValid() {
+		return api.Errorf(api.CodeUnavailable, "server %s has no record in the directory now; retry once it has", caller)
+	}
+	a.goSafe("unknown key", func() {
+		_ = a.step(engine.UnknownKey{Caller: caller, CallerIP: ip, Proto: req.Proto, Key: req.Key})
+	})
+	return nil
+}
+
 // callerAddr is the data address the directory gives server caller.
 func (a *Agent) callerAddr(ctx context.Context, caller string) netip.Addr {
 	if !a.dirUp.Load() {

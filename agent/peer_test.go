@@ -326,6 +326,9 @@ func (p *countingPeer) Accept(context.Context, string, api.AcceptRequest) (api.A
 }
 func (p *countingPeer) Release(context.Context, string, api.ReleaseRequest) error { return nil }
 func (p *countingPeer) Reopen(context.Context, string, api.ReopenRequest) error   { return nil }
+func (p *countingPeer) UnknownKey(context.Context, string, api.UnknownKeyRequest) error {
+	return nil
+}
 
 // TestPeerForgedReopenCannotExhaustKeys is the audit's
 // TestAuditForgedReopenExhaustsKeys: Reopens from a server that does not

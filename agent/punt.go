@@ -17,8 +17,15 @@ import (
 // anyone may send, and peers' echoes) go through uplinkMeterID; each
 // workload's through its own, pipeline.WorkloadMeter(ofport), made when
 // the workload binds and removed when it leaves. One flooding workload, or
-// the internet, fills only its own meter.
-const uplinkMeterID = 1
+// the internet, fills only its own meter. Traffic to a key that no session
+// takes has a meter of its own, strayMeterID: it only tells a peer that a
+// half is gone (once a second per key), so a low rate serves, and a scan of
+// the key range fills that meter, not the uplink's.
+const (
+	uplinkMeterID = 1
+	strayMeterID  = 2
+	strayRate     = 200 // packets per second
+)
 
 // underlayOf is what this server's workloads must never reach, because
 // their egress would arrive there speaking as this server: the data subnet
@@ -99,6 +106,8 @@ func (a *Agent) uplinkMeter() *openflow.MeterMod {
 	return pipeline.PuntMeter(uplinkMeterID, a.cfg.UplinkPuntRate, a.cfg.UplinkPuntBurst)
 }
 
+func strayMeter() *openflow.MeterMod { return pipeline.PuntMeter(strayMeterID, strayRate, strayRate) }
+
 // setMeters puts the uplink's meter and every bound workload's on a freshly
 // connected switch, before any flow that uses them.
 func (a *Agent) setMeters(ctx context.Context, c *openflow.Conn) error {
@@ -108,7 +117,7 @@ func (a *Agent) setMeters(ctx context.Context, c *openflow.Conn) error {
 		ports = append(ports, p)
 	}
 	a.mu.Unlock()
-	meters := []*openflow.MeterMod{a.uplinkMeter()}
+	meters := []*openflow.MeterMod{a.uplinkMeter(), strayMeter()}
 	for _, p := range ports {
 		meters = append(meters, a.workloadMeter(p))
 	}

@@ -280,6 +280,14 @@ func (a *Agent) fromPeer(f *packet.Frame) {
 		_ = a.step(engine.KeyReply{Peer: f.IPv4Src(), Proto: p, Key: f.L4Src(), Frame: f.Bytes()})
 		return
 	}
+	if p := session.Proto(f.IPProto()); f.EthType() == packet.EtherTypeIPv4 && p.HasPorts() && f.L4() != nil && br.Keys.Contains(f.L4Dst()) {
+		// To one of our keys, and no session flow took it: its peer still
+		// sends on a server half that ended here untold. Never the host's.
+		if f.VLANTags() == 0 && f.IPv4Dst() == br.DataIP {
+			_ = a.step(engine.StrayKey{Peer: f.IPv4Src(), Proto: p, Key: f.L4Dst()})
+		}
+		return
+	}
 	if f.EthType() == packet.EtherTypeIPv4 && f.IPProto() == uint8(session.ICMP) {
 		if f.IsICMPError() {
 			if err := errors.Join(pipeline.CheckError(f), pipeline.CheckErrorSource(br, f)); err != nil {

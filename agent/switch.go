@@ -165,7 +165,7 @@ func (a *Agent) onConnect(ctx context.Context, c *openflow.Conn) error {
 	a.br.DataIP = a.cfg.DataIP.Addr()
 	a.br.DataMAC = append([]byte(nil), localMAC...)
 	a.br.Keys = a.cfg.KeyRange
-	a.br.PuntMeter = uplinkMeterID
+	a.br.PuntMeter, a.br.StrayMeter = uplinkMeterID, strayMeterID
 	a.br.Underlay = underlayOf(a.cfg)
 	a.br.DenyTimeout = uint16(a.cfg.DenyTimeout / time.Second)
 	br := a.br

@@ -70,6 +70,17 @@ type ReopenRequest struct {
 	Tuple session.Tuple `json:"tuple"`
 }
 
+// UnknownKeyRequest tells a client's agent that its packets with Key reach
+// the caller and no session there takes them: the caller's half of that
+// session is gone (it ended while this server could not be told). The
+// receiver checks its session of that key with the caller, by repeating
+// its Accept; it answers at once, before the check.
+type UnknownKeyRequest struct {
+	From  string        `json:"from,omitempty"` // if set, it must be the caller
+	Proto session.Proto `json:"proto"`
+	Key   uint16        `json:"key"`
+}
+
 // PeerService is what an agent offers other agents. caller is the server
 // the request comes from as its certificate proves it, never as the body
 // claims it.
@@ -77,6 +88,7 @@ type PeerService interface {
 	Accept(ctx context.Context, caller string, req AcceptRequest) (AcceptReply, error)
 	Release(ctx context.Context, caller string, req ReleaseRequest) error
 	Reopen(ctx context.Context, caller string, req ReopenRequest) error
+	UnknownKey(ctx context.Context, caller string, req UnknownKeyRequest) error
 }
 
 // Peer API paths.
@@ -84,6 +96,7 @@ const (
 	pathAccept  = "/v1/sessions/accept"
 	pathRelease = "/v1/sessions/release"
 	pathReopen  = "/v1/sessions/reopen"
+	pathUnknown = "/v1/sessions/unknown-key"
 )
 
 // CallerFunc names the server that sent r. It fails with
@@ -160,6 +173,7 @@ func PeerHandler(svc PeerService, opts PeerOptions, log *slog.Logger) http.Handl
 	peerRoute(mux, h, "POST "+pathAccept, func(r *AcceptRequest) string { return r.From }, svc.Accept)
 	peerRoute(mux, h, "POST "+pathRelease, func(r *ReleaseRequest) string { return r.From }, noReply(svc.Release))
 	peerRoute(mux, h, "POST "+pathReopen, func(r *ReopenRequest) string { return r.From }, noReply(svc.Reopen))
+	peerRoute(mux, h, "POST "+pathUnknown, func(r *UnknownKeyRequest) string { return r.From }, noReply(svc.UnknownKey))
 	return mux
 }
 
@@ -331,6 +345,12 @@ func (p *PeerClient) Release(ctx context.Context, req ReleaseRequest) error {
 // Reopen asks the client's agent to set a session up again.
 func (p *PeerClient) Reopen(ctx context.Context, req ReopenRequest) error {
 	return p.c.call(ctx, http.MethodPost, pathReopen, req, nil)
+}
+
+// UnknownKey tells the client's agent that a key of its reaches us with no
+// session.
+func (p *PeerClient) UnknownKey(ctx context.Context, req UnknownKeyRequest) error {
+	return p.c.call(ctx, http.MethodPost, pathUnknown, req, nil)
 }
 
 // Close drops idle connections.

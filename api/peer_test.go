@@ -65,6 +65,10 @@ func (f *fakePeer) Reopen(ctx context.Context, caller string, req ReopenRequest)
 	return f.record(ctx, caller)
 }
 
+func (f *fakePeer) UnknownKey(ctx context.Context, caller string, req UnknownKeyRequest) error {
+	return f.record(ctx, caller)
+}
+
 func (f *fakePeer) seen() (int, []string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -61,7 +61,7 @@ func newCloud(t *testing.T) *cloud {
 func (c *cloud) addServer(name string, n byte) *simServer {
 	c.t.Helper()
 	br := pipeline.Bridge{Uplink: uplink, DataIP: netip.AddrFrom4([4]byte{192, 0, 2, n}), DataMAC: net.HardwareAddr{2, 0, 0xc0, 0, 2, n},
-		Keys: session.DefaultKeyRange, PuntMeter: 1, DenyTimeout: 5}
+		Keys: session.DefaultKeyRange, PuntMeter: 1, StrayMeter: 2, DenyTimeout: 5}
 	sw, err := flowsim.New(pipeline.BaseFlows(br)...)
 	if err != nil {
 		c.t.Fatal(err)

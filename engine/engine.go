@@ -190,6 +190,7 @@ type Engine struct {
 	byWire  map[Wire]*entry
 	perPort map[uint32]int     // sessions counted against each local port
 	punts   map[netip.Addr]int // ICMP sessions per peer sharing its punt flow
+	tombs   *tombs             // server halves that ended here, for StrayKey
 	last    ID
 }
 
@@ -204,7 +205,7 @@ func New(cfg Config) *Engine {
 	return &Engine{
 		cfg: cfg, log: cfg.Logger,
 		byID: map[ID]*entry{}, byTuple: map[session.Tuple]*entry{}, byWire: map[Wire]*entry{},
-		perPort: map[uint32]int{}, punts: map[netip.Addr]int{},
+		perPort: map[uint32]int{}, punts: map[netip.Addr]int{}, tombs: newTombs(MaxTombs),
 	}
 }
 
@@ -224,6 +225,10 @@ func (g *Engine) Step(now time.Time, ev Event) []Effect {
 		return g.installed(now, ev)
 	case KeyReply:
 		return g.keyReply(ev)
+	case StrayKey:
+		return g.strayKey(now, ev)
+	case UnknownKey:
+		return g.unknownKey(now, ev)
 	case Removed:
 		return g.removed(now, ev)
 	case AcceptRequest:
@@ -757,6 +762,7 @@ func (g *Engine) releaseRequest(now time.Time, ev ReleaseRequest) []Effect {
 // --- time and the directory ---
 
 func (g *Engine) tick(now time.Time, ev Tick) []Effect {
+	g.tombs.expire(now)
 	var out []Effect
 	for _, e := range g.matching(func(e *entry) bool { return e.state == Established }) {
 		if ev.Fresh && e.s.Proto.HasPorts() {
@@ -923,6 +929,9 @@ func (g *Engine) forget(now time.Time, e *entry) {
 	}
 	delete(g.byID, e.id)
 	g.detach(e)
+	if e.s.Role == session.RoleServer && e.peerName != "" {
+		g.tombs.add(e.wire(), e.peerName, now)
+	}
 	if e.punted {
 		// Only a session that never had its Remove holds a reference
 		// still; its punt flow stays for the others.

@@ -163,7 +163,12 @@ type Bridge struct {
 	Underlay []netip.Prefix
 	// PuntMeter rate-limits packet-ins from the uplink (ICMP errors, a
 	// peer's echoes); each workload's have their own, WorkloadMeter.
-	PuntMeter   uint32
+	PuntMeter uint32
+	// StrayMeter rate-limits packet-ins of traffic to a key that no
+	// session takes (a peer still sending on a half this server no longer
+	// has), apart from PuntMeter so that a scan of the key range cannot
+	// crowd out a session's early answers.
+	StrayMeter  uint32
 	DenyTimeout uint16 // seconds a drop flow lives
 	// RouterMAC is the underlay router's MAC, where egress traffic and port
 	// map replies go; nil when the server has no way out, which turns
@@ -182,6 +187,8 @@ func (b Bridge) Validate() error {
 		return fmt.Errorf("pipeline: data MAC %q is not a MAC", b.DataMAC)
 	case b.PuntMeter == 0 || b.PuntMeter > WorkloadMeterBase:
 		return fmt.Errorf("pipeline: uplink punt meter %d: want 1..%d, below the workloads' meters", b.PuntMeter, WorkloadMeterBase)
+	case b.StrayMeter == 0 || b.StrayMeter > WorkloadMeterBase || b.StrayMeter == b.PuntMeter:
+		return fmt.Errorf("pipeline: stray-key meter %d: want 1..%d, below the workloads' meters and apart from the uplink's", b.StrayMeter, WorkloadMeterBase)
 	}
 	for _, p := range b.Underlay {
 		if !p.IsValid() || !p.Addr().Is4() {
@@ -358,18 +365,21 @@ func BaseFlows(b Bridge) []*openflow.FlowMod {
 	for _, p := range UnderlayPrefixes(b) {
 		fs = append(fs, flow(SessionOut, prioUnderlay, base, []openflow.Field{ipv4, openflow.IPv4DstPrefix(p)}))
 	}
-	// Session-in: traffic to a key with no session left is dropped rather
-	// than handed to the host; everything else is the host's. A packet
-	// from a key to a key is no session's (keys are server ports only;
-	// workloads may not send from one), so it could match a client and a
-	// server half at once: dropped above both.
+	// Session-in: traffic to a key with no session left goes to the agent
+	// through a meter of its own, never to the host: it is a peer still
+	// sending on a half this server no longer has, and the agent tells that
+	// peer, which checks its session and sets it up again (audit M4);
+	// everything else is the host's. A packet from a key to a key is no
+	// session's (keys are server ports only; workloads may not send from
+	// one), so it could match a client and a server half at once: dropped
+	// above both.
 	fs = append(fs,
 		flow(SessionIn, prioKeyPair, base, []openflow.Field{openflow.InPort(b.Uplink), ipv4, openflow.IPProto(6), openflow.IPv4Dst(b.DataIP),
 			openflow.TCPSrcMasked(b.Keys.Base, b.Keys.Mask), openflow.TCPDstMasked(b.Keys.Base, b.Keys.Mask)}),
 		flow(SessionIn, prioKeyPair, base, []openflow.Field{openflow.InPort(b.Uplink), ipv4, openflow.IPProto(17), openflow.IPv4Dst(b.DataIP),
 			openflow.UDPSrcMasked(b.Keys.Base, b.Keys.Mask), openflow.UDPDstMasked(b.Keys.Base, b.Keys.Mask)}),
-		flow(SessionIn, prioStray, base, []openflow.Field{ipv4, openflow.IPProto(6), openflow.IPv4Dst(b.DataIP), openflow.TCPDstMasked(b.Keys.Base, b.Keys.Mask)}),
-		flow(SessionIn, prioStray, base, []openflow.Field{ipv4, openflow.IPProto(17), openflow.IPv4Dst(b.DataIP), openflow.UDPDstMasked(b.Keys.Base, b.Keys.Mask)}),
+		flow(SessionIn, prioStray, base, []openflow.Field{ipv4, openflow.IPProto(6), openflow.IPv4Dst(b.DataIP), openflow.TCPDstMasked(b.Keys.Base, b.Keys.Mask)}, punt(b.StrayMeter)...),
+		flow(SessionIn, prioStray, base, []openflow.Field{ipv4, openflow.IPProto(17), openflow.IPv4Dst(b.DataIP), openflow.UDPDstMasked(b.Keys.Base, b.Keys.Mask)}, punt(b.StrayMeter)...),
 		// What a peer sends untagged from a key that no session flow takes
 		// goes to the agent, through the uplink's meter: a client's way
 		// back goes in while the peer is asked, so the first answers can

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"bytes"
+	"cmp"
 	"net"
 	"net/netip"
 	"strings"
@@ -25,8 +26,8 @@ var (
 	ipC  = netip.MustParseAddr("10.1.0.2")
 	ipS  = netip.MustParseAddr("10.1.0.3")
 
-	brA = Bridge{Uplink: 1, DataIP: ipA, DataMAC: macA, Keys: session.DefaultKeyRange, PuntMeter: 1, DenyTimeout: 5}
-	brB = Bridge{Uplink: 1, DataIP: ipB, DataMAC: macB, Keys: session.DefaultKeyRange, PuntMeter: 1, DenyTimeout: 5}
+	brA = Bridge{Uplink: 1, DataIP: ipA, DataMAC: macA, Keys: session.DefaultKeyRange, PuntMeter: 1, StrayMeter: 2, DenyTimeout: 5}
+	brB = Bridge{Uplink: 1, DataIP: ipB, DataMAC: macB, Keys: session.DefaultKeyRange, PuntMeter: 1, StrayMeter: 2, DenyTimeout: 5}
 
 	wlC = Workload{OFPort: 10, MAC: macC, IP: ipC}
 	wlS = Workload{OFPort: 20, MAC: macS, IP: ipS}
@@ -393,16 +394,18 @@ func TestBasePipeline(t *testing.T) {
 		in     uint32
 		fr     []byte
 		punted bool
+		meter  uint32 // of a punt; 0: the in port's own
 		out    uint32 // 0: dropped
 	}{
-		{"first packet of a new session is punted", swA, wlC.OFPort, frame(t, session.TCP, macC, GatewayMAC, ipC, ipS, 1000, 80, pl), true, 0},
-		{"spoofed source address is dropped", swA, wlC.OFPort, frame(t, session.TCP, macC, GatewayMAC, netip.MustParseAddr("10.1.0.9"), ipS, 1000, 80, pl), false, 0},
-		{"spoofed source MAC is dropped", swA, wlC.OFPort, frame(t, session.TCP, macS, GatewayMAC, ipC, ipS, 1000, 80, pl), false, 0},
-		{"unknown port is dropped", swA, 99, frame(t, session.TCP, macC, GatewayMAC, ipC, ipS, 1000, 80, pl), false, 0},
-		{"broadcast is dropped", swA, wlC.OFPort, frame(t, session.UDP, macC, GatewayMAC, ipC, netip.MustParseAddr("255.255.255.255"), 68, 67, pl), false, 0},
-		{"host traffic leaves untouched", swA, openflow.PortLocal, frame(t, session.TCP, macA, macB, ipA, ipB, 40000, 2379, pl), false, brA.Uplink},
-		{"underlay traffic reaches the host untouched", swB, brB.Uplink, frame(t, session.TCP, macA, macB, ipA, ipB, 40000, 2379, pl), false, openflow.PortLocal},
-		{"traffic to a key without a session is dropped", swB, brB.Uplink, frame(t, session.UDP, macA, macB, ipA, ipB, 40000, key, pl), false, 0},
+		{"first packet of a new session is punted", swA, wlC.OFPort, frame(t, session.TCP, macC, GatewayMAC, ipC, ipS, 1000, 80, pl), true, 0, 0},
+		{"spoofed source address is dropped", swA, wlC.OFPort, frame(t, session.TCP, macC, GatewayMAC, netip.MustParseAddr("10.1.0.9"), ipS, 1000, 80, pl), false, 0, 0},
+		{"spoofed source MAC is dropped", swA, wlC.OFPort, frame(t, session.TCP, macS, GatewayMAC, ipC, ipS, 1000, 80, pl), false, 0, 0},
+		{"unknown port is dropped", swA, 99, frame(t, session.TCP, macC, GatewayMAC, ipC, ipS, 1000, 80, pl), false, 0, 0},
+		{"broadcast is dropped", swA, wlC.OFPort, frame(t, session.UDP, macC, GatewayMAC, ipC, netip.MustParseAddr("255.255.255.255"), 68, 67, pl), false, 0, 0},
+		{"host traffic leaves untouched", swA, openflow.PortLocal, frame(t, session.TCP, macA, macB, ipA, ipB, 40000, 2379, pl), false, 0, brA.Uplink},
+		{"underlay traffic reaches the host untouched", swB, brB.Uplink, frame(t, session.TCP, macA, macB, ipA, ipB, 40000, 2379, pl), false, 0, openflow.PortLocal},
+		{"traffic to a key without a session goes to the agent through the stray meter, not to the host", swB, brB.Uplink, frame(t, session.UDP, macA, macB, ipA, ipB, 40000, key, pl), true, brB.StrayMeter, 0},
+		{"traffic from a key to a key is dropped", swB, brB.Uplink, frame(t, session.UDP, macA, macB, ipA, ipB, key, key, pl), false, 0, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -413,8 +416,8 @@ func TestBasePipeline(t *testing.T) {
 			if res.Punted != tt.punted {
 				t.Errorf("punted = %v, want %v", res.Punted, tt.punted)
 			}
-			if tt.punted && res.Meter != WorkloadMeter(tt.in) {
-				t.Errorf("punt went through meter %d, want the port's own %d", res.Meter, WorkloadMeter(tt.in))
+			if meter := cmp.Or(tt.meter, WorkloadMeter(tt.in)); tt.punted && res.Meter != meter {
+				t.Errorf("punt went through meter %d, want %d", res.Meter, meter)
 			}
 			switch {
 			case tt.out == 0 && len(res.Outputs) != 0:

@@ -52,7 +52,7 @@ func logger(level string) (*slog.Logger, error) {
 func runAgent(ctx context.Context, args []string) error {
 	var cfg agent.Config
 	fs := flag.NewFlagSet("nvid", flag.ContinueOnError)
-	var dataIP, dataMAC, gateway, etcd, keys, level, identityDir, join string
+	var dataIP, dataMAC, gateway, etcd, keys, level, identityDir, join, debugListen string
 	fs.StringVar(&cfg.Name, "name", "", "this server's name in the directory (default: the name its certificate gives)")
 	fs.StringVar(&identityDir, "identity-dir", "/var/lib/nvi/identity", "this server's key and certificate (key.pem, cert.pem, ca.pem)")
 	fs.StringVar(&join, "join", "", "enroll with this join token ('nvictl server token NAME') if --identity-dir holds no identity yet")
@@ -82,6 +82,7 @@ func runAgent(ctx context.Context, args []string) error {
 	fs.StringVar(&underlay, "underlay", "", "more infrastructure prefixes workloads must not reach, comma-separated (the data subnet, router and directory are always in)")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&cfg.InsecurePeerAPI, "insecure-peer-api", false, "serve and call the peer API without TLS: anyone who reaches it can hijack sessions (benchmark comparison only)")
+	fs.StringVar(&debugListen, "debug-listen", "", "serve Go's profiler (/debug/pprof/) on this loopback address, e.g. 127.0.0.1:6060 (default: off)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -91,6 +92,11 @@ func runAgent(ctx context.Context, args []string) error {
 	var err error
 	if cfg.Logger, err = logger(level); err != nil {
 		return err
+	}
+	if debugListen != "" {
+		if err := serveDebug(ctx, debugListen, cfg.Logger); err != nil {
+			return err
+		}
 	}
 	if dataIP != "" {
 		if cfg.DataIP, err = netip.ParsePrefix(dataIP); err != nil {
