@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"sync"
@@ -181,7 +180,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		l := api.PeerListener(pl, peerTLS, api.ListenLimits{}, a.log)
-		if err := api.Serve(ctx, l, a.peerHandler(), a.log); err != nil {
+		if err := api.ServePeer(ctx, l, peerService{a}, a.peerOptions(), a.log); err != nil {
 			a.log.Error("peer API stopped", "err", err)
 		}
 	}()
@@ -427,12 +426,12 @@ func (a *Agent) peerServerTLS() (*tls.Config, error) {
 	}
 	conf = conf.Clone()
 	conf.MinVersion = tls.VersionTLS13
-	conf.NextProtos = []string{"http/1.1"}
+	conf.NextProtos = []string{api.PeerALPN}
 	return conf, nil
 }
 
-// peerHandler serves the peer API to callers that prove who they are.
-func (a *Agent) peerHandler() http.Handler {
+// peerOptions admit to the peer API the callers that prove who they are.
+func (a *Agent) peerOptions() api.PeerOptions {
 	opts := api.PeerOptions{
 		Rate:        rate.Limit(a.cfg.PeerRate),
 		Burst:       a.cfg.PeerBurst,
@@ -443,5 +442,5 @@ func (a *Agent) peerHandler() http.Handler {
 	} else if a.cfg.InsecurePeerAPI {
 		opts.InsecureTrustFrom = true
 	}
-	return api.PeerHandler(peerService{a}, opts, a.log)
+	return opts
 }

@@ -1,20 +1,17 @@
 package agent
 
 // Tests of the agent's session life cycle against a real embedded etcd on
-// 127.0.0.1, fake peers (httptest) and, where flows matter, a fake switch.
+// 127.0.0.1, fake peers (the peer protocol without TLS) and, where flows matter, a fake switch.
 // They started as the security audit's proofs of concept for the agent.
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"net/netip"
-	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -164,39 +161,65 @@ func pipelineBridge(ip netip.Addr, keys session.KeyRange) pipeline.Bridge {
 	return pipeline.Bridge{Uplink: 1, DataIP: ip, DataMAC: mac, Keys: keys, PuntMeter: 1, StrayMeter: 2, DenyTimeout: 5}
 }
 
-func postJSON(t *testing.T, url string, body any) int {
+// fakePeerAgent is another server's agent as the peer protocol shows it:
+// it answers every Accept with code (success if empty), after onAccept if
+// set, and counts calls. It runs without TLS, trusting the body's From.
+type fakePeerAgent struct {
+	addr              string
+	code              api.Code
+	onAccept          func()
+	accepts, releases atomic.Int64
+	stop              func()
+}
+
+func (p *fakePeerAgent) Accept(context.Context, string, api.AcceptRequest) (api.AcceptReply, error) {
+	p.accepts.Add(1)
+	if p.onAccept != nil {
+		p.onAccept()
+	}
+	if p.code != "" {
+		return api.AcceptReply{}, api.Errorf(p.code, "no")
+	}
+	return api.AcceptReply{}, nil
+}
+
+func (p *fakePeerAgent) Release(context.Context, string, api.ReleaseRequest) error {
+	p.releases.Add(1)
+	return nil
+}
+func (p *fakePeerAgent) Reopen(context.Context, string, api.ReopenRequest) error { return nil }
+func (p *fakePeerAgent) UnknownKey(context.Context, string, api.UnknownKeyRequest) error {
+	return nil
+}
+
+// Close stops it.
+func (p *fakePeerAgent) Close() { p.stop() }
+
+// servePeerService runs svc's peer protocol without TLS on loopback, the
+// caller taken from the body; it returns the address and how to stop.
+func servePeerService(t *testing.T, svc api.PeerService) (string, func()) {
 	t.Helper()
-	b, _ := json.Marshal(body)
-	resp, err := http.Post(url, "application/json", strings.NewReader(string(b)))
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- api.ServePeer(ctx, api.PeerListener(raw, nil, api.ListenLimits{}, peerQuiet), svc, api.PeerOptions{InsecureTrustFrom: true}, peerQuiet)
+	}()
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return raw.Addr().String(), stop
 }
 
 // peerAnswering is a fake peer agent that answers every Accept with code
-// (200 if empty) and counts calls per path.
-func peerAnswering(code api.Code) (*httptest.Server, *atomic.Int64, *atomic.Int64) {
-	var accepts, releases atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		switch {
-		case strings.HasSuffix(r.URL.Path, "/accept"):
-			accepts.Add(1)
-		case strings.HasSuffix(r.URL.Path, "/release"):
-			releases.Add(1)
-		}
-		if code != "" && strings.HasSuffix(r.URL.Path, "/accept") {
-			status := map[api.Code]int{api.CodeUnavailable: 503, api.CodeDenied: 403}[code]
-			w.WriteHeader(status)
-			_ = json.NewEncoder(w).Encode(api.Error{Code: code, Message: "no"})
-			return
-		}
-		_, _ = w.Write([]byte(`{}`))
-	}))
-	return srv, &accepts, &releases
+// (success if empty) and counts calls.
+func peerAnswering(t *testing.T, code api.Code) (*fakePeerAgent, *atomic.Int64, *atomic.Int64) {
+	p := &fakePeerAgent{code: code}
+	p.addr, p.stop = servePeerService(t, p)
+	return p, &p.accepts, &p.releases
 }
 
 // TestLocalAPIBeforeReady is the audit's L2 case: before the switch and
@@ -255,16 +278,18 @@ func TestForgedReopensCannotStarveOtherTenants(t *testing.T) {
 		{"peer refuses", api.CodeDenied, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			peer, accepts, _ := peerAnswering(tc.answer)
+			peer, accepts, _ := peerAnswering(t, tc.answer)
 			defer peer.Close()
-			w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": peer.Listener.Addr().String()})
+			w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": peer.addr})
 			a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), func(c *Config) { c.KeyRange = keys },
 				addrKey{"acme", ipC}, addrKey{"beta", ipBC})
 			connectFakeSwitch(t, a) // the way back goes in before the peer is asked
-			srv := httptest.NewServer(api.PeerHandler(peerService{a}, api.PeerOptions{InsecureTrustFrom: true}, a.log))
-			defer srv.Close()
+			addr, stop := servePeerService(t, peerService{a})
+			defer stop()
+			pc := api.NewPeerClient(addr, nil, 5*time.Second)
+			defer pc.Close()
 			for p := 1; p <= keys.Size(); p++ {
-				postJSON(t, srv.URL+"/v1/sessions/reopen", api.ReopenRequest{From: "s2", Tuple: session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: uint16(p)}})
+				_ = pc.Reopen(context.Background(), api.ReopenRequest{From: "s2", Tuple: session.Tuple{Tenant: "acme", Proto: session.TCP, Client: ipC, Server: ipS, Port: uint16(p)}})
 			}
 			quota := a.keys.TenantQuota()
 			a.mu.Lock()
@@ -303,10 +328,10 @@ func TestForgedReopensCannotStarveOtherTenants(t *testing.T) {
 // TestNonIPv4ServerRecordIsRefused is the audit's H6 proof of concept: a
 // server record with an IPv6 data address no longer panics the setup.
 func TestNonIPv4ServerRecordIsRefused(t *testing.T) {
-	peer, _, _ := peerAnswering("")
+	peer, _, _ := peerAnswering(t, "")
 	defer peer.Close()
 	w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": "192.0.2.2:7470"})
-	if _, err := w.store.RegisterServer(w.ctx, directory.Server{Name: "v6", DataIP: netip.MustParseAddr("2001:db8::9"), DataMAC: "02:00:00:00:00:09", AgentAddr: peer.Listener.Addr().String()}, 30*time.Second); err != nil {
+	if _, err := w.store.RegisterServer(w.ctx, directory.Server{Name: "v6", DataIP: netip.MustParseAddr("2001:db8::9"), DataMAC: "02:00:00:00:00:09", AgentAddr: peer.addr}, 30*time.Second); err != nil {
 		t.Logf("the directory refuses the record itself: %v", err)
 		return // nothing can reach the agent then
 	}

@@ -363,8 +363,11 @@ func (a *Agent) halfMessages(f engine.Install) ([]openflow.Message, error) {
 		fms = append(fms, pipeline.Punt(br, f.Punt))
 	}
 	if f.Flows {
-		path, err := pipeline.SessionFlows(br, f.Session)
-		if f.Part != engine.AllFlows {
+		var path []*openflow.FlowMod
+		var err error
+		if f.Part == engine.AllFlows {
+			path, err = pipeline.SessionFlows(br, f.Session)
+		} else {
 			path, err = pipeline.SessionPathFlows(br, f.Session, f.Part == engine.ReplyPath)
 		}
 		if err != nil {

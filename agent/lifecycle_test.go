@@ -1,10 +1,7 @@
 package agent
 
 import (
-	"net/http"
-	"net/http/httptest"
 	"net/netip"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,20 +18,12 @@ import (
 // session beside it, left alone, is set up as usual.
 func TestTeardownDuringSetupRemovesItsFlows(t *testing.T) {
 	gate := make(chan struct{})
-	var releases, waiting atomic.Int64
-	peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		if strings.HasSuffix(r.URL.Path, "/accept") {
-			waiting.Add(1)
-			<-gate
-		}
-		if strings.HasSuffix(r.URL.Path, "/release") {
-			releases.Add(1)
-		}
-		_, _ = w.Write([]byte(`{}`))
-	}))
+	var waiting atomic.Int64
+	peer := &fakePeerAgent{onAccept: func() { waiting.Add(1); <-gate }}
+	peer.addr, peer.stop = servePeerService(t, peer)
 	defer peer.Close()
-	w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": peer.Listener.Addr().String()})
+	releases := &peer.releases
+	w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": peer.addr})
 	a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), nil, addrKey{"acme", ipC})
 	fs := connectFakeSwitch(t, a)
 	l := a.byAddr[addrKey{"acme", ipC}]
@@ -210,9 +199,9 @@ func TestDeafClientHalfIsCheckedWithThePeer(t *testing.T) {
 		{"peer refuses", api.CodeDenied, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			peer, accepts, _ := peerAnswering(tc.answer)
+			peer, accepts, _ := peerAnswering(t, tc.answer)
 			defer peer.Close()
-			w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": peer.Listener.Addr().String()})
+			w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": peer.addr})
 			a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), nil, addrKey{"acme", ipC})
 			fs := connectFakeSwitch(t, a)
 			l := a.byAddr[addrKey{"acme", ipC}]
@@ -263,9 +252,9 @@ func TestDeafClientHalfIsCheckedWithThePeer(t *testing.T) {
 // away, its sessions end here, and its agent, if it answers at its last
 // address, is told to drop its halves (audit M4).
 func TestPeerGoneTellsThePeer(t *testing.T) {
-	peer, _, releases := peerAnswering("")
+	peer, _, releases := peerAnswering(t, "")
 	defer peer.Close()
-	w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": peer.Listener.Addr().String()})
+	w := newWorld(t, map[string]string{"s1": "192.0.2.1:7470", "s2": peer.addr})
 	a := w.agentOf(t, "s1", netip.MustParsePrefix("192.0.2.1/24"), func(c *Config) { c.LeaseTTL = 50 * time.Millisecond }, addrKey{"acme", ipC})
 	l := a.byAddr[addrKey{"acme", ipC}]
 	last, err := w.store.Server(w.ctx, "s2")

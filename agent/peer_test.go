@@ -107,7 +107,7 @@ func servePeerAPIOn(t *testing.T, a *Agent, raw net.Listener) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- api.Serve(ctx, api.PeerListener(raw, conf, api.ListenLimits{}, a.log), a.peerHandler(), a.log)
+		done <- api.ServePeer(ctx, api.PeerListener(raw, conf, api.ListenLimits{}, a.log), peerService{a}, a.peerOptions(), a.log)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 }
@@ -345,8 +345,8 @@ func TestPeerForgedReopenCannotExhaustKeys(t *testing.T) {
 	sctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- api.Serve(sctx, api.PeerListener(raw, s2id.ServerTLS(), api.ListenLimits{}, peerQuiet),
-			api.PeerHandler(s2, api.PeerOptions{Caller: api.TLSCaller(s2id.PeerName)}, peerQuiet), peerQuiet)
+		done <- api.ServePeer(sctx, api.PeerListener(raw, s2id.ServerTLS(), api.ListenLimits{}, peerQuiet),
+			s2, api.PeerOptions{Caller: api.TLSCaller(s2id.PeerName)}, peerQuiet)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 

@@ -1,13 +1,11 @@
 package api
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
 	"net"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httptrace"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -104,7 +102,7 @@ func servePeer(t *testing.T, svc PeerService, id *testca.Identity, opts PeerOpti
 	l := PeerListener(raw, conf, lim, quiet)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, l, PeerHandler(svc, opts, quiet), quiet) }()
+	go func() { done <- ServePeer(ctx, l, svc, opts, quiet) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -181,7 +179,7 @@ func TestPeerHandshakeRefusals(t *testing.T) {
 		{"no client certificate", noCert},
 		{"a certificate of another CA", withCert(other)},
 		{"an expired certificate", withCert(expired)},
-		{"plain HTTP", nil},
+		{"plain TCP", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := NewPeerClient(addr, tc.conf, time.Second)
@@ -261,17 +259,37 @@ func TestPeerFromMustBeTheCaller(t *testing.T) {
 	}
 }
 
+// servePlain runs svc without TLS on loopback and returns its address.
+func servePlain(t *testing.T, svc PeerService, opts PeerOptions) string {
+	t.Helper()
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ServePeer(ctx, PeerListener(raw, nil, ListenLimits{}, quiet), svc, opts, quiet) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return raw.Addr().String()
+}
+
 func TestPeerWithoutCallerIsRefused(t *testing.T) {
 	for name, opts := range map[string]PeerOptions{
-		"no caller function":      {},
-		"no TLS on the request":   {Caller: TLSCaller(func(*tls.ConnectionState) (string, error) { return "s1", nil })},
-		"caller function refuses": {Caller: func(*http.Request) (string, error) { return "", errors.New("who?") }},
+		"no caller function":         {},
+		"no TLS on the connection":   {Caller: TLSCaller(func(*tls.ConnectionState) (string, error) { return "s1", nil })},
+		"caller function refuses":    {Caller: func(*tls.ConnectionState) (string, error) { return "", errors.New("who?") }},
+		"caller function names none": {Caller: func(*tls.ConnectionState) (string, error) { return "", nil }},
 	} {
 		t.Run(name, func(t *testing.T) {
 			fp := &fakePeer{}
-			srv := httptest.NewServer(PeerHandler(fp, opts, quiet))
-			defer srv.Close()
-			_, err := NewPeerClient(strings.TrimPrefix(srv.URL, "http://"), nil, time.Second).Accept(context.Background(), acceptReq)
+			c := NewPeerClient(servePlain(t, fp, opts), nil, time.Second)
+			defer c.Close()
+			_, err := c.Accept(context.Background(), acceptReq)
 			if c := CodeOf(err); c != CodeUnauthenticated && c != CodeDenied {
 				t.Fatalf("err = %v (code %s), want unauthenticated or denied", err, c)
 			}
@@ -286,9 +304,7 @@ func TestPeerWithoutCallerIsRefused(t *testing.T) {
 // the caller from the body, and needs one.
 func TestPeerInsecureTrustsFrom(t *testing.T) {
 	fp := &fakePeer{}
-	srv := httptest.NewServer(PeerHandler(fp, PeerOptions{InsecureTrustFrom: true}, quiet))
-	defer srv.Close()
-	c := NewPeerClient(strings.TrimPrefix(srv.URL, "http://"), nil, time.Second)
+	c := NewPeerClient(servePlain(t, fp, PeerOptions{InsecureTrustFrom: true}), nil, time.Second)
 	defer c.Close()
 	if _, err := c.Accept(context.Background(), acceptReq); err != nil {
 		t.Fatal(err)
@@ -319,17 +335,6 @@ func TestPeerRateLimitPerCaller(t *testing.T) {
 	}
 	if err := c3.Release(ctx, ReleaseRequest{}); err != nil {
 		t.Fatalf("another caller beside it: %v", err)
-	}
-	// The refusal says when to come back.
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: cl.s1.ClientTLS("s2")}}
-	defer hc.CloseIdleConnections()
-	resp, err := hc.Post("https://"+addr+pathRelease, "application/json", strings.NewReader(`{}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
-		t.Fatalf("status %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
 	if n, _ := fp.seen(); n != 4 {
 		t.Fatalf("service saw %d calls, want 4", n)
@@ -454,35 +459,69 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// TestPeerConnectionsPersist: calls share one connection, and a new
-// connection resumes the TLS session instead of a full handshake.
+// TestPeerConnectionsPersist: calls share one connection, calls at once
+// share it too, and a new connection resumes the TLS session instead of a
+// full handshake.
 func TestPeerConnectionsPersist(t *testing.T) {
 	cl := newCloud(t)
-	addr, _ := servePeer(t, &fakePeer{}, cl.s2, PeerOptions{}, ListenLimits{})
-	c1 := peerClient(t, addr, cl.s1, time.Second)
-	var reused, resumed bool
-	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
-		GotConn:          func(i httptrace.GotConnInfo) { reused = i.Reused },
-		TLSHandshakeDone: func(cs tls.ConnectionState, _ error) { resumed = cs.DidResume },
-	})
+	fp := &fakePeer{}
+	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{})
+	conf := cl.s1.ClientTLS("s2")
+	conf.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	c1 := NewPeerClient(addr, conf, time.Second)
+	defer c1.Close()
+	ctx := context.Background()
 	if _, err := c1.Accept(ctx, acceptReq); err != nil {
 		t.Fatal(err)
 	}
-	if reused {
-		t.Fatal("the first call claims a reused connection")
+	first := c1.conn
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			if _, err := c1.Accept(ctx, acceptReq); err != nil {
+				t.Error(err)
+			}
+		})
 	}
-	if _, err := c1.Accept(ctx, acceptReq); err != nil {
+	wg.Wait()
+	if c1.conn != first || first.resumed {
+		t.Fatalf("calls made new connections (same: %v) or the first resumed a session it never had (%v)", c1.conn == first, first.resumed)
+	}
+	if n, _ := fp.seen(); n != 21 {
+		t.Fatalf("the service saw %d calls, want 21", n)
+	}
+	c2 := NewPeerClient(addr, conf, time.Second) // shares the session cache
+	defer c2.Close()
+	if _, err := c2.Accept(ctx, acceptReq); err != nil {
 		t.Fatal(err)
 	}
-	if !reused {
-		t.Fatal("the second call made a new connection")
+	if !c2.conn.resumed {
+		t.Fatal("a new connection negotiated a full TLS handshake instead of resuming")
 	}
-	c1.Close() // drops the idle connection; the session ticket stays
-	if _, err := c1.Accept(ctx, acceptReq); err != nil {
-		t.Fatal(err)
+}
+
+// TestPeerConnectionEndsCalls: when the connection ends under calls in
+// flight, each hears so at once, and the next call dials a new one.
+func TestPeerConnectionEndsCalls(t *testing.T) {
+	cl := newCloud(t)
+	fp := &fakePeer{block: make(chan struct{}), entered: make(chan struct{}, 1)}
+	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{})
+	c := peerClient(t, addr, cl.s1, 30*time.Second)
+	errc := make(chan error, 1)
+	go func() { _, err := c.Accept(context.Background(), acceptReq); errc <- err }()
+	<-fp.entered
+	c.mu.Lock()
+	c.conn.c.Close()
+	c.mu.Unlock()
+	if err := <-errc; CodeOf(err) != CodeUnavailable {
+		t.Fatalf("the call in flight: err = %v, want unavailable", err)
 	}
-	if reused || !resumed {
-		t.Fatalf("after the connection closed: reused=%v resumed=%v, want a new connection resuming the TLS session", reused, resumed)
+	fp.mu.Lock()
+	close(fp.block)
+	fp.block, fp.entered = nil, nil
+	fp.mu.Unlock()
+	if _, err := c.Accept(context.Background(), acceptReq); err != nil {
+		t.Fatalf("the next call: %v", err)
 	}
 }
 
@@ -525,24 +564,63 @@ func TestUnreachablePeer(t *testing.T) {
 	}
 }
 
-func TestBadBodyIsRejected(t *testing.T) {
+// TestBadFramesAreRejected: malformed bodies and unknown calls are
+// answered "invalid" and reach nothing; a frame that is not one ends the
+// connection; calls on the same connection go on after an invalid one.
+func TestBadFramesAreRejected(t *testing.T) {
 	cl := newCloud(t)
 	fp := &fakePeer{}
 	addr, _ := servePeer(t, fp, cl.s2, PeerOptions{}, ListenLimits{})
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: cl.s1.ClientTLS("s2")}}
-	defer hc.CloseIdleConnections()
-	for _, body := range []string{"{", `{"from": 5}`, `{"bogus": 1}`, `{"tuple":{"proto":"sctp"}}`} {
-		resp, err := hc.Post("https://"+addr+pathAccept, "application/json", strings.NewReader(body))
-		if err != nil {
+	conf := cl.s1.ClientTLS("s2")
+	conf.NextProtos = []string{PeerALPN}
+	c, err := tls.Dial("tcp", addr, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	ask := func(op uint8, body []byte) error {
+		t.Helper()
+		b := append(frame(7, op), body...).finish()
+		if _, err := c.Write(b); err != nil {
 			t.Fatal(err)
 		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest {
-			t.Errorf("body %q: status %d, want 400", body, resp.StatusCode)
+		id, aop, ab, err := readFrame(r, nil)
+		if err != nil || id != 7 || aop != opAnswer {
+			t.Fatalf("answer: id %d op %d err %v", id, aop, err)
+		}
+		_, err = decodeAnswer(ab)
+		return err
+	}
+	good, _ := encodeRequest(7, &acceptReq)
+	for name, tc := range map[string]struct {
+		op   uint8
+		body []byte
+	}{
+		"empty accept":         {opAccept, nil},
+		"truncated accept":     {opAccept, good[frameHeader : len(good)-1]},
+		"accept with trailing": {opAccept, append(good[frameHeader:len(good):len(good)], 0)},
+		"unknown call":         {42, good[frameHeader:]},
+		"five first packets":   {opAccept, append(wbuf(good[frameHeader:len(good)-1:len(good)-1]).u8(5), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)},
+		"address of 5 bytes":   {opReopen, wbuf(nil).str("s1").str("acme").u8(17).u8(5)},
+	} {
+		if err := ask(tc.op, tc.body); CodeOf(err) != CodeInvalid {
+			t.Errorf("%s: err = %v (code %s), want invalid", name, err, CodeOf(err))
 		}
 	}
 	if n, _ := fp.seen(); n != 0 {
-		t.Fatalf("%d bad bodies reached the service", n)
+		t.Fatalf("%d bad frames reached the service", n)
+	}
+	if err := ask(opAccept, good[frameHeader:]); err != nil {
+		t.Fatalf("a good call after the bad ones: %v", err)
+	}
+	// A length beyond any frame ends the connection.
+	if _, err := c.Write([]byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 1}); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := r.ReadByte(); err == nil || isTimeout(err) {
+		t.Fatalf("the connection stayed open after a frame of 4 GiB (read: %v)", err)
 	}
 }
 

@@ -1,10 +1,13 @@
 // Package api holds NVI's two RPC services: the peer API that agents use to
 // agree sessions with each other, and the local API through which a server's
-// tools (nvictl, the CNI plugin, the lab) talk to its agent. Both are JSON
-// over HTTP, with deadlines on every call. The peer API runs over mutual
-// TLS 1.3: a caller is the server its certificate names, and what it may
-// do is bounded per caller (rate), in all (calls at once) and before
-// authentication (connections and handshakes per address).
+// tools (nvictl, the CNI plugin, the lab) talk to its agent. The local API
+// is JSON over HTTP on a unix socket. The peer API is on a session's setup
+// path, so it is a binary protocol of its own (peerwire.go): one persistent
+// mutual-TLS 1.3 connection per pair of servers carrying every call at
+// once. A caller is the server its certificate names, and what it may do is
+// bounded per caller (rate), in all (calls at once) and before
+// authentication (connections and handshakes per address). Every call has
+// a deadline.
 package api
 
 import (

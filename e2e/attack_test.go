@@ -118,13 +118,15 @@ func TestAttacks(t *testing.T) {
 				l := l.with(t)
 				through := 0
 				defer func() { note("forged "+call+" "+origin.name, 2, through) }()
-				for _, scheme := range []string{"http", "https"} {
-					url := fmt.Sprintf("%s://%s:7470/v1/sessions/%s", scheme, target[call], call)
-					r := l.in(origin.ns, 15*time.Second, "curl", "-sk", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}",
-						"-X", "POST", "-H", "Content-Type: application/json", "-d", forged[call], url)
-					if r.Code == 0 && strings.HasPrefix(r.Out, "2") {
+				// TLS without a certificate, and plain TCP.
+				for _, mode := range []string{"--plain=false", "--plain"} {
+					r := l.in(origin.ns, 15*time.Second, filepath.Join(bin, "nviattack"), "peer", "--to", target[call]+":7470",
+						"--call", call, "--body", forged[call], mode)
+					if r.Code == 0 || strings.Contains(r.Out, "answer:") {
 						through++
-						t.Errorf("%s answered %s: %s", url, r.Out, r)
+						t.Errorf("%s (%s) to %s was answered: %s", call, mode, target[call], r)
+					} else if !strings.Contains(r.Out, "refused:") && !strings.Contains(r.Out, "closed:") {
+						t.Errorf("the attack did not run: %s", r)
 					}
 				}
 				intact(t)
@@ -138,14 +140,11 @@ func TestAttacks(t *testing.T) {
 		defer func() { note("accept, release, reopen with s3's valid certificate claiming s1/s2", 3, through) }()
 		for _, call := range []string{"accept", "release", "reopen"} {
 			// The server certificates name servers, not addresses.
-			url := fmt.Sprintf("https://%s:7470/v1/sessions/%s", targetName[call], call)
-			r := l.in(l.server("s3"), 15*time.Second, "curl", "-s", "-m", "3", "-w", "\n%{http_code}",
-				"--cert", filepath.Join(id, "cert.pem"), "--key", filepath.Join(id, "key.pem"), "--cacert", filepath.Join(id, "ca.pem"),
-				"--resolve", targetName[call]+":7470:"+target[call], "-X", "POST", "-H", "Content-Type: application/json", "-d", forged[call], url)
-			lines := strings.Split(strings.TrimSpace(r.Out), "\n")
-			if code := lines[len(lines)-1]; r.Code != 0 || code != "403" {
+			r := l.in(l.server("s3"), 15*time.Second, filepath.Join(bin, "nviattack"), "peer", "--to", target[call]+":7470",
+				"--call", call, "--body", forged[call], "--identity", id, "--server", targetName[call])
+			if r.Code == 0 || !strings.Contains(r.Out, "answer: denied") {
 				through++
-				t.Errorf("%s with s3's certificate claiming another server: exit %d, HTTP %s, want 403: %s", call, r.Code, code, r)
+				t.Errorf("%s with s3's certificate claiming another server: want it answered denied: %s", call, r)
 			}
 		}
 		intact(t)

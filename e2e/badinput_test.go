@@ -148,22 +148,25 @@ func TestBadInput(t *testing.T) {
 		// Garbage from a peer with a valid certificate (s1's): answered
 		// with errors, nothing accepted.
 		id := filepath.Join(l.runDir(), "s1", "identity")
-		peer := l.peerIP("s2")
-		for _, body := range []string{"{", `{"tuple":{"proto":"sctp"}}`, `{"from":"s1","tuple":{"tenant":"acme","proto":"udp","client":"10.1.0.99","server":"10.1.0.50","port":1},"key":61441}`} {
-			r := l.in(l.server("s1"), 10*time.Second, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-				"--cert", filepath.Join(id, "cert.pem"), "--key", filepath.Join(id, "key.pem"), "--cacert", filepath.Join(id, "ca.pem"),
-				"--resolve", "s2:7470:"+peer, "-X", "POST", "-d", body, "https://s2:7470/v1/sessions/accept")
-			if r.Code != 0 {
-				t.Fatalf("curl: %s", r)
-			}
-			if r.Out == "200" {
-				t.Errorf("peer API accepted %q", body)
+		to := l.peerIP("s2") + ":7470"
+		attack := filepath.Join(bin, "nviattack")
+		for _, args := range [][]string{
+			{"--raw-body", "7b"},         // "{": no message of the protocol
+			{"--raw-body", "0002733100"}, // a truncated Accept
+			{"--body", `{"from":"s1","tuple":{"tenant":"acme","proto":"udp","client":"10.1.0.99","server":"10.1.0.50","port":1},"key":61441}`},
+		} {
+			r := l.in(l.server("s1"), 10*time.Second, append([]string{attack, "peer", "--to", to, "--call", "accept", "--identity", id, "--server", "s2"}, args...)...)
+			if r.Code == 0 || !strings.Contains(r.Out, "answer:") {
+				t.Errorf("peer API garbage %v: want an error answer: %s", args, r)
 			}
 		}
-		// Without a certificate, or in plain HTTP, nothing is answered.
-		for _, url := range []string{"http://" + peer + ":7470/v1/sessions/accept", "https://" + peer + ":7470/v1/sessions/accept"} {
-			if r := l.in(l.server("s1"), 10*time.Second, "curl", "-sk", "-o", "/dev/null", "-X", "POST", "-d", "{", url); r.Code == 0 {
-				t.Errorf("%s answered a caller without a certificate: %s", url, r)
+		// Without a certificate, or in plain TCP, nothing is answered.
+		for _, mode := range []string{"--plain=false", "--plain"} {
+			r := l.in(l.server("s1"), 10*time.Second, attack, "peer", "--to", to, "--call", "accept", "--raw-body", "7b", mode)
+			if r.Code == 0 || strings.Contains(r.Out, "answer:") {
+				t.Errorf("the peer API answered a caller without a certificate (%s): %s", mode, r)
+			} else if !strings.Contains(r.Out, "refused:") && !strings.Contains(r.Out, "closed:") {
+				t.Errorf("the call did not run: %s", r)
 			}
 		}
 		stillWorks(t, "after api garbage")

@@ -115,11 +115,10 @@ func TestIdentity(t *testing.T) {
 		}
 		// s3's certificate opens nothing: not s1's peer API ...
 		id := filepath.Join(l.runDir(), "s3", "identity")
-		r := l.in(l.server("s3"), 15*time.Second, "curl", "-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}",
-			"--cert", filepath.Join(id, "cert.pem"), "--key", filepath.Join(id, "key.pem"), "--cacert", filepath.Join(id, "ca.pem"),
-			"--resolve", "s1:7470:"+l.peerIP("s1"), "-X", "POST", "-d", "{}", "https://s1:7470/v1/sessions/release")
+		r := l.in(l.server("s3"), 15*time.Second, filepath.Join(bin, "nviattack"), "peer", "--to", l.peerIP("s1")+":7470",
+			"--call", "release", "--body", `{"role":"client"}`, "--identity", id, "--server", "s1")
 		if r.Code == 0 {
-			t.Errorf("s1's peer API answered s3's certificate after the revocation (HTTP %s): %s", r.Out, r)
+			t.Errorf("s1's peer API took a call with s3's certificate after the revocation: %s", r)
 		}
 		// ... nor the directory.
 		r = l.in(l.server("s3"), 30*time.Second, filepath.Join(bin, "nvictl"), "--etcd", "https://198.19.0.254:2379", "--etcd-identity", id, "servers")

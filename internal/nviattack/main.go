@@ -44,6 +44,8 @@ func main() {
 		sent, err = beacon(os.Args[2:])
 	case "sink":
 		err = sink(os.Args[2:])
+	case "peer":
+		sent, err = peer(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q\n%s", os.Args[1], usage)
 	}
@@ -60,7 +62,9 @@ const usage = `usage:
   nviattack raw   --to IP --proto N --count N
   nviattack tagged --dev eth0 --to IP --port P --vlan V [--count N]   (802.1Q-tagged UDP frames)
   nviattack beacon --to IP:PORT [--every D] [--count N]   (the legitimate traffic beside an attack)
-  nviattack sink --port P                                  (prints every datagram with its source)`
+  nviattack sink --port P                                  (prints every datagram with its source)
+  nviattack peer --to IP:PORT --call accept|release|reopen|unknown-key [--body JSON | --raw-body HEX]
+                 [--identity DIR --server NAME | --plain]   (one call to an agent's peer API; exit 0 only if accepted)`
 
 // spray sends one datagram (UDP) or one connection attempt (TCP) to every
 // port of a range: the way to find a session key without knowing it.
