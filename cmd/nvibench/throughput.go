@@ -13,28 +13,40 @@ import (
 // throughput runs iperf3 across the two servers, alternating between NVI
 // workloads and two plain hosts plugged into the same two bridges and
 // switched at L2 by flows of the same kind, so that the ratio isolates what
-// NVI's rewriting costs. Rounds alternate and the medians are compared, so
-// that a noisy moment on the machine does not land on one side only.
-func (b *bench) throughput(seconds, rounds int) (nvi, plain float64, err error) {
-	fmt.Fprintln(os.Stderr, "nvibench: TCP throughput, NVI and plain L2 switching in turn...")
+// NVI's rewriting costs; and, with an OVN lab (ovn not nil), between its
+// two chassis' workloads too. Rounds alternate and the medians are
+// compared, so that a noisy moment on the machine does not land on one side
+// only.
+func (b *bench) throughput(seconds, rounds int, ovn *ovnSide) (nvi, plain, overlay float64, err error) {
+	fmt.Fprintln(os.Stderr, "nvibench: TCP throughput, NVI, plain L2 switching and OVN in turn...")
 	cleanup, err := b.plainHosts()
 	defer cleanup()
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
-	var ns, ps []float64
+	var ns, ps, ovns []float64
 	for i := 0; i < rounds; i++ {
 		n, err := b.iperf("nvb-s", "nvb-c", "10.9.0.20", seconds)
 		if err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 		p, err := b.iperf("nvb-l2b", "nvb-l2a", "198.18.0.202", seconds)
 		if err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 		ns, ps = append(ns, n), append(ps, p)
+		if ovn != nil {
+			o, err := b.iperf(ovn.server(), ovn.client(), ovnServerIP, seconds)
+			if err != nil {
+				return 0, 0, 0, err
+			}
+			ovns = append(ovns, o)
+		}
 	}
-	return median(ns), median(ps), nil
+	if len(ovns) > 0 {
+		overlay = median(ovns)
+	}
+	return median(ns), median(ps), overlay, nil
 }
 
 func median(v []float64) float64 {
