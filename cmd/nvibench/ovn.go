@@ -94,8 +94,11 @@ func (o *ovnSide) flows(b *bench) (flowCount, error) {
 // bridge labelled with its iface-id, as a CNI plugin or a hypervisor does;
 // the workload's namespace and veth exist already), and the same with the
 // namespace and veth made inside the time.
+// flows counts each server's flows with those workloads still there: all
+// of them are on s1.
 type portTimes struct {
 	bind, full []time.Duration
+	flows      flowCount
 }
 
 // portEcho is the server workloads' echo port for these measures.
@@ -158,7 +161,9 @@ func (b *bench) nviPortTimes(n int) (portTimes, error) {
 		}
 		pt.full = append(pt.full, d)
 	}
-	return pt, nil
+	var err error
+	pt.flows, err = b.nviFlows()
+	return pt, err
 }
 
 // portTimes measures OVN the same way: n logical switch ports on chassis
@@ -198,7 +203,9 @@ func (o *ovnSide) portTimes(b *bench, n int) (portTimes, error) {
 		}
 		pt.full = append(pt.full, d)
 	}
-	return pt, nil
+	var err error
+	pt.flows, err = o.flows(b)
+	return pt, err
 }
 
 // pathMTU measures what OVN's path itself carries: the client's and the
@@ -279,6 +286,7 @@ func printComparison(nvi, ovn sideResult, ovnVersion string, rounds, ports int) 
 	row("  what the path carries (OVN: workload MTU raised)", float64(nvi.pathMTU), float64(ovn.pathMTU), strconv.Itoa(nvi.pathMTU), strconv.Itoa(ovn.pathMTU), true)
 	row("OpenFlow flows per server s1 / s2, 2 workloads", nvi.flowsIdle.mean(), ovn.flowsIdle.mean(), nvi.flowsIdle.String(), ovn.flowsIdle.String(), false)
 	row(fmt.Sprintf("  after %d new connections", nvi.newConnsCounted), nvi.flowsBusy.mean(), ovn.flowsBusy.mean(), nvi.flowsBusy.String(), ovn.flowsBusy.String(), false)
+	row(fmt.Sprintf("  and %d more workloads on s1 (none on s2)", 2*ports), nvi.ports.flows.mean(), ovn.ports.flows.mean(), nvi.ports.flows.String(), ovn.ports.flows.String(), false)
 	dur(fmt.Sprintf("port created -> first packet answered (median of %d)", ports), medianDur(nvi.ports.bind), medianDur(ovn.ports.bind))
 	dur("  with the workload's namespace and veth made too", medianDur(nvi.ports.full), medianDur(ovn.ports.full))
 	dur(fmt.Sprintf("first-packet added latency p50 (%d new connections)", len(nvi.first)), nvi.added(0.5), ovn.added(0.5))
@@ -288,7 +296,8 @@ func printComparison(nvi, ovn sideResult, ovnVersion string, rounds, ports int) 
 	dur("established round trip p50", medianDur(nvi.base), medianDur(ovn.base))
 	fmt.Println("\nNVI: a new connection to a new (workload, port) sets up a session (agents, peer API, flows on both")
 	fmt.Println("bridges); OVN's first packet of a new connection costs upcalls and conntrack only. NVI's flows grow")
-	fmt.Println("with live sessions, OVN's with the logical network (ports, switches, ACLs) of the whole cloud.")
+	fmt.Println("with the sessions a server carries; OVN's with the logical network (ports, switches, ACLs),")
+	fmt.Println("wherever its ports are.")
 }
 
 // ovnVersion is the installed OVN's version.
