@@ -111,6 +111,9 @@ func runBench(args []string) error {
 	if *liveN < 2000 || *liveN > 5*liveEach || *liveN%5 != 0 {
 		return fmt.Errorf("--live %d: want a multiple of 5 from 2000 to %d", *liveN, 5*liveEach)
 	}
+	if *rounds < 1 || *seconds < 1 {
+		return errors.New("--rounds and --seconds: want at least 1")
+	}
 	if *ports < 1 || *ports > 50 {
 		return fmt.Errorf("--ports %d: want 1 to 50", *ports)
 	}
@@ -244,11 +247,13 @@ func runBench(args []string) error {
 			return err
 		}
 	}
-	nvi, plain, overlay, err := b.throughput(*seconds, *rounds, o)
+	nviRounds, plainRounds, ovnRounds, err := b.throughput(*seconds, *rounds, o)
 	if err != nil {
 		return err
 	}
-	nviR.throughput, ovnR.throughput = nvi, overlay
+	nvi, plain := median(nviRounds), median(plainRounds)
+	nviR.throughput, ovnR.throughput = nvi, median(ovnRounds)
+	nviR.rounds, ovnR.rounds = nviRounds, ovnRounds
 	// The drift measure has a lab of its own, with the others down, so
 	// that its server holds only the sessions it counts.
 	for _, x := range []*bench{b, &bp} {

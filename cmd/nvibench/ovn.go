@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -238,7 +239,8 @@ func (o *ovnSide) pathMTU(b *bench) (int, error) {
 type sideResult struct {
 	first, base     []time.Duration // first packets of new connections; an established one
 	rate            float64         // new connections per second
-	throughput      float64         // bit/s
+	throughput      float64         // bit/s, the median of rounds
+	rounds          []float64       // every throughput round's
 	mtu             int             // left to the workload
 	pathMTU         int             // what the path carries (OVN: the workload's MTU raised)
 	flowsIdle       flowCount       // with the two workloads only
@@ -282,6 +284,10 @@ func printComparison(nvi, ovn sideResult, ovnVersion string, rounds, ports int) 
 	}
 	row(fmt.Sprintf("TCP throughput (median of %d)", rounds), nvi.throughput, ovn.throughput,
 		fmt.Sprintf("%.2f Gbit/s", nvi.throughput/1e9), fmt.Sprintf("%.2f Gbit/s", ovn.throughput/1e9), true)
+	span := func(v []float64) string {
+		return fmt.Sprintf("%.2f-%.2f", slices.Min(v)/1e9, slices.Max(v)/1e9)
+	}
+	fmt.Printf(f, "  lowest-highest round, Gbit/s", span(nvi.rounds), span(ovn.rounds), "", "")
 	row("MTU left to the workload (largest ping -M do + 28)", float64(nvi.mtu), float64(ovn.mtu), strconv.Itoa(nvi.mtu), strconv.Itoa(ovn.mtu), true)
 	row("  what the path carries (OVN: workload MTU raised)", float64(nvi.pathMTU), float64(ovn.pathMTU), strconv.Itoa(nvi.pathMTU), strconv.Itoa(ovn.pathMTU), true)
 	row("OpenFlow flows per server s1 / s2, 2 workloads", nvi.flowsIdle.mean(), ovn.flowsIdle.mean(), nvi.flowsIdle.String(), ovn.flowsIdle.String(), false)
