@@ -312,7 +312,7 @@ func runBench(args []string) error {
 	cmp("first-packet round trip p50", float64(percentile(first, 0.5)), float64(percentile(pFirst, 0.5)), fmtDur(percentile(first, 0.5)), fmtDur(percentile(pFirst, 0.5)), "")
 	cmp("sessions set up per second", rate, pRate, fmt.Sprintf("%.0f/s", rate), fmt.Sprintf("%.0f/s", pRate), "")
 	if o != nil {
-		printComparison(nviR, ovnR, ovnVersion(), *rounds, *ports)
+		printComparison(os.Stdout, nviR, ovnR, ovnVersion(), *rounds, *ports)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -258,26 +259,18 @@ func medianDur(ds []time.Duration) time.Duration { return percentile(ds, 0.5) }
 // printComparison prints NVI beside OVN, with which is ahead on each
 // measure: the ratio is NVI's over OVN's, and "ahead" says who wins
 // whichever way the measure counts.
-func printComparison(nvi, ovn sideResult, ovnVersion string, rounds, ports int) {
-	fmt.Printf("\nNVI beside OVN %s (Geneve between chassis, ports bound as ovn-kubernetes binds them,\n"+
+func printComparison(w io.Writer, nvi, ovn sideResult, ovnVersion string, rounds, ports int) {
+	fmt.Fprintf(w, "\nNVI beside OVN %s (Geneve between chassis, ports bound as ovn-kubernetes binds them,\n"+
 		"stateful ACL), both on userspace OVS in the same run; ratios NVI / OVN\n\n", ovnVersion)
 	const f = "%-56s %14s %14s %8s %6s\n"
-	fmt.Printf(f, "measure", "NVI", "OVN", "ratio", "ahead")
-	fmt.Printf(f, strings.Repeat("-", 56), strings.Repeat("-", 14), strings.Repeat("-", 14), strings.Repeat("-", 8), strings.Repeat("-", 6))
-	row := func(m string, x, y float64, v, w string, higherBetter bool) {
-		ratio, ahead := "-", "-"
+	fmt.Fprintf(w, f, "measure", "NVI", "OVN", "ratio", "ahead")
+	fmt.Fprintf(w, f, strings.Repeat("-", 56), strings.Repeat("-", 14), strings.Repeat("-", 14), strings.Repeat("-", 8), strings.Repeat("-", 6))
+	row := func(m string, x, y float64, v, u string, higherBetter bool) {
+		ratio := "-"
 		if y > 0 {
 			ratio = fmt.Sprintf("%.2f", x/y)
 		}
-		switch {
-		case x == y:
-			ahead = "even"
-		case (x > y) == higherBetter:
-			ahead = "NVI"
-		default:
-			ahead = "OVN"
-		}
-		fmt.Printf(f, m, v, w, ratio, ahead)
+		fmt.Fprintf(w, f, m, v, u, ratio, ahead(x, y, higherBetter))
 	}
 	dur := func(m string, x, y time.Duration) {
 		row(m, float64(x), float64(y), fmtDur(x), fmtDur(y), false)
@@ -287,7 +280,7 @@ func printComparison(nvi, ovn sideResult, ovnVersion string, rounds, ports int) 
 	span := func(v []float64) string {
 		return fmt.Sprintf("%.2f-%.2f", slices.Min(v)/1e9, slices.Max(v)/1e9)
 	}
-	fmt.Printf(f, "  lowest-highest round, Gbit/s", span(nvi.rounds), span(ovn.rounds), "", "")
+	fmt.Fprintf(w, f, "  lowest-highest round, Gbit/s", span(nvi.rounds), span(ovn.rounds), "", "")
 	row("MTU left to the workload (largest ping -M do + 28)", float64(nvi.mtu), float64(ovn.mtu), strconv.Itoa(nvi.mtu), strconv.Itoa(ovn.mtu), true)
 	row("  what the path carries (OVN: workload MTU raised)", float64(nvi.pathMTU), float64(ovn.pathMTU), strconv.Itoa(nvi.pathMTU), strconv.Itoa(ovn.pathMTU), true)
 	row("OpenFlow flows per server s1 / s2, 2 workloads", nvi.flowsIdle.mean(), ovn.flowsIdle.mean(), nvi.flowsIdle.String(), ovn.flowsIdle.String(), false)
@@ -300,10 +293,22 @@ func printComparison(nvi, ovn sideResult, ovnVersion string, rounds, ports int) 
 	dur("first-packet round trip p50", medianDur(nvi.first), medianDur(ovn.first))
 	row("new connections per second (32 in parallel)", nvi.rate, ovn.rate, fmt.Sprintf("%.0f/s", nvi.rate), fmt.Sprintf("%.0f/s", ovn.rate), true)
 	dur("established round trip p50", medianDur(nvi.base), medianDur(ovn.base))
-	fmt.Println("\nNVI: a new connection to a new (workload, port) sets up a session (agents, peer API, flows on both")
-	fmt.Println("bridges); OVN's first packet of a new connection costs upcalls and conntrack only. NVI's flows grow")
-	fmt.Println("with the sessions a server carries; OVN's with the logical network (ports, switches, ACLs),")
-	fmt.Println("wherever its ports are.")
+	fmt.Fprintln(w, "\nNVI: a new connection to a new (workload, port) sets up a session (agents, peer API, flows on both")
+	fmt.Fprintln(w, "bridges); OVN's first packet of a new connection costs upcalls and conntrack only. NVI's flows grow")
+	fmt.Fprintln(w, "with the sessions a server carries; OVN's with the logical network (ports, switches, ACLs),")
+	fmt.Fprintln(w, "wherever its ports are.")
+}
+
+// ahead says which of NVI (x) and OVN (y) is ahead on a measure.
+func ahead(x, y float64, higherBetter bool) string {
+	switch {
+	case x == y:
+		return "even"
+	case (x > y) == higherBetter:
+		return "NVI"
+	default:
+		return "OVN"
+	}
 }
 
 // ovnVersion is the installed OVN's version.
