@@ -369,6 +369,22 @@ func (l *Lab) tails() string {
 	return b.String()
 }
 
+// killOurs ends the process named in pidfile if it is still one of the
+// lab's: after a crash a stale pidfile may name a pid that something else
+// has since taken, and each of the lab's daemons names a file under dir on
+// its command line.
+func killOurs(pidfile, dir string) {
+	pid := lab.ReadPidfile(pidfile)
+	if pid <= 0 {
+		return
+	}
+	cmdline, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if err != nil || !strings.Contains(string(cmdline), dir+"/") {
+		return
+	}
+	lab.KillWait(pid, 3*time.Second)
+}
+
 // Down takes this lab down.
 func (l *Lab) Down(ctx context.Context) error { return Down(ctx, l.Prefix) }
 
@@ -386,11 +402,11 @@ func Down(ctx context.Context, prefix string) error {
 	chassis, _ := filepath.Glob(filepath.Join(dir, "s*"))
 	for _, pf := range []string{"ovn-controller.pid", "ovs-vswitchd.pid", "ovsdb-server.pid"} {
 		for _, c := range chassis {
-			lab.KillWait(lab.ReadPidfile(filepath.Join(c, pf)), 3*time.Second)
+			killOurs(filepath.Join(c, pf), dir)
 		}
 	}
 	for _, pf := range []string{"northd.pid", "nb.pid", "sb.pid"} {
-		lab.KillWait(lab.ReadPidfile(filepath.Join(dir, pf)), 3*time.Second)
+		killOurs(filepath.Join(dir, pf), dir)
 	}
 	var errs []error
 	for _, ns := range lab.NetnsList() {
