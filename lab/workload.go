@@ -139,24 +139,10 @@ func beginWorkload(prefix, name, server string) (unlock func(), st *State, sv Se
 // eth0 has the endpoint's MAC and address and routes through its gateway,
 // the other end of the pair (nic) in the server's namespace.
 func plumbGuest(ctx context.Context, ns, serverNS, nic string, ep api.Endpoint) error {
-	addr := netip.PrefixFrom(ep.IP, ep.PrefixLen).String()
-	for _, s := range [][]string{
-		{"ip", "netns", "add", ns},
-		{"ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"},
-		{"ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", nic, "netns", serverNS},
-		{"ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "address", ep.MAC},
-		{"ip", "netns", "exec", ns, "ip", "addr", "add", addr, "dev", "eth0"},
-		{"ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up"},
-		{"ip", "netns", "exec", ns, "ip", "route", "add", "default", "via", ep.Gateway.String()},
-		{"ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"},
-		{"ip", "netns", "exec", serverNS, "ethtool", "-K", nic, "tx", "off"},
-		{"ip", "netns", "exec", serverNS, "ip", "link", "set", nic, "up"},
-	} {
-		if _, err := run(ctx, s[0], s[1:]...); err != nil {
-			return err
-		}
-	}
-	return nil
+	return PlumbGuest(ctx, Guest{
+		Netns: ns, HostNetns: serverNS, HostIface: nic, MAC: ep.MAC,
+		Addr: netip.PrefixFrom(ep.IP, ep.PrefixLen), Gateway: ep.Gateway,
+	})
 }
 
 // RemoveWorkload deletes a workload: its endpoint (through its agent, which

@@ -2,15 +2,20 @@
 // new session adds to a connection's first packet, whether that drifts as a
 // server holds 10,000 live sessions, how many sessions per second a server
 // sets up, and TCP throughput across servers through NVI against the same
-// two bridges doing plain L2 switching, in the same run.
+// two bridges doing plain L2 switching, in the same run. Then it sets NVI
+// beside OVN, what users would pick instead, measured in the same run on
+// the same machine (internal/ovnlab): throughput, the MTU left to the
+// workload, flows per server, the time from a port's creation to its first
+// packet, and the first-packet, rate and round-trip measures.
 //
 // It runs as root, brings up its own two-server labs and takes them down
 // again: "nvb", as every lab runs (the peer API over mutual TLS), and "nvp",
 // the same with --insecure-peer-api, so that the cost of authenticating
-// agents is measured in the same run, rounds alternating between the two;
-// then, with those down, "nvl" for the live sessions. The probe and the
-// echo server run inside the workloads' namespaces: nvibench starts itself
-// there with "ip netns exec".
+// agents is measured in the same run, rounds alternating between the two,
+// and the OVN lab "nvo" (--ovn=false leaves it out), measured in the same
+// rounds; then, with those down, "nvl" for the live sessions. The probe and
+// the echo server run inside the workloads' namespaces: nvibench starts
+// itself there with "ip netns exec".
 package main
 
 import (
@@ -28,6 +33,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"nvi/internal/ovnlab"
+	"nvi/lab"
 )
 
 func main() {
@@ -91,6 +99,8 @@ func runBench(args []string) error {
 	seconds := fs.Int("seconds", 4, "length of each throughput run")
 	rounds := fs.Int("rounds", 3, "throughput runs of each kind, alternating; medians are compared")
 	liveN := fs.Int("live", 10000, "live sessions on one server for the drift measure (a multiple of 5, at most 10200)")
+	withOVN := fs.Bool("ovn", true, "measure OVN beside NVI in the same run (an OVN lab of two chassis, prefix "+ovnlab.DefaultPrefix+")")
+	ports := fs.Int("ports", 5, "ports made on each side for the port-to-first-packet measure (at most 50)")
 	verbose := fs.Bool("v", false, "show every command")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -101,8 +111,19 @@ func runBench(args []string) error {
 	if *liveN < 2000 || *liveN > 5*liveEach || *liveN%5 != 0 {
 		return fmt.Errorf("--live %d: want a multiple of 5 from 2000 to %d", *liveN, 5*liveEach)
 	}
+	if *rounds < 1 || *seconds < 1 {
+		return errors.New("--rounds and --seconds: want at least 1")
+	}
+	if *ports < 1 || *ports > 50 {
+		return fmt.Errorf("--ports %d: want 1 to 50", *ports)
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("run as root: the benchmark brings up a lab")
+	}
+	if *withOVN {
+		if err := ovnlab.Preflight(); err != nil {
+			return fmt.Errorf("OVN, measured beside NVI: %w (make bench installs it; --ovn=false leaves it out)", err)
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -125,12 +146,36 @@ func runBench(args []string) error {
 			_ = down.Run()
 		}()
 	}
+	// The port-timing workloads' namespaces are not the lab's: an earlier
+	// run that crashed may have left some.
+	for _, ns := range lab.NetnsList() {
+		if strings.HasPrefix(ns, prefix+"-p") {
+			_ = lab.DeleteNetns(ctx, ns)
+		}
+	}
 	fmt.Fprintln(os.Stderr, "nvibench: bringing up two two-server labs (peer API with and without mutual TLS)...")
 	if err := b.up(); err != nil {
 		return err
 	}
 	if err := bp.up("--agent-args", "--insecure-peer-api"); err != nil {
 		return err
+	}
+	// NVI's figures for the comparison with OVN, and OVN's own.
+	var nviR, ovnR sideResult
+	if nviR.flowsIdle, err = b.nviFlows(); err != nil {
+		return err
+	}
+	var o *ovnSide
+	bo := *b // runs OVN's measures; its lab name only labels progress
+	bo.lab = ovnlab.DefaultPrefix
+	if *withOVN {
+		defer func() { _ = ovnlab.Down(context.Background(), ovnlab.DefaultPrefix) }()
+		if o, err = b.upOVN(); err != nil {
+			return err
+		}
+		if ovnR.flowsIdle, err = o.flows(b); err != nil {
+			return err
+		}
 	}
 	// Rounds alternate between the labs, so that both see the same
 	// machine: these cores are noisy, ratios from one run are what count.
@@ -147,6 +192,12 @@ func runBench(args []string) error {
 			return err
 		}
 		pFirst, pBase = append(pFirst, f...), append(pBase, bs...)
+		if o != nil {
+			if f, bs, err = bo.latencyIn(o.client(), o.server(), ovnServerIP, 1+r*chunk, chunk); err != nil {
+				return err
+			}
+			ovnR.first, ovnR.base = append(ovnR.first, f...), append(ovnR.base, bs...)
+		}
 	}
 	var rate, pRate float64
 	half := max(*burst/2, 1)
@@ -160,15 +211,58 @@ func runBench(args []string) error {
 			return err
 		}
 		rate, pRate = rate+x/2, pRate+y/2
+		if o != nil {
+			z, err := bo.setupRateIn(o.client(), o.server(), ovnServerIP, 20000+r*half, half)
+			if err != nil {
+				return err
+			}
+			ovnR.rate += z / 2
+		}
 	}
-	nvi, plain, err := b.throughput(*seconds, *rounds)
+	nviR.first, nviR.base, nviR.rate = first, base, rate
+	nviR.newConnsCounted = len(first) + *burst
+	if nviR.flowsBusy, err = b.nviFlows(); err != nil {
+		return err
+	}
+	if o != nil {
+		if ovnR.flowsBusy, err = o.flows(b); err != nil {
+			return err
+		}
+		fmt.Fprintln(os.Stderr, "nvibench: MTU left to the workloads, NVI and OVN...")
+		if nviR.mtu, err = b.mtuLeft(b.lab+"-c", "10.9.0.20"); err != nil {
+			return err
+		}
+		nviR.pathMTU = nviR.mtu // its interface has the underlay's MTU already
+		if ovnR.mtu, err = bo.mtuLeft(o.client(), ovnServerIP); err != nil {
+			return err
+		}
+		if ovnR.pathMTU, err = o.pathMTU(&bo); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "nvibench: from a port's creation to its first packet, %d ports each, NVI and OVN...\n", *ports)
+		if nviR.ports, err = b.nviPortTimes(*ports); err != nil {
+			return err
+		}
+		if ovnR.ports, err = o.portTimes(&bo, *ports); err != nil {
+			return err
+		}
+	}
+	nviRounds, plainRounds, ovnRounds, err := b.throughput(*seconds, *rounds, o)
 	if err != nil {
 		return err
 	}
+	nvi, plain := median(nviRounds), median(plainRounds)
+	nviR.throughput, ovnR.throughput = nvi, median(ovnRounds)
+	nviR.rounds, ovnR.rounds = nviRounds, ovnRounds
 	// The drift measure has a lab of its own, with the others down, so
 	// that its server holds only the sessions it counts.
 	for _, x := range []*bench{b, &bp} {
 		_, _ = x.run(x.nvictl, "lab", "down")
+	}
+	if o != nil {
+		if err := o.l.Down(ctx); err != nil {
+			return err
+		}
 	}
 	live, err := bl.liveSessions(*liveN)
 	if err != nil {
@@ -217,6 +311,9 @@ func runBench(args []string) error {
 	cmp("first-packet added latency p99", float64(added(0.99)), float64(pAdded(0.99)), fmtDur(added(0.99)), fmtDur(pAdded(0.99)), "")
 	cmp("first-packet round trip p50", float64(percentile(first, 0.5)), float64(percentile(pFirst, 0.5)), fmtDur(percentile(first, 0.5)), fmtDur(percentile(pFirst, 0.5)), "")
 	cmp("sessions set up per second", rate, pRate, fmt.Sprintf("%.0f/s", rate), fmt.Sprintf("%.0f/s", pRate), "")
+	if o != nil {
+		printComparison(os.Stdout, nviR, ovnR, ovnVersion(), *rounds, *ports)
+	}
 	return nil
 }
 
@@ -349,16 +446,24 @@ type probeResult struct {
 	RTTs []time.Duration `json:"rtts"`
 	Lost int             `json:"lost"`
 	Took time.Duration   `json:"took"`
+	// Answered is when --until got its answer (Unix nanoseconds).
+	Answered int64 `json:"answered,omitempty"`
 }
 
 // latency measures the round trip of the first datagram of n new sessions
 // (each to a fresh server port) and of datagrams on one established
 // session, back to back in one run.
 func (b *bench) latency(firstPort, n int) (first, base []time.Duration, err error) {
-	fmt.Fprintf(os.Stderr, "nvibench: %s: first packets of %d new sessions...\n", b.lab, n)
-	echo := b.startEcho(firstPort, n)
+	return b.latencyIn(b.lab+"-c", b.lab+"-s", "10.9.0.20", firstPort, n)
+}
+
+// latencyIn is latency between any two workload namespaces, the server's
+// at address dst.
+func (b *bench) latencyIn(client, server, dst string, firstPort, n int) (first, base []time.Duration, err error) {
+	fmt.Fprintf(os.Stderr, "nvibench: %s: first packets of %d new connections...\n", b.lab, n)
+	echo := b.startEchoIn(server, firstPort, n)
 	defer echo()
-	out, err := b.in(b.lab+"-c", b.self, "probe", "--dst", "10.9.0.20", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n), "--parallel", "1")
+	out, err := b.in(client, b.self, "probe", "--dst", dst, "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n), "--parallel", "1")
 	if err != nil {
 		return nil, nil, err
 	}
@@ -367,9 +472,9 @@ func (b *bench) latency(firstPort, n int) (first, base []time.Duration, err erro
 		return nil, nil, fmt.Errorf("probe: %w: %s", err, out)
 	}
 	if pr.Lost > 0 {
-		fmt.Fprintf(os.Stderr, "nvibench: %d of %d first packets got no answer within 1s\n", pr.Lost, n)
+		fmt.Fprintf(os.Stderr, "nvibench: %s: %d of %d first packets got no answer within 1s\n", b.lab, pr.Lost, n)
 	}
-	out, err = b.in(b.lab+"-c", b.self, "probe", "--dst", "10.9.0.20", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n), "--parallel", "1", "--same-port")
+	out, err = b.in(client, b.self, "probe", "--dst", dst, "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n), "--parallel", "1", "--same-port")
 	if err != nil {
 		return nil, nil, err
 	}
@@ -381,10 +486,15 @@ func (b *bench) latency(firstPort, n int) (first, base []time.Duration, err erro
 }
 
 func (b *bench) setupRate(firstPort, n int) (float64, error) {
-	fmt.Fprintf(os.Stderr, "nvibench: %s: %d sessions as fast as they go...\n", b.lab, n)
-	echo := b.startEcho(firstPort, n)
+	return b.setupRateIn(b.lab+"-c", b.lab+"-s", "10.9.0.20", firstPort, n)
+}
+
+// setupRateIn is setupRate between any two workload namespaces.
+func (b *bench) setupRateIn(client, server, dst string, firstPort, n int) (float64, error) {
+	fmt.Fprintf(os.Stderr, "nvibench: %s: %d new connections as fast as they go...\n", b.lab, n)
+	echo := b.startEchoIn(server, firstPort, n)
 	defer echo()
-	out, err := b.in(b.lab+"-c", b.self, "probe", "--dst", "10.9.0.20", "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n), "--parallel", "32")
+	out, err := b.in(client, b.self, "probe", "--dst", dst, "--first-port", strconv.Itoa(firstPort), "--count", strconv.Itoa(n), "--parallel", "32")
 	if err != nil {
 		return 0, err
 	}

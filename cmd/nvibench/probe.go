@@ -80,12 +80,21 @@ func runProbe(args []string) error {
 	parallel := fs.Int("parallel", 1, "datagrams in flight")
 	same := fs.Bool("same-port", false, "all to the first port (an established session)")
 	tcp := fs.Bool("tcp", false, "time TCP handshakes (SYN to SYN-ACK) instead of datagrams")
+	until := fs.Duration("until", 0, "send a datagram to the first port every --every until one is answered, for up to this long, and print when")
+	every := fs.Duration("every", 5*time.Millisecond, "with --until: how often")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	ip := net.ParseIP(*dst)
 	if ip == nil {
 		return fmt.Errorf("--dst %q is not an address", *dst)
+	}
+	if *until > 0 {
+		at, err := firstAnswer(ip, *first, *until, *every)
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(probeResult{Answered: at.UnixNano()})
 	}
 	jobs := make(chan int)
 	var mu sync.Mutex
@@ -124,6 +133,44 @@ func runProbe(args []string) error {
 	wg.Wait()
 	res.Took = time.Since(start)
 	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// firstAnswer sends a datagram to ip:port every interval until one is
+// answered and returns when: how long a new port waits until it can talk.
+// Sends that fail meanwhile (no route, no neighbour yet) are retried. The
+// kernel's ARP retransmit timer (a second) would measure itself rather
+// than the port's binding, so eth0's is set to the interval first, with
+// attempts enough to last the wait.
+func firstAnswer(ip net.IP, port int, wait, interval time.Duration) (time.Time, error) {
+	neigh := "/proc/sys/net/ipv4/neigh/eth0/"
+	_ = os.WriteFile(neigh+"retrans_time_ms", []byte(strconv.FormatInt(max(interval.Milliseconds(), 1), 10)), 0o644)
+	_ = os.WriteFile(neigh+"mcast_solicit", []byte("100"), 0o644)
+	c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: ip, Port: port})
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer c.Close()
+	msg := []byte("nvibench-first-answer")
+	buf := make([]byte, 64)
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) {
+		next := time.Now().Add(interval)
+		_, _ = c.Write(msg)
+		_ = c.SetReadDeadline(next)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				// A timeout, or an ICMP error: send again at the next
+				// tick.
+				time.Sleep(time.Until(next))
+				break
+			}
+			if string(buf[:n]) == string(msg) {
+				return time.Now(), nil
+			}
+		}
+	}
+	return time.Time{}, fmt.Errorf("no answer from %s:%d within %v", ip, port, wait)
 }
 
 // handshake times a TCP connection's opening: the SYN, the first packet of

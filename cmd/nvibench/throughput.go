@@ -13,31 +13,50 @@ import (
 // throughput runs iperf3 across the two servers, alternating between NVI
 // workloads and two plain hosts plugged into the same two bridges and
 // switched at L2 by flows of the same kind, so that the ratio isolates what
-// NVI's rewriting costs. Rounds alternate and the medians are compared, so
-// that a noisy moment on the machine does not land on one side only.
-func (b *bench) throughput(seconds, rounds int) (nvi, plain float64, err error) {
-	fmt.Fprintln(os.Stderr, "nvibench: TCP throughput, NVI and plain L2 switching in turn...")
+// NVI's rewriting costs; and, with an OVN lab (ovn not nil), between its
+// two chassis' workloads too. Rounds alternate and the medians are
+// compared, so that a noisy moment on the machine does not land on one side
+// only. It returns every round's figures, in bit/s.
+func (b *bench) throughput(seconds, rounds int, ovn *ovnSide) (nvi, plain, overlay []float64, err error) {
+	fmt.Fprintln(os.Stderr, "nvibench: TCP throughput, NVI, plain L2 switching and OVN in turn...")
 	cleanup, err := b.plainHosts()
 	defer cleanup()
 	if err != nil {
-		return 0, 0, err
+		return nil, nil, nil, err
 	}
-	var ns, ps []float64
 	for i := 0; i < rounds; i++ {
 		n, err := b.iperf("nvb-s", "nvb-c", "10.9.0.20", seconds)
 		if err != nil {
-			return 0, 0, err
+			return nil, nil, nil, err
 		}
 		p, err := b.iperf("nvb-l2b", "nvb-l2a", "198.18.0.202", seconds)
 		if err != nil {
-			return 0, 0, err
+			return nil, nil, nil, err
 		}
-		ns, ps = append(ns, n), append(ps, p)
+		nvi, plain = append(nvi, n), append(plain, p)
+		if ovn != nil {
+			o, err := b.iperf(ovn.server(), ovn.client(), ovnServerIP, seconds)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			overlay = append(overlay, o)
+		}
+		fmt.Fprintf(os.Stderr, "nvibench: round %d: NVI %.2f, plain %.2f, OVN %.2f Gbit/s\n", i+1, n/1e9, p/1e9, last(overlay)/1e9)
 	}
-	return median(ns), median(ps), nil
+	return nvi, plain, overlay, nil
+}
+
+func last(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	return v[len(v)-1]
 }
 
 func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
 	s := slices.Clone(v)
 	slices.Sort(s)
 	return s[len(s)/2]
