@@ -293,9 +293,21 @@ const (
 // server's), or over plain HTTP when conf is nil; calls without a deadline
 // of their own get timeout.
 func NewPeerClient(addr string, conf *tls.Config, timeout time.Duration) *PeerClient {
-	d := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+	return NewPeerClientDial(addr, conf, timeout, nil)
+}
+
+// DialFunc makes a connection to addr on network ("tcp"), as
+// net.Dialer.DialContext does.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// NewPeerClientDial is NewPeerClient over the connections dial makes (TCP
+// when nil); TLS and HTTP run on top of them as over TCP.
+func NewPeerClientDial(addr string, conf *tls.Config, timeout time.Duration, dial DialFunc) *PeerClient {
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext
+	}
 	tr := &http.Transport{
-		DialContext:         d.DialContext,
+		DialContext:         dial,
 		MaxConnsPerHost:     peerMaxConns,
 		MaxIdleConnsPerHost: peerIdleConns,
 		IdleConnTimeout:     90 * time.Second,
