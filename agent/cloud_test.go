@@ -28,7 +28,7 @@ import (
 func TestTwoAgents(t *testing.T) {
 	cl := newCloud(t, 2, nil)
 	c, s := cl.srv[0], cl.srv[1]
-	vc, vs := connect(t, c, s, 40000, 53)
+	vc, vs := cl.connect(t, c, s, 40000, 53)
 	if n := c.sw.punts.Load(); n != 1 {
 		t.Errorf("%s's switch punted %d packets for the first datagram, want 1", c.name, n)
 	}
@@ -49,7 +49,7 @@ func TestCloudOneClientManyPeers(t *testing.T) {
 	c := cl.srv[0]
 	views := map[*server][2]engine.View{}
 	for _, s := range cl.srv[1:] {
-		vc, vs := connect(t, c, s, 40000, 53)
+		vc, vs := cl.connect(t, c, s, 40000, 53)
 		views[s] = [2]engine.View{vc, vs}
 	}
 	for _, s := range cl.srv[1:] {
@@ -74,7 +74,7 @@ func TestCloudPolicyRefusal(t *testing.T) {
 	if _, err := cl.store.Disconnect(cl.ctx, "acme", "c", "x"); err != nil {
 		t.Fatal(err)
 	}
-	connect(t, c, s, 40000, 53)
+	cl.connect(t, c, s, 40000, 53)
 
 	punts := c.sw.punts.Load()
 	c.send(t, x, 40000, 53, "refused")
@@ -106,6 +106,42 @@ func TestCloudPolicyRefusal(t *testing.T) {
 	cl.exchange(t, c, s, 40000, 53, "beside")
 }
 
+// TestCloudPolicyChange: policy that changes reaches live traffic through
+// the agents' directory watches: a pair disconnected loses its session at
+// both ends and its next datagram is dropped by a flow; forgetting the rule
+// clears the drop flow, and the next datagram makes the session again.
+func TestCloudPolicyChange(t *testing.T) {
+	cl := newCloud(t, 2, nil)
+	c, s := cl.srv[0], cl.srv[1]
+	vc, vs := cl.connect(t, c, s, 40000, 53)
+
+	if _, err := cl.store.Disconnect(cl.ctx, "acme", "c", "s"); err != nil {
+		t.Fatal(err)
+	}
+	gone(t, c, s, vc, vs)
+	deny := pipeline.FeatureCookie(pipeline.FeatureDeny)
+	if err := eventually(func() bool {
+		c.send(t, s, 40000, 53, cl.payload("after the disconnect"))
+		return len(c.sw.flows(deny, pipeline.FeatureMask)) == 1
+	}); err != nil {
+		t.Fatalf("no drop flow at %s for the disconnected pair: %v", c.name, err)
+	}
+	if n := len(s.sw.received(wlPort)); n != 1 {
+		t.Errorf("%s's workload got %d datagrams, want only the one before the disconnect", s.name, n)
+	}
+
+	if err := cl.store.ForgetPair(cl.ctx, "acme", "c", "s"); err != nil {
+		t.Fatal(err)
+	}
+	if err := eventually(func() bool { return len(c.sw.flows(deny, pipeline.FeatureMask)) == 0 }); err != nil {
+		t.Fatalf("the drop flow stayed at %s after the rule went: %v", c.name, err)
+	}
+	v1, v2 := cl.connect(t, c, s, 40000, 53)
+	if v1.ID == vc.ID || v2.ID == vs.ID {
+		t.Errorf("the session was not made again: %+v, %+v", v1, v2)
+	}
+}
+
 // TestCloudThirdServerCannotTouchSession: s3, with a valid certificate of
 // the cloud, tries to release or take over the session between s1 and s2
 // through their peer APIs, and to inject into it on the underlay. Nothing
@@ -114,7 +150,7 @@ func TestCloudPolicyRefusal(t *testing.T) {
 func TestCloudThirdServerCannotTouchSession(t *testing.T) {
 	cl := newCloud(t, 3, nil)
 	c, s, x := cl.srv[0], cl.srv[1], cl.srv[2]
-	vc, vs := connect(t, c, s, 40000, 53)
+	vc, vs := cl.connect(t, c, s, 40000, 53)
 	tu, key := vc.Session.Tuple, vc.Session.Key
 
 	dial := cl.net.dialer(x.data.Addr())
@@ -202,7 +238,7 @@ func TestCloudAgentRestartAdopts(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cl := newCloud(t, 2, nil)
 			c, s := cl.srv[0], cl.srv[1]
-			vc, vs := connect(t, c, s, 40000, 53)
+			vc, vs := cl.connect(t, c, s, 40000, 53)
 			r, was := cl.srv[tc.restarts], map[*server]engine.View{c: vc, s: vs}[cl.srv[tc.restarts]]
 			old := r.a
 
@@ -235,8 +271,8 @@ func TestCloudIdleExpiry(t *testing.T) {
 	const idle = time.Second
 	cl := newCloud(t, 2, func(c *Config) { c.IdleTimeout = idle })
 	c, s := cl.srv[0], cl.srv[1]
-	ic, is := connect(t, c, s, 40000, 53)
-	bc, bs := connect(t, c, s, 40001, 123)
+	ic, is := cl.connect(t, c, s, 40000, 53)
+	bc, bs := cl.connect(t, c, s, 40001, 123)
 
 	// The busy session carries a datagram each way at every look.
 	n := 0
@@ -292,7 +328,7 @@ func TestCloudReopen(t *testing.T) {
 		}
 	})
 	c, s := cl.srv[0], cl.srv[1]
-	vc, vs := connect(t, c, s, 40000, 53)
+	vc, vs := cl.connect(t, c, s, 40000, 53)
 	gone(t, c, s, vc, vs)
 	s.stopExpiry() // the reopened session stays while the test looks
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,6 +37,7 @@ type cloud struct {
 	srv   []*server
 	// switches is the switches' life: they run until every agent stopped.
 	switches context.Context
+	sent     atomic.Int64 // payloads made
 }
 
 // server is one server of the cloud.
@@ -223,11 +225,16 @@ func established(t *testing.T, c, s *server, tu session.Tuple) (engine.View, eng
 	return vc, vs
 }
 
-// connect makes the session tu from c to s with a first datagram and its
-// answer, and returns both ends' views.
-func connect(t *testing.T, c, s *server, sport, dport uint16) (engine.View, engine.View) {
+// payload is a datagram's payload, never sent before in the cloud.
+func (cl *cloud) payload(what string) string {
+	return fmt.Sprintf("%s #%d", what, cl.sent.Add(1))
+}
+
+// connect makes the UDP session from c's workload to s's, port dport,
+// with a first datagram and its answer, and returns both ends' views.
+func (cl *cloud) connect(t *testing.T, c, s *server, sport, dport uint16) (engine.View, engine.View) {
 	t.Helper()
-	q, r := fmt.Sprintf("question %d", dport), fmt.Sprintf("answer %d", dport)
+	q, r := cl.payload("question"), cl.payload("answer")
 	c.send(t, s, sport, dport, q)
 	if err := eventually(func() bool { return s.got(t, c, q) }); err != nil {
 		t.Fatalf("%s never got the first datagram to port %d: %v", s.name, dport, err)
@@ -245,7 +252,7 @@ func connect(t *testing.T, c, s *server, sport, dport uint16) (engine.View, engi
 func (cl *cloud) exchange(t *testing.T, c, s *server, sport, dport uint16, tag string) {
 	t.Helper()
 	before := cl.punts()
-	q, r := "q "+tag, "r "+tag
+	q, r := cl.payload(tag), cl.payload(tag+", answered")
 	c.send(t, s, sport, dport, q)
 	s.send(t, c, dport, sport, r)
 	if err := eventually(func() bool { return s.got(t, c, q) && c.got(t, s, r) }); err != nil {
