@@ -272,9 +272,11 @@ func (cl *cloud) punts() int64 {
 	return n
 }
 
-// gone waits until tu is gone at both c and s, flows and all, and says
-// which switch took its flows off first.
-func gone(t *testing.T, c, s *server, vc, vs engine.View) (clientAt, serverAt int64) {
+// gone waits until the session of vc (c's view) and vs (s's) is gone at
+// both ends, flows and all. If first is c or s, its switch must have lost
+// its half before the other's: the other's agent ended the session, and
+// it releases its peer first.
+func gone(t *testing.T, c, s *server, vc, vs engine.View, first *server) {
 	t.Helper()
 	if err := eventually(func() bool {
 		_, ok1 := c.view(vc.Session.Tuple)
@@ -285,5 +287,8 @@ func gone(t *testing.T, c, s *server, vc, vs engine.View) (clientAt, serverAt in
 		v2, _ := s.view(vs.Session.Tuple)
 		t.Fatalf("%s not gone: %s has %+v (%d flows), %s %+v (%d flows)", vc.Session.Tuple, c.name, v1, c.flowCount(vc), s.name, v2, s.flowCount(vs))
 	}
-	return c.sw.removedAt(pipeline.SessionCookie(vc.Session)), s.sw.removedAt(pipeline.SessionCookie(vs.Session))
+	at := map[*server]int64{c: c.sw.removedAt(pipeline.SessionCookie(vc.Session)), s: s.sw.removedAt(pipeline.SessionCookie(vs.Session))}
+	if other := map[*server]*server{c: s, s: c}[first]; first != nil && at[first] >= at[other] {
+		t.Errorf("%s: %s's half came off (at %d) before %s's (at %d)", vc.Session.Tuple, other.name, at[other], first.name, at[first])
+	}
 }
