@@ -405,7 +405,7 @@ func (a *Agent) peer(srv directory.Server) (*api.PeerClient, error) {
 			delete(a.peers, old)
 		}
 	}
-	c := api.NewPeerClient(srv.AgentAddr, conf, a.cfg.PeerTimeout)
+	c := api.NewPeerClientDial(srv.AgentAddr, conf, a.cfg.PeerTimeout, a.cfg.PeerDial)
 	a.peers[k] = c
 	return c, nil
 }

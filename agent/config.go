@@ -82,6 +82,10 @@ type Config struct {
 	PeerRate        float64 // peer API calls per second per calling server
 	PeerBurst       int
 	PeerMaxInFlight int // peer API calls served at once
+	// PeerDial, when set, makes the connections to other servers' agents
+	// instead of TCP (the in-process cloud of the tests dials an
+	// in-memory network); TLS and the peer API run over them unchanged.
+	PeerDial api.DialFunc
 	// UplinkPuntRate bounds the packet-ins from the uplink (ICMP errors
 	// from anyone, peers' echoes), which have a meter of their own.
 	UplinkPuntRate  uint32

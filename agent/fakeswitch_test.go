@@ -43,8 +43,10 @@ func connectFakeSwitch(t *testing.T, a *Agent) *fakeSwitch {
 }
 
 // attachSwitch serves each connection to a new unix socket with serve, and
-// makes a.sw the agent's link to it; it returns once the link is up.
-func attachSwitch(t *testing.T, ctx context.Context, a *Agent, serve func(net.Conn)) {
+// makes a.sw the agent's link to it until ctx ends; it returns once the
+// link is up, with a channel closed once the link has closed its
+// connection.
+func attachSwitch(t *testing.T, ctx context.Context, a *Agent, serve func(net.Conn)) <-chan struct{} {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "of.sock")
 	l, err := net.Listen("unix", sock)
@@ -62,12 +64,14 @@ func attachSwitch(t *testing.T, ctx context.Context, a *Agent, serve func(net.Co
 		}
 	}()
 	a.sw = &switchConn{a: a, link: openflow.NewLink(openflow.LinkConfig{Network: "unix", Addr: sock, Logger: quietLog()})}
-	go func() { _ = a.sw.link.Run(ctx) }()
+	done := make(chan struct{})
+	go func() { defer close(done); _ = a.sw.link.Run(ctx) }()
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
 	if err := a.sw.waitConnected(wctx); err != nil {
 		t.Fatal(err)
 	}
+	return done
 }
 
 func (fs *fakeSwitch) send(nc net.Conn, m openflow.Message, xid uint32) {

@@ -31,7 +31,6 @@ import (
 var (
 	peerIPs1 = netip.MustParseAddr("192.0.2.1")
 	peerIPs2 = netip.MustParseAddr("192.0.2.2")
-	peerIPs3 = netip.MustParseAddr("192.0.2.3")
 	peerIPc  = netip.MustParseAddr("10.1.0.2") // acme/c on s1
 	peerIPs  = netip.MustParseAddr("10.1.0.3") // acme/s on s2
 	peerIPx  = netip.MustParseAddr("10.1.0.4") // acme/x on s3
@@ -51,23 +50,7 @@ type peerWorld struct {
 func newPeerWorld(t *testing.T, agentAddr map[string]string) *peerWorld {
 	t.Helper()
 	ctx, st := embeddedDirectory(t)
-	for name, ip := range map[string]netip.Addr{"s1": peerIPs1, "s2": peerIPs2, "s3": peerIPs3} {
-		if _, err := st.RegisterServer(ctx, directory.Server{Name: name, DataIP: ip, DataMAC: "02:00:c0:00:02:0" + name[1:], AgentAddr: agentAddr[name]}, 30*time.Second); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := st.CreateNetwork(ctx, directory.Network{Tenant: "acme", Name: "web", CIDR: netip.MustParsePrefix("10.1.0.0/24")}); err != nil {
-		t.Fatal(err)
-	}
-	for _, ep := range []directory.Endpoint{
-		{Tenant: "acme", Network: "web", Name: "c", IP: peerIPc, Server: "s1"},
-		{Tenant: "acme", Network: "web", Name: "s", IP: peerIPs, Server: "s2"},
-		{Tenant: "acme", Network: "web", Name: "x", IP: peerIPx, Server: "s3"},
-	} {
-		if _, err := st.CreateEndpoint(ctx, ep); err != nil {
-			t.Fatal(err)
-		}
-	}
+	populate(t, ctx, st, 3, agentAddr)
 	ca := testca.New(t)
 	return &peerWorld{ctx: ctx, store: st, ca: ca, s1: ca.Server(t, "s1"), s2: ca.Server(t, "s2"), s3: ca.Server(t, "s3")}
 }

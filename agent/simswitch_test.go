@@ -23,6 +23,7 @@ import (
 // order they come, as Open vSwitch's main thread does.
 type simSwitch struct {
 	t    *testing.T
+	ctx  context.Context // the switch runs until it ends
 	br   pipeline.Bridge
 	sw   *flowsim.Switch
 	work chan func()
@@ -30,23 +31,28 @@ type simSwitch struct {
 
 	punts atomic.Int64 // packet-ins sent
 
+	removed []removal // deletes that took flows, on the switch's goroutine
+
 	mu  sync.Mutex
 	got map[uint32][][]byte // frames out of each port but the uplink
 	nc  net.Conn            // the agent's connection
 	wmu sync.Mutex
 }
 
-// underlay joins simSwitches by their data addresses.
+// underlay joins simSwitches by their data addresses. Its clock orders
+// what happens on different switches.
 type underlay struct {
-	mu   sync.Mutex
-	byIP map[netip.Addr]*simSwitch
+	mu    sync.Mutex
+	byIP  map[netip.Addr]*simSwitch
+	clock atomic.Int64
 }
 
 func newUnderlay() *underlay { return &underlay{byIP: map[netip.Addr]*simSwitch{}} }
 
-// connectSimSwitch gives a a switch running its base pipeline and the
-// flows of its bound workloads, plugged into u.
-func connectSimSwitch(t *testing.T, a *Agent, u *underlay) *simSwitch {
+// newSimSwitch makes a switch running a's base pipeline and the flows of
+// its bound workloads, plugged into u, with no controller yet (attach),
+// until ctx ends.
+func newSimSwitch(t *testing.T, ctx context.Context, a *Agent, u *underlay) *simSwitch {
 	t.Helper()
 	a.mu.Lock()
 	br := a.br
@@ -59,9 +65,7 @@ func connectSimSwitch(t *testing.T, a *Agent, u *underlay) *simSwitch {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &simSwitch{t: t, br: br, sw: sw, work: make(chan func(), 1024), net: u, got: map[uint32][][]byte{}}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
+	s := &simSwitch{t: t, ctx: ctx, br: br, sw: sw, work: make(chan func(), 1024), net: u, got: map[uint32][][]byte{}}
 	go func() {
 		for {
 			select {
@@ -75,10 +79,16 @@ func connectSimSwitch(t *testing.T, a *Agent, u *underlay) *simSwitch {
 	u.mu.Lock()
 	u.byIP[br.DataIP] = s
 	u.mu.Unlock()
-
-	attachSwitch(t, ctx, a, s.serve)
-	go a.sw.serve(ctx, a.sw.current()) // packet-ins to the agent, as run does
 	return s
+}
+
+// attach makes a the switch's controller until ctx ends, as Run does: a
+// takes the packet-ins. The returned channel is closed once a's side of
+// the connection is closed.
+func (s *simSwitch) attach(ctx context.Context, a *Agent) <-chan struct{} {
+	done := attachSwitch(s.t, ctx, a, s.serve)
+	go a.sw.serve(ctx, a.sw.current())
+	return done
 }
 
 func (s *simSwitch) send(m openflow.Message, xid uint32) {
@@ -98,11 +108,19 @@ func (s *simSwitch) send(m openflow.Message, xid uint32) {
 	_, _ = nc.Write(b)
 }
 
-// do runs f on the switch's goroutine and waits for it.
+// do runs f on the switch's goroutine and waits for it, unless the
+// switch stopped.
 func (s *simSwitch) do(f func()) {
 	done := make(chan struct{})
-	s.work <- func() { f(); close(done) }
-	<-done
+	select {
+	case s.work <- func() { f(); close(done) }:
+	case <-s.ctx.Done():
+		return
+	}
+	select {
+	case <-done:
+	case <-s.ctx.Done():
+	}
 }
 
 func (s *simSwitch) serve(nc net.Conn) {
@@ -130,6 +148,9 @@ func (s *simSwitch) handle(m openflow.Message, xid uint32) {
 				s.t.Errorf("sim switch: %v", err)
 			}
 		case openflow.FlowDelete, openflow.FlowDeleteStrict:
+			if s.sw.Count(m.Cookie, m.CookieMask) > 0 {
+				s.removed = append(s.removed, removal{m.Cookie, m.CookieMask, s.net.clock.Add(1)})
+			}
 			s.sw.Delete(m.Cookie, m.CookieMask)
 		}
 	case *openflow.PacketOut:
@@ -145,10 +166,70 @@ func (s *simSwitch) handle(m openflow.Message, xid uint32) {
 			}
 		}
 	case *openflow.MultipartRequest:
-		if _, ok := m.Body.(openflow.FlowStatsRequest); ok {
-			s.send(openflow.MultipartReply{MPType: openflow.MPFlow, Body: openflow.FlowStatsReply{}}, xid)
+		if q, ok := m.Body.(openflow.FlowStatsRequest); ok {
+			s.flowStats(q, xid)
 		}
 	}
+}
+
+// statsPart is how many flows one part of a flow statistics reply holds
+// at most; like Open vSwitch, the switch splits longer replies.
+const statsPart = 8
+
+// flowStats answers a flow statistics request with the flows' counters,
+// in parts.
+func (s *simSwitch) flowStats(q openflow.FlowStatsRequest, xid uint32) {
+	if q.OutPort != openflow.PortAny || q.OutGroup != openflow.GroupAny || len(q.Match.Fields) > 0 {
+		s.t.Errorf("sim switch: flow stats request %v: only selection by table and cookie is simulated", q)
+	}
+	var all openflow.FlowStatsReply
+	for _, f := range s.sw.Flows(q.Cookie, q.CookieMask) {
+		if q.TableID != openflow.TableAll && q.TableID != f.TableID {
+			continue
+		}
+		all = append(all, openflow.FlowStats{TableID: f.TableID, Priority: f.Priority, IdleTimeout: f.IdleTimeout, HardTimeout: f.HardTimeout,
+			Flags: f.Flags, Cookie: f.Cookie, PacketCount: f.Packets, ByteCount: f.Bytes, Match: f.Match, Instructions: f.Instructions})
+	}
+	for {
+		part := all[:min(len(all), statsPart)]
+		all = all[len(part):]
+		var more uint16
+		if len(all) > 0 {
+			more = openflow.MultipartMore
+		}
+		s.send(openflow.MultipartReply{MPType: openflow.MPFlow, Flags: more, Body: part}, xid)
+		if more == 0 {
+			return
+		}
+	}
+}
+
+// removal is a delete that took flows, at a time of the underlay's clock.
+type removal struct {
+	cookie, mask uint64
+	at           int64
+}
+
+// removedAt is when the last delete that took flows with cookie c came,
+// on the underlay's clock; 0 if none did.
+func (s *simSwitch) removedAt(c pipeline.Cookie) int64 {
+	var at int64
+	s.do(func() {
+		for _, r := range s.removed {
+			if uint64(c)&r.mask == r.cookie&r.mask {
+				at = r.at
+			}
+		}
+	})
+	return at
+}
+
+// flows returns the flows whose cookie matches c under mask, counters and
+// all.
+func (s *simSwitch) flows(c pipeline.Cookie, mask pipeline.Cookie) []flowsim.Flow {
+	var fs []flowsim.Flow
+	s.do(func() { fs = s.sw.Flows(uint64(c), uint64(mask)) })
+	return fs
 }
 
 // run takes a frame in on port through the pipeline, on the switch's
@@ -191,7 +272,10 @@ func (s *simSwitch) emit(port uint32, frame []byte) {
 	s.net.mu.Unlock()
 	if peer != nil {
 		// Not waited for: the peer's goroutine takes it in its turn.
-		peer.work <- func() { peer.run(peer.br.Uplink, frame) }
+		select {
+		case peer.work <- func() { peer.run(peer.br.Uplink, frame) }:
+		case <-peer.ctx.Done():
+		}
 	}
 }
 

@@ -390,7 +390,7 @@ type PeerClient struct {
 	addr    string
 	conf    *tls.Config // nil: plain TCP (--insecure-peer-api)
 	timeout time.Duration
-	dial    func(ctx context.Context, addr string) (net.Conn, error)
+	dial    DialFunc
 
 	mu      sync.Mutex
 	conn    *peerConn     // nil until dialled, and after it failed
@@ -421,6 +421,17 @@ type peerAnswer struct {
 // server's), or over plain TCP when conf is nil; calls without a deadline
 // of their own get timeout.
 func NewPeerClient(addr string, conf *tls.Config, timeout time.Duration) *PeerClient {
+	return NewPeerClientDial(addr, conf, timeout, nil)
+}
+
+// DialFunc makes a connection to addr on network ("tcp"), as
+// net.Dialer.DialContext does.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// NewPeerClientDial is NewPeerClient over the connections dial makes (TCP
+// when nil; the in-process cloud of the tests dials an in-memory network);
+// TLS and the peer protocol run on top of them as over TCP.
+func NewPeerClientDial(addr string, conf *tls.Config, timeout time.Duration, dial DialFunc) *PeerClient {
 	if conf != nil {
 		conf = conf.Clone()
 		conf.MinVersion = tls.VersionTLS13
@@ -429,17 +440,10 @@ func NewPeerClient(addr string, conf *tls.Config, timeout time.Duration) *PeerCl
 			conf.ClientSessionCache = tls.NewLRUClientSessionCache(4)
 		}
 	}
-	d := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
-	return &PeerClient{addr: addr, conf: conf, timeout: timeout, dial: func(ctx context.Context, addr string) (net.Conn, error) {
-		return d.DialContext(ctx, "tcp", addr)
-	}}
-}
-
-// WithDialer makes the client reach its peer through dial instead of TCP
-// (a test's in-memory network); TLS still runs on top.
-func (p *PeerClient) WithDialer(dial func(ctx context.Context, addr string) (net.Conn, error)) *PeerClient {
-	p.dial = dial
-	return p
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext
+	}
+	return &PeerClient{addr: addr, conf: conf, timeout: timeout, dial: dial}
 }
 
 // Accept asks the peer to install its half (and to deliver the frames the
@@ -564,7 +568,7 @@ func (p *PeerClient) connection(ctx context.Context) (c *peerConn, fresh bool, e
 
 // dialConn opens a connection and starts its reader.
 func (p *PeerClient) dialConn(ctx context.Context) (*peerConn, error) {
-	nc, err := p.dial(ctx, p.addr)
+	nc, err := p.dial(ctx, "tcp", p.addr)
 	if err != nil {
 		return nil, unavailable("peer %s: %v", p.addr, err)
 	}

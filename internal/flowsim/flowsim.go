@@ -9,6 +9,7 @@ package flowsim
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -17,9 +18,12 @@ import (
 	"nvi/packet"
 )
 
-// Switch is a flow table set, with a small connection tracker.
+// Switch is a flow table set, with a small connection tracker. Each flow
+// counts the packets and bytes it matched, as a switch's flow statistics
+// do.
 type Switch struct {
 	tables map[uint8][]*openflow.FlowMod
+	counts map[*openflow.FlowMod]*Counters
 	conns  map[connKey]*conn   // by original direction
 	nats   map[connKey]connKey // reply direction after NAT -> original tuple
 	fwd    map[connKey]connKey // original tuple -> its tuple after NAT
@@ -41,23 +45,37 @@ func (k connKey) reverse() connKey {
 
 type conn struct{}
 
+// Counters are what a flow matched.
+type Counters struct{ Packets, Bytes uint64 }
+
 // New makes a switch holding flows (all FlowAdd).
 func New(flows ...*openflow.FlowMod) (*Switch, error) {
-	s := &Switch{tables: map[uint8][]*openflow.FlowMod{}, conns: map[connKey]*conn{}, nats: map[connKey]connKey{}, fwd: map[connKey]connKey{}}
+	s := &Switch{tables: map[uint8][]*openflow.FlowMod{}, counts: map[*openflow.FlowMod]*Counters{},
+		conns: map[connKey]*conn{}, nats: map[connKey]connKey{}, fwd: map[connKey]connKey{}}
 	return s, s.Add(flows...)
 }
 
 // Add installs more flows; an identical match and priority replaces the old
-// flow, as OpenFlow says.
+// flow, as OpenFlow says, and keeps its counters unless the new one has
+// the reset_counts flag (as Open vSwitch does).
 func (s *Switch) Add(flows ...*openflow.FlowMod) error {
 	for _, f := range flows {
 		if f.Command != openflow.FlowAdd {
 			return fmt.Errorf("flowsim: only adds are simulated, got command %d", f.Command)
 		}
+		c := &Counters{}
 		t := s.tables[f.TableID]
 		t = slices.DeleteFunc(t, func(g *openflow.FlowMod) bool {
-			return g.Priority == f.Priority && g.Match.Equal(f.Match)
+			if g.Priority != f.Priority || !g.Match.Equal(f.Match) {
+				return false
+			}
+			if f.Flags&openflow.FlagResetCounts == 0 {
+				c = s.counts[g]
+			}
+			delete(s.counts, g)
+			return true
 		})
+		s.counts[f] = c
 		t = append(t, f)
 		slices.SortStableFunc(t, func(a, b *openflow.FlowMod) int { return int(b.Priority) - int(a.Priority) })
 		s.tables[f.TableID] = t
@@ -69,8 +87,35 @@ func (s *Switch) Add(flows ...*openflow.FlowMod) error {
 // non-strict OpenFlow delete does. Conntrack state stays.
 func (s *Switch) Delete(c, mask uint64) {
 	for t, fs := range s.tables {
-		s.tables[t] = slices.DeleteFunc(fs, func(f *openflow.FlowMod) bool { return f.Cookie&mask == c&mask })
+		s.tables[t] = slices.DeleteFunc(fs, func(f *openflow.FlowMod) bool {
+			if f.Cookie&mask != c&mask {
+				return false
+			}
+			delete(s.counts, f)
+			return true
+		})
 	}
+}
+
+// Flow is an installed flow with its counters.
+type Flow struct {
+	*openflow.FlowMod
+	Counters
+}
+
+// Flows lists the flows whose cookie matches c under mask, table by table
+// and in each by priority, with their counters: what a flow statistics
+// request (openflow.FlowStatsRequest for every table) answers.
+func (s *Switch) Flows(c, mask uint64) []Flow {
+	var out []Flow
+	for _, t := range slices.Sorted(maps.Keys(s.tables)) {
+		for _, f := range s.tables[t] {
+			if f.Cookie&mask == c&mask {
+				out = append(out, Flow{f, *s.counts[f]})
+			}
+		}
+	}
+	return out
 }
 
 // Count is the number of flows whose cookie matches c under mask.
@@ -124,6 +169,9 @@ func (s *Switch) Run(inPort uint32, frame []byte) (Result, error) {
 			return res, nil // table miss without a miss flow: drop
 		}
 		res.Path = append(res.Path, fl.Cookie)
+		cnt := s.counts[fl]
+		cnt.Packets++
+		cnt.Bytes += uint64(len(b))
 		next := -1
 		for _, ins := range fl.Instructions {
 			switch ins := ins.(type) {

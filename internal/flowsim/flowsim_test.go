@@ -1,6 +1,7 @@
 package flowsim
 
 import (
+	"maps"
 	"net"
 	"net/netip"
 	"testing"
@@ -148,5 +149,57 @@ func TestCountAndDelete(t *testing.T) {
 	s.Delete(0x3001, ^uint64(0))
 	if got := s.Count(0, 0); got != 2 {
 		t.Errorf("after deleting cookie 0x3001: %d flows, want 2", got)
+	}
+}
+
+// TestFlowCounters: every flow a frame matches counts it, table by table;
+// a flow added again over itself keeps its counters unless the add says
+// reset_counts (as Open vSwitch does); Flows lists by cookie.
+func TestFlowCounters(t *testing.T) {
+	flow := func(cookie uint64, table uint8, match []openflow.Field, ins openflow.Instruction) *openflow.FlowMod {
+		fm := add(10, table, match)
+		fm.Cookie, fm.Instructions = cookie, []openflow.Instruction{ins}
+		return fm
+	}
+	classify := flow(0x1001, 0, []openflow.Field{openflow.InPort(1)}, openflow.InstructionGotoTable{TableID: 40})
+	forward := flow(0x3001, 40, nil, openflow.InstructionApplyActions{Actions: []openflow.Action{openflow.ActionOutput{Port: 2}}})
+	s, err := New(classify, forward)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fr, _ := packet.BuildUDP(packet.Header{EthSrc: macA, EthDst: macB, Src: ipA, Dst: ipB}, 1, 2, []byte("x"))
+	counts := func() map[uint64]Counters {
+		m := map[uint64]Counters{}
+		for _, f := range s.Flows(0, 0) {
+			m[f.Cookie] = f.Counters
+		}
+		return m
+	}
+	one := Counters{Packets: 1, Bytes: uint64(len(fr))}
+	for _, step := range []struct {
+		name string
+		do   func()
+		want map[uint64]Counters
+	}{
+		{"a frame from port 1", func() { mustRun(t, s, 1, fr) }, map[uint64]Counters{0x1001: one, 0x3001: one}},
+		{"a frame no flow takes", func() { mustRun(t, s, 3, fr) }, map[uint64]Counters{0x1001: one, 0x3001: one}},
+		{"the classifier added again", func() {
+			_ = s.Add(flow(0x1001, 0, []openflow.Field{openflow.InPort(1)}, openflow.InstructionGotoTable{TableID: 40}))
+		},
+			map[uint64]Counters{0x1001: one, 0x3001: one}},
+		{"added again with reset_counts", func() {
+			f := flow(0x1001, 0, []openflow.Field{openflow.InPort(1)}, openflow.InstructionGotoTable{TableID: 40})
+			f.Flags = openflow.FlagResetCounts
+			_ = s.Add(f)
+		}, map[uint64]Counters{0x1001: {}, 0x3001: one}},
+		{"the forward flow deleted and added", func() { s.Delete(0x3001, ^uint64(0)); _ = s.Add(forward) }, map[uint64]Counters{0x1001: {}, 0x3001: {}}},
+	} {
+		step.do()
+		if got := counts(); !maps.Equal(got, step.want) {
+			t.Errorf("%s: counters %v, want %v", step.name, got, step.want)
+		}
+	}
+	if fs := s.Flows(0x3000, 0xf000); len(fs) != 1 || fs[0].FlowMod != forward {
+		t.Errorf("Flows(0x3000/0xf000) = %v, want the forward flow", fs)
 	}
 }
