@@ -201,11 +201,21 @@ func runBench(args []string) error {
 	}
 	var rate, pRate float64
 	half := max(*burst/2, 1)
+	setupCPU := map[string]serverCPU{} // what the main lab's servers spent on the bursts
 	for r := 0; r < 2; r++ {
+		before, err := b.serversCPU()
+		if err != nil {
+			return err
+		}
 		x, err := b.setupRate(20000+r*half, half)
 		if err != nil {
 			return err
 		}
+		after, err := b.serversCPU()
+		if err != nil {
+			return err
+		}
+		cpuSpent(setupCPU, before, after)
 		y, err := bp.setupRate(20000+r*half, half)
 		if err != nil {
 			return err
@@ -292,6 +302,13 @@ func runBench(args []string) error {
 	row(fmt.Sprintf("  drift over %d live sessions (last / first p50)", live.total),
 		fmt.Sprintf("%.3f", float64(percentile(live.last, 0.5))/float64(percentile(live.first, 0.5))), "<= 1.20")
 	row(fmt.Sprintf("sessions set up per second (%d, 32 in parallel)", *burst), fmt.Sprintf("%.0f/s", rate), "")
+	perSetup := func(d time.Duration) string { return fmtDur(d / time.Duration(max(2*half, 1))) }
+	cl, sv := setupCPU["s1"], setupCPU["s2"]
+	row("  CPU per setup, client's server s1: agent + Open vSwitch", perSetup(cl.agent)+" + "+perSetup(cl.ovs), "")
+	row("  CPU per setup, server's server s2: agent + Open vSwitch", perSetup(sv.agent)+" + "+perSetup(sv.ovs), "")
+	if busier := max(cl.total(), sv.total()); busier > 0 {
+		row("  setups/s a server of 2 cores of its own would make", fmt.Sprintf("%.0f/s", 2*float64(2*half)/busier.Seconds()), "5000/s")
+	}
 	row(fmt.Sprintf("TCP throughput across servers, NVI (median of %d)", *rounds), fmt.Sprintf("%.2f Gbit/s", nvi/1e9), "")
 	row(fmt.Sprintf("TCP throughput, plain L2 switching (median of %d)", *rounds), fmt.Sprintf("%.2f Gbit/s", plain/1e9), "")
 	row("throughput ratio NVI / plain", fmt.Sprintf("%.3f", nvi/plain), ">= 0.9")
