@@ -449,7 +449,7 @@ func RestartAgent(ctx context.Context, prefix, server string) error {
 // namespace, with every socket, pidfile and log in the server's directory.
 // datapathMaxIdleMS is how long a lab server's Open vSwitch keeps an idle
 // datapath flow (other_config:max-idle).
-const datapathMaxIdleMS = 1000
+const datapathMaxIdleMS = 250
 
 func startOVS(ctx context.Context, sv Server) error {
 	db := filepath.Join(sv.Dir, "conf.db")
@@ -462,15 +462,18 @@ func startOVS(ctx context.Context, sv Server) error {
 		"--unixctl="+p("ovsdb-server.ctl"), "--log-file="+p("ovsdb-server.log"), "--detach"); err != nil {
 		return err
 	}
-	// Datapath flows idle for a second leave the cache (Open vSwitch keeps
-	// them ten): after every flow-table change the revalidators re-translate
-	// every cached flow, so a server that sets sessions up at a high rate
-	// pays for the flows of the last ten seconds on each setup. Measured on
-	// a two-server lab: 1,000 new sessions one after another and 1,000 at
-	// 32 in parallel, p50 first packet 1.10-1.13 ms against 1.20-1.21, p99
-	// 4.6-4.9 against 5.2-5.4, 1,800-1,980 setups/s against 1,520-1,600,
-	// and half the server's Open vSwitch CPU. A flow idle that long costs
-	// one upcall when it comes back.
+	// Datapath flows idle for a quarter of a second leave the cache (Open
+	// vSwitch keeps them ten). After every flow-table change the main
+	// thread commits a new translation configuration and waits (RCU) for
+	// the revalidators, which re-translate every cached flow in batches; a
+	// new session's packets wait behind that, and the cost grows with the
+	// flows cached. A server setting sessions up fast cached those of the
+	// last ten seconds. Measured on a two-server lab, 1,000 new sessions
+	// one after another, three fresh labs each, round trip p50 / p99:
+	// 1.20-1.21 / 5.2-5.4 ms with ten seconds, 1.07-1.14 / 3.7-5.0 with
+	// one, 1.06-1.23 / 3.5-4.1 with half, 1.01-1.11 / 2.9-3.7 with a
+	// quarter; and at 32 in parallel half the server's Open vSwitch CPU. A
+	// flow idle that long costs one upcall when it comes back.
 	if _, err := run(ctx, "ovs-vsctl", "--db=unix:"+p("db.sock"), "--no-wait", "init", "--",
 		"set", "Open_vSwitch", ".", "other_config:max-idle="+strconv.Itoa(datapathMaxIdleMS)); err != nil {
 		return err
