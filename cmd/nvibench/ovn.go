@@ -300,9 +300,14 @@ func printComparison(w io.Writer, nvi, ovn sideResult, ovnVersion string, rounds
 }
 
 // ahead says which of NVI (x) and OVN (y) is ahead on a measure.
+// evenWithin is how close two figures of one run are called even: these
+// cores are shared and noisy, and a difference of a few percent is no
+// one's lead.
+const evenWithin = 0.03
+
 func ahead(x, y float64, higherBetter bool) string {
 	switch {
-	case x == y:
+	case x == y || y != 0 && x/y > 1-evenWithin && x/y < 1+evenWithin:
 		return "even"
 	case (x > y) == higherBetter:
 		return "NVI"
