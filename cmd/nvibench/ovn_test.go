@@ -13,7 +13,7 @@ func TestAhead(t *testing.T) {
 		higher bool
 		want   string
 	}{
-		{1.3e9, 0.5e9, true, "NVI"}, // throughput
+		{1.3e9, 0.5e9, true, "NVI"},    // throughput
 		{0.46e9, 0.47e9, true, "even"}, // within 3%
 		{0.44e9, 0.47e9, true, "OVN"},
 		{0.279, 0.280, false, "even"},
