@@ -92,7 +92,7 @@ run sh -c "ip netns exec nvi-internet nc -w 2 198.18.0.2 8080 </dev/null"
 bold "Trust: a workload reaches no agent, no directory and no key; only certificates speak for servers"
 if ip netns exec web1 curl -s -m 2 -o /dev/null http://198.18.0.2:7470/ ; then echo "UNEXPECTED: web1 reached s2's peer API"; else echo "web1 -> s2's peer API (198.18.0.2:7470): dropped"; fi
 if ip netns exec web1 curl -s -m 2 -o /dev/null https://198.19.0.254:2379/ ; then echo "UNEXPECTED: web1 reached the directory"; else echo "web1 -> the directory (198.19.0.254:2379): unreachable"; fi
-if ip netns exec nvi-internet curl -sk -m 2 -o /dev/null https://198.18.0.2:7470/v1/sessions/accept ; then echo "UNEXPECTED: the internet got an answer"; else echo "the internet -> s2's peer API without a certificate: refused by TLS"; fi
+if ip netns exec nvi-internet curl -sk -m 2 -o /dev/null https://198.18.0.2:7470/ ; then echo "UNEXPECTED: the internet got an answer"; else echo "the internet -> s2's peer API without a certificate: refused by TLS"; fi
 run openssl x509 -noout -subject -enddate -in /run/nvi/s1/identity/cert.pem
 
 bold "Four orchestrators, one network: Podman on s1 (CNI), Docker on s2 (libnetwork), a VM on s3 (libvirt-style tap)"
