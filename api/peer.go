@@ -408,6 +408,7 @@ type peerConn struct {
 	waiting map[uint32]chan peerAnswer
 	err     error     // why it ended; set once
 	used    time.Time // last call, for the idle bound
+	heard   time.Time // last answer read
 	resumed bool      // its TLS session was resumed, not negotiated anew
 }
 
@@ -499,6 +500,7 @@ func (p *PeerClient) call(ctx context.Context, req any) (int, error) {
 		if err != nil {
 			return 0, err
 		}
+		sent := time.Now()
 		ch, err := c.send(req)
 		if err != nil {
 			p.drop(c, err)
@@ -512,6 +514,13 @@ func (p *PeerClient) call(ctx context.Context, req any) (int, error) {
 			return a.delivered, a.err
 		case <-ctx.Done():
 			c.forget(ch)
+			if c.silentSince(sent) {
+				// Nothing at all came back while this call waited: the
+				// peer or the path may be gone without a word (no FIN
+				// ever comes), so the next call dials anew instead of
+				// waiting on this connection too.
+				p.drop(c, errors.New("no answer within a call's deadline"))
+			}
 			return 0, unavailable("peer %s: %v", p.addr, ctx.Err())
 		}
 	}
@@ -626,6 +635,13 @@ func (c *peerConn) send(req any) (chan peerAnswer, error) {
 	return ch, nil
 }
 
+// silentSince reports whether no answer was read on c since t.
+func (c *peerConn) silentSince(t time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.heard.Before(t)
+}
+
 func (c *peerConn) forget(ch chan peerAnswer) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -657,6 +673,7 @@ func (c *peerConn) read() {
 		c.mu.Lock()
 		ch := c.waiting[id]
 		delete(c.waiting, id)
+		c.heard = time.Now()
 		c.mu.Unlock()
 		if ch != nil {
 			ch <- peerAnswer{delivered: delivered, err: aerr}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"reflect"
@@ -649,5 +650,42 @@ func TestPeerListenerBoundsNewConnectionsPerIP(t *testing.T) {
 	}
 	if _, err := kept.Accept(context.Background(), acceptReq); err != nil {
 		t.Fatalf("the connection kept open beside it: %v", err)
+	}
+}
+
+// TestSilentPeerIsRedialled: a peer that takes a connection and then never
+// answers (gone without a word, no FIN) fails the call at its deadline, and
+// the next call dials anew instead of waiting on the same connection.
+func TestSilentPeerIsRedialled(t *testing.T) {
+	cl := newCloud(t)
+	conf := cl.s2.ServerTLS()
+	conf.NextProtos = []string{PeerALPN}
+	l, err := tls.Listen("tcp", "127.0.0.1:0", conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	conns := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(io.Discard, c) }() // reads, never answers
+			conns <- c
+		}
+	}()
+	c := peerClient(t, l.Addr().String(), cl.s1, 200*time.Millisecond)
+	for i := range 2 {
+		if _, err := c.Accept(context.Background(), acceptReq); CodeOf(err) != CodeUnavailable {
+			t.Fatalf("call %d to a silent peer: err = %v, want unavailable", i+1, err)
+		}
+		select {
+		case nc := <-conns:
+			defer nc.Close()
+		case <-time.After(5 * time.Second):
+			t.Fatalf("call %d made no connection of its own", i+1)
+		}
 	}
 }
