@@ -81,6 +81,15 @@ type UnknownKeyRequest struct {
 	Key   uint16        `json:"key"`
 }
 
+// peerRequest is one of the requests above; from is what it says of its
+// sender.
+type peerRequest interface{ from() string }
+
+func (r *AcceptRequest) from() string     { return r.From }
+func (r *ReleaseRequest) from() string    { return r.From }
+func (r *ReopenRequest) from() string     { return r.From }
+func (r *UnknownKeyRequest) from() string { return r.From }
+
 // PeerService is what an agent offers other agents. caller is the server
 // the request comes from as its certificate proves it, never as the body
 // claims it.
@@ -269,17 +278,7 @@ func (s *peerServer) call(ctx context.Context, c net.Conn, caller string, op uin
 	if err != nil {
 		return 0, err
 	}
-	var claimed string
-	switch r := req.(type) {
-	case *AcceptRequest:
-		claimed = r.From
-	case *ReleaseRequest:
-		claimed = r.From
-	case *ReopenRequest:
-		claimed = r.From
-	case *UnknownKeyRequest:
-		claimed = r.From
-	}
+	claimed := req.from()
 	switch {
 	case s.opts.InsecureTrustFrom && claimed == "":
 		return 0, Errorf(CodeInvalid, "the request must say which server it is from")
@@ -365,11 +364,11 @@ func (s *peerServer) allow(caller string) bool {
 // readFrame reads one frame: its header within the connection's current
 // deadline, the rest within peerBodyWait.
 func readFrame(r *bufio.Reader, c net.Conn) (id uint32, op uint8, body []byte, err error) {
-	var h [frameHeader]byte
-	if _, err = io.ReadFull(r, h[:4]); err != nil {
+	var h [4]byte // the length; id and op are read with the body
+	if _, err = io.ReadFull(r, h[:]); err != nil {
 		return 0, 0, nil, err
 	}
-	n := binary.BigEndian.Uint32(h[:4])
+	n := binary.BigEndian.Uint32(h[:])
 	if n < frameHeader-4 || n > maxFrame {
 		return 0, 0, nil, fmt.Errorf("%w: frame of %d bytes", errMalformed, n)
 	}

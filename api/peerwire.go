@@ -227,9 +227,9 @@ func (r *rbuf) end() error {
 
 // decodeRequest reads the body of a request of op: *AcceptRequest,
 // *ReleaseRequest, *ReopenRequest or *UnknownKeyRequest.
-func decodeRequest(op uint8, body []byte) (any, error) {
+func decodeRequest(op uint8, body []byte) (peerRequest, error) {
 	r := &rbuf{b: body}
-	var req any
+	var req peerRequest
 	switch op {
 	case opAccept:
 		a := &AcceptRequest{From: r.str(), Tuple: r.tuple(), Key: r.u16()}

@@ -131,10 +131,6 @@ func newClient(base string, dial func(ctx context.Context) (net.Conn, error), ti
 		d := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
 		tr.DialContext = d.DialContext
 	}
-	return newClientWith(base, tr, timeout)
-}
-
-func newClientWith(base string, tr *http.Transport, timeout time.Duration) *client {
 	return &client{base: strings.TrimRight(base, "/"), hc: &http.Client{Transport: tr}, timeout: timeout}
 }
 
